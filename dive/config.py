@@ -1,0 +1,337 @@
+"""Typed run configuration.
+
+The dataclasses below are the schema, a YAML file holds values, and ``a.b=c`` strings override them on the
+command line. OmegaConf does the merging and the type conversion; :func:`validate` adds the checks types cannot
+express (λ ≥ 0, momentum in [0, 1), batch divisibility, paths that must exist). Every error names the dotted
+key and what was expected, so a bad config fails on the driver before any Ray worker starts.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or impossible; the message names the key."""
+
+
+class Method(str, enum.Enum):
+    """Training objective. All of them run through the same task and the same training loop."""
+
+    dive = "dive"  # FLYP contrastive + λ_avl·AVL + λ_pvl·PVL on the reference batch (the paper's method)
+    flyp = "flyp"  # contrastive loss on ID image / class-prompt pairs only
+    flyp_replay = "flyp_replay"  # FLYP + the same contrastive loss on the reference batch
+    snd = "snd"  # FLYP + λ_snd · ‖f_ft(x_ref) − f_pre(x_ref)‖² (image difference vectors forced to zero)
+    ft = "ft"  # cross-entropy through a linear head initialised from the zero-shot head
+    lpft = "lpft"  # linear probe for loss.lp_steps, then ft
+
+
+# ---------------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    # Any open_clip model name ("ViT-B-16"), the shipped tiny test model ("dive-tiny"),
+    # or "local-dir:/path/to/export" for a folder written by dive.export.
+    name: str = "dive-tiny"
+    # open_clip pretrained tag ("openai", needs internet), a weights file (.pt/.bin/.safetensors), or "" for
+    # random init. Ignored for local-dir: names (the folder holds the weights).
+    pretrained: str = ""
+    # "fp32" or "bf16". bf16 is autocast on GPU only; on CPU training stays fp32.
+    precision: str = "fp32"
+    # Trade compute for memory on big towers.
+    grad_checkpointing: bool = False
+    # Where open_clip caches downloaded weights (None: its default).
+    cache_dir: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    # Folder of labelled shards (*.parquet + dataset.json): the ID training set.
+    id_train: str = ""
+    # Folder of captioned shards: the reference set S_ref for AVL/PVL, replay and SnD.
+    reference: str = ""
+    # Source column -> schema column, e.g. {jpg: image, txt: caption} for img2dataset output.
+    column_map: dict[str, str] = field(default_factory=dict)
+    # Random-resized-crop + flip on ID training images. Reference images are never augmented, so that
+    # teacher embeddings of the reference set can be cached.
+    augment: bool = True
+    # Images with more pixels than this are skipped and counted (decompression-bomb guard).
+    max_image_pixels: int = 64_000_000
+    # If set, the built-in demo data and demo teacher are generated into this folder when missing.
+    demo: str = ""
+    # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
+    ref_batch: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+@dataclass
+class LossConfig:
+    method: Method = Method.dive
+    # Weights of the two DiVE terms. The paper uses one λ = 1000 for both (searched over 100..5000).
+    lambda_avl: float = 1000.0
+    lambda_pvl: float = 1000.0
+    # EMA momentum α of the shared centre m. Paper: 0.99; α = 0 loses 1.2 OOD points.
+    ema_momentum: float = 0.99
+    # Weight of the SnD feature-distance term (method snd).
+    lambda_snd: float = 1000.0
+    # Weight of the contrastive loss on the reference batch (method flyp_replay).
+    lambda_replay: float = 1.0
+    # Initial temperature τ = 1/exp(logit_scale). None keeps the pre-trained model's value.
+    temperature: float | None = None
+    # Whether logit_scale is trained (CLIP/FLYP: yes). Clamped at τ ≥ 0.01 as in CLIP training.
+    learn_temperature: bool = True
+    # lpft: optimiser steps of linear probing (towers frozen) before full fine-tuning.
+    lp_steps: int = 100
+
+
+# ---------------------------------------------------------------------------------------------------- optim
+@dataclass
+class OptimConfig:
+    # FLYP's ImageNet recipe (the paper follows it): AdamW, lr 1e-5, wd 0.1, cosine, 500 warm-up steps.
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    epochs: int = 10
+    # > 0 stops after this many optimiser steps, whatever epochs says.
+    max_steps: int = 0
+    # The contrastive batch across all workers (per step, before accumulation splits it).
+    global_batch: int = 512
+    # Micro-batches per optimiser step. Note: each micro-batch is its own contrastive batch.
+    grad_accum: int = 1
+    # Max gradient norm; 0 disables clipping.
+    grad_clip: float = 0.0
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    # Labelled shard folders. ID test set, and named OOD / zero-shot suites.
+    id: str = ""
+    ood: dict[str, str] = field(default_factory=dict)
+    zs: dict[str, str] = field(default_factory=dict)
+    # RSA on a fixed sample of captioned pairs (method.md §5). "" uses data.reference.
+    rsa_set: str = ""
+    rsa_samples: int = 1000
+    batch_size: int = 256
+
+
+# ---------------------------------------------------------------------------------------------------- tracking
+@dataclass
+class TrackingConfig:
+    # MLflow tracking URI. "" means $MLFLOW_TRACKING_URI, else a SQLite file mlflow.db in the working dir.
+    uri: str = ""
+    experiment: str = "dive"
+    run_name: str = ""
+    # Exports, eval tables and plots are written under this folder (made absolute on the driver).
+    output_dir: str = "outputs"
+
+
+# ---------------------------------------------------------------------------------------------------- scaling
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    # Logical CPUs per Train worker. Fractions keep Ray Data's 1-CPU read tasks schedulable on small machines.
+    cpus_per_worker: float = 0.5
+    # Torch intra-op threads per worker (0: cores // workers on this node).
+    threads_per_worker: int = 0
+    # Ray Train storage (checkpoints, results). Must be shared storage (NFS, s3://) on multi-node clusters.
+    storage_path: str = ""
+    # Checkpoint every N optimiser steps (0: only at epoch ends); keep the newest num_to_keep.
+    checkpoint_every: int = 0
+    num_to_keep: int = 2
+    # Worker-group restarts Ray Train may do from the last checkpoint.
+    max_failures: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(getattr(err, "msg", err)).splitlines()[0]
+    return ConfigError(f"{source}: key '{key}': {msg}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _explain(err, source) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Schema defaults ← ``base`` mapping ← YAML file ← ``a.b=c`` overrides, type-checked at each step."""
+    cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.create(dict(base)), "base config")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = OmegaConf.load(p)
+        except Exception as err:  # YAML syntax errors come in several types
+            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{p}: expected a mapping of sections (model:, loss:, …), got a list")
+        cfg = _merge(cfg, loaded, str(p))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. loss.lambda_avl=500")
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise _explain(err, f"override '{item}'") from None
+        cfg = _merge(cfg, dot, f"override '{item}'")
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (enums as strings): what goes to YAML, Ray Tune and checkpoints."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def from_dict(d: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`to_dict`, with the same type checks as :func:`load_config`."""
+    return load_config(base=d)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"loss.lambda_avl": 1000.0, …}``: one flat param per leaf, for MLflow."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", to_dict(cfg))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def validate(cfg: Config, check_paths: bool = True) -> Config:
+    """Raise :class:`ConfigError` listing every impossible value; return ``cfg`` unchanged when it is sound.
+
+    ``check_paths=False`` skips existence checks for data that is generated later (the built-in demo).
+    """
+    errors: list[str] = []
+
+    def need(ok: bool, key: str, expected: str, got: Any) -> None:
+        if not ok:
+            errors.append(f"key '{key}': expected {expected}, got {got!r}")
+
+    loss, optim, scaling, model, data, ev = cfg.loss, cfg.optim, cfg.scaling, cfg.model, cfg.data, cfg.eval
+    for key in ("lambda_avl", "lambda_pvl", "lambda_snd", "lambda_replay"):
+        value = getattr(loss, key)
+        need(value >= 0, f"loss.{key}", "a weight >= 0", value)
+    need(0.0 <= loss.ema_momentum < 1.0, "loss.ema_momentum", "a momentum in [0, 1)", loss.ema_momentum)
+    if loss.temperature is not None:
+        need(0.0 < loss.temperature <= 100.0, "loss.temperature", "an initial τ in (0, 100]", loss.temperature)
+    need(loss.lp_steps >= 0, "loss.lp_steps", "a step count >= 0", loss.lp_steps)
+
+    need(optim.lr > 0, "optim.lr", "a learning rate > 0", optim.lr)
+    need(optim.weight_decay >= 0, "optim.weight_decay", "a value >= 0", optim.weight_decay)
+    need(optim.warmup_steps >= 0, "optim.warmup_steps", "a step count >= 0", optim.warmup_steps)
+    need(optim.epochs >= 1, "optim.epochs", "at least 1 epoch", optim.epochs)
+    need(optim.max_steps >= 0, "optim.max_steps", "a step count >= 0 (0: no cap)", optim.max_steps)
+    need(optim.grad_accum >= 1, "optim.grad_accum", "an integer >= 1", optim.grad_accum)
+    need(optim.grad_clip >= 0, "optim.grad_clip", "a norm >= 0 (0: off)", optim.grad_clip)
+    need(scaling.num_workers >= 1, "scaling.num_workers", "an integer >= 1", scaling.num_workers)
+    need(optim.global_batch >= 1, "optim.global_batch", "an integer >= 1", optim.global_batch)
+    per_step = max(scaling.num_workers, 1) * max(optim.grad_accum, 1)
+    need(
+        optim.global_batch % per_step == 0,
+        "optim.global_batch",
+        f"a multiple of scaling.num_workers × optim.grad_accum = {per_step}",
+        optim.global_batch,
+    )
+    need(data.ref_batch >= 0, "data.ref_batch", "an integer >= 0 (0: same as optim.global_batch)", data.ref_batch)
+    if data.ref_batch:
+        need(
+            data.ref_batch % per_step == 0,
+            "data.ref_batch",
+            f"a multiple of scaling.num_workers × optim.grad_accum = {per_step}",
+            data.ref_batch,
+        )
+    need(data.max_image_pixels > 0, "data.max_image_pixels", "a pixel count > 0", data.max_image_pixels)
+    bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
+    need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
+    need(scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "a CPU share > 0", scaling.cpus_per_worker)
+    need(scaling.threads_per_worker >= 0, "scaling.threads_per_worker", "an integer >= 0", scaling.threads_per_worker)
+    need(scaling.checkpoint_every >= 0, "scaling.checkpoint_every", "a step count >= 0", scaling.checkpoint_every)
+    need(scaling.num_to_keep >= 1, "scaling.num_to_keep", "an integer >= 1", scaling.num_to_keep)
+    need(scaling.max_failures >= -1, "scaling.max_failures", "an integer >= -1 (-1: unlimited)", scaling.max_failures)
+    need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
+    need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
+    need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
+    need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
+
+    needs_ref = loss.method in (Method.dive, Method.flyp_replay, Method.snd)
+    if check_paths:
+        need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
+        if needs_ref:
+            need(
+                bool(data.reference),
+                "data.reference",
+                f"a folder of captioned shards (method {loss.method.value} uses the reference set)",
+                data.reference,
+            )
+        paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
+        paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
+        paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
+        paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
+        for key, value in paths:
+            if value and not _is_remote(value):
+                need(Path(value).is_dir(), key, "an existing folder", value)
+        if model.name.startswith("local-dir:"):
+            folder = model.name.removeprefix("local-dir:")
+            need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
+        elif model.pretrained and _looks_like_file(model.pretrained):
+            need(Path(model.pretrained).is_file(), "model.pretrained", "an existing weights file", model.pretrained)
+
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Return a copy of ``cfg`` with ``a.b=c`` overrides applied (same checks as :func:`load_config`)."""
+    return load_config(base=to_dict(cfg), overrides=list(overrides))

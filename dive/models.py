@@ -1,0 +1,162 @@
+"""Build the student, the frozen teacher, transforms and tokenizer from a :class:`~dive.config.ModelConfig`.
+
+All loading rules live here (open_clip names, pretrained tags, weight files, ``local-dir:`` exports, the tiny test
+architecture shipped as package data), so the training code never branches on where a model came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from dive.config import ModelConfig
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_MODEL = "dive-tiny"
+LOCAL_DIR = "local-dir:"
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt scale at 100 (τ ≥ 0.01)
+
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make the architectures in ``dive/model_configs/*.json`` known to open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+@dataclass
+class ModelBundle:
+    """A model and everything needed to feed it, plus the configs an export must record."""
+
+    model: nn.Module
+    preprocess_train: Callable[[Any], torch.Tensor]
+    preprocess_eval: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    # Where the weights came from, for export cards ("random init" when none).
+    source: str
+
+
+def _resolve_model_cfg(name: str, quick_gelu: bool) -> dict[str, Any]:
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ValueError(
+            f"model.name: unknown open_clip model '{name}'. Known: {', '.join(open_clip.list_models()[:8])}, … "
+            f"(open_clip.list_models()), '{TINY_MODEL}', or '{LOCAL_DIR}<folder>'"
+        )
+    model_cfg = copy.deepcopy(model_cfg)
+    if quick_gelu:
+        model_cfg["quick_gelu"] = True
+    return model_cfg
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBundle:
+    """Create the (student) model with its transforms and tokenizer.
+
+    ``cfg.pretrained`` may be an open_clip tag (needs the internet), a weights file, or empty for random init.
+    OpenAI-tagged weights were trained with QuickGELU; we force it so the export records the right activation.
+    """
+    register_model_configs()
+    name, pretrained = cfg.name, cfg.pretrained or None
+    quick_gelu = False
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name.removeprefix(LOCAL_DIR))
+        if not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"model.name: {folder} holds no open_clip_config.json (not an export folder)")
+        pretrained = None  # the folder holds the weights; open_clip ignores `pretrained` for local-dir
+        source = name
+    else:
+        if pretrained and open_clip.get_pretrained_cfg(name, pretrained):
+            quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+        elif pretrained and not Path(pretrained).is_file():
+            raise FileNotFoundError(
+                f"model.pretrained: '{pretrained}' is neither an open_clip tag of {name} "
+                f"({open_clip.list_pretrained_tags_by_model(name)}) nor an existing weights file"
+            )
+        source = f"{name}:{pretrained}" if pretrained else f"{name} (random init)"
+    # Random init is seeded: every process (driver, each Train worker, eval actors) must build the same
+    # "pre-trained" weights when none are loaded, or the teacher would differ from rank to rank.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            name,
+            pretrained=pretrained,
+            device=device,
+            force_quick_gelu=quick_gelu,
+            cache_dir=cfg.cache_dir,
+            output_dict=True,
+        )
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model_cfg = _resolve_model_cfg(name, quick_gelu)
+    return ModelBundle(
+        model=model,
+        preprocess_train=preprocess_train,
+        preprocess_eval=preprocess_eval,
+        tokenizer=open_clip.get_tokenizer(name),
+        model_cfg=model_cfg,
+        preprocess_cfg=dict(model.visual.preprocess_cfg),
+        source=source,
+    )
+
+
+def frozen_teacher(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that never trains: eval mode, no gradients.
+
+    DiveTask re-applies eval mode whenever it is put in train mode, so dropout and norm statistics of the
+    teacher never change.
+    """
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def configure_temperature(model: nn.Module, temperature: float | None, learnable: bool) -> None:
+    """Set the initial τ (``logit_scale = log(1/τ)``) and whether it is trained."""
+    scale = model.logit_scale
+    if temperature is not None:
+        with torch.no_grad():
+            scale.fill_(math.log(1.0 / temperature))
+    scale.requires_grad_(learnable)
+
+
+def clamp_logit_scale(model: nn.Module) -> None:
+    """Keep the learnt logit scale at most 100, as CLIP training does (call after each optimiser step)."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Content hash of a model's weights: identifies the teacher that produced cached embeddings."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def embed_dim(model: nn.Module) -> int:
+    """Dimension D of the joint embedding space."""
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[-1])
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    return int(model.visual.output_dim)

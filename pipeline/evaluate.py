@@ -1,0 +1,183 @@
+"""Evaluation: ID / OOD / zero-shot accuracy and RSA for the teacher and a fine-tuned model, side by side.
+
+Text heads are computed once per suite and model on the driver; images of all suites stream through one Ray Data
+``map_batches`` pass whose actor scores every model on every image. Also a command of its own:
+
+    python pipeline/evaluate.py --config X.yaml --model local-dir:outputs/<run>/export
+    python pipeline/evaluate.py --config X.yaml --model local-dir:… --wise 0,0.25,0.5,0.75,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from dive import zeroshot
+from dive.config import Config, ModelConfig, load_config
+from dive.metrics import SetResult, rsa_report, summarize, table_rows
+from dive.models import ModelBundle, build_model
+from pipeline.data import normalize_images, read_stream
+from pipeline.shards import CAPTIONED, LABELLED, check_dataset, decode_image, iter_rows
+
+
+@dataclass
+class Suite:
+    name: str
+    kind: str  # "id" | "ood" | "zs"
+    folder: str
+
+
+def suites_from_config(cfg: Config) -> list[Suite]:
+    suites = [Suite("id", "id", cfg.eval.id)] if cfg.eval.id else []
+    suites += [Suite(name, "ood", folder) for name, folder in cfg.eval.ood.items()]
+    suites += [Suite(name, "zs", folder) for name, folder in cfg.eval.zs.items()]
+    return suites
+
+
+class _Scorer:
+    """Ray Data actor: holds every model under evaluation and its heads; returns per-image correctness."""
+
+    def __init__(self, models: dict[str, dict[str, Any]], heads: dict[str, list[np.ndarray]], threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.models = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
+        for b in self.models.values():
+            b.model.eval()
+        self.heads = {name: [torch.from_numpy(h) for h in hs] for name, hs in heads.items()}
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"set": batch["set"]}
+        images = torch.from_numpy(batch["image"])
+        suite = torch.from_numpy(batch["set"])
+        labels = torch.from_numpy(batch["label"])
+        for name, bundle in self.models.items():
+            cfg = bundle.preprocess_cfg
+            feats = bundle.model.encode_image(normalize_images(images, cfg["mean"], cfg["std"]), normalize=True)
+            correct = torch.zeros(len(labels), dtype=torch.bool)
+            for s in suite.unique().tolist():
+                rows = suite == s
+                pred = (feats[rows] @ self.heads[name][s].T).argmax(dim=-1)
+                correct[rows] = pred == labels[rows]
+            out[f"correct_{name}"] = correct.numpy()
+        return out
+
+
+def _heads(bundle: ModelBundle, suites: Sequence[Suite]) -> list[np.ndarray]:
+    heads = []
+    for suite in suites:
+        manifest = check_dataset(suite.folder, LABELLED)
+        templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
+        heads.append(zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy())
+    return heads
+
+
+def evaluate_accuracy(
+    models: Mapping[str, ModelConfig], suites: Sequence[Suite], cfg: Config, threads: int = 1
+) -> dict[str, list[SetResult]]:
+    """Accuracy of every model on every suite, in one streamed pass over the suites' images."""
+    if not suites:
+        return {name: [] for name in models}
+    bundles = {name: build_model(m) for name, m in models.items()}
+    first = next(iter(bundles.values()))
+    size = first.preprocess_cfg["size"][0]
+    heads = {name: _heads(b, suites) for name, b in bundles.items()}
+    streams = []
+    for i, suite in enumerate(suites):
+        ds, _ = read_stream(suite.folder, LABELLED, size=size, augment=False,
+                            max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name)
+        streams.append(ds.map_batches(lambda b, i=i: {**b, "set": np.full(len(b["label"]), i)}, batch_format="numpy"))
+    ds = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+    scored = ds.map_batches(
+        _Scorer,
+        fn_constructor_kwargs={"models": {n: asdict(m) for n, m in models.items()}, "heads": heads,
+                               "threads": threads},
+        batch_size=cfg.eval.batch_size,
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=1,
+    )
+    totals = {name: np.zeros((len(suites), 2), dtype=np.int64) for name in models}
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        for name in models:
+            np.add.at(totals[name][:, 0], batch["set"], batch[f"correct_{name}"].astype(np.int64))
+            np.add.at(totals[name][:, 1], batch["set"], 1)
+    return {
+        name: [
+            SetResult(suite.name, suite.kind, float(t[0] / max(t[1], 1)), int(t[1]))
+            for suite, t in zip(suites, totals[name])
+        ]
+        for name in models
+    }
+
+
+@torch.no_grad()
+def reference_embeddings(bundle: ModelBundle, folder: str, samples: int, max_pixels: int) -> tuple[torch.Tensor, ...]:
+    """Image and caption embeddings of the first ``samples`` decodable pairs (a fixed sample: same rows each run)."""
+    images, captions = [], []
+    for row in iter_rows(folder, columns=["image", "caption"]):
+        img, reason = decode_image(row["image"], max_pixels)
+        if reason is None and row["caption"] and row["caption"].strip():
+            images.append(bundle.preprocess_eval(img))
+            captions.append(row["caption"])
+        if len(images) >= samples:
+            break
+    model = bundle.model.eval()
+    img = torch.cat([model.encode_image(torch.stack(images[i : i + 256]), normalize=True)
+                     for i in range(0, len(images), 256)])
+    txt = torch.cat([model.encode_text(bundle.tokenizer(captions[i : i + 256]), normalize=True)
+                     for i in range(0, len(captions), 256)])
+    return img, txt
+
+
+def evaluate_rsa(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, float]:
+    folder = cfg.eval.rsa_set or cfg.data.reference
+    if not folder:
+        return {}
+    check_dataset(folder, CAPTIONED, cfg.data.column_map)
+    t = reference_embeddings(build_model(teacher), folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels)
+    s = reference_embeddings(build_model(student), folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels)
+    return rsa_report(t[0], t[1], s[0], s[1])
+
+
+def evaluate(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, Any]:
+    """The full report: per-set rows for the teacher (zero-shot) and the fine-tuned model, averages, RSA."""
+    suites = suites_from_config(cfg)
+    acc = evaluate_accuracy({"teacher": teacher, "finetuned": student}, suites, cfg)
+    rsa = evaluate_rsa(teacher, student, cfg)
+    return {
+        "rows": [{"model": name, **row} for name in acc for row in table_rows(acc[name])],
+        "teacher": summarize(acc["teacher"]),
+        "finetuned": {**summarize(acc["finetuned"]), **rsa},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="run config YAML (eval suites, teacher model)")
+    parser.add_argument("--model", required=True, help="model to evaluate: local-dir:<export> or an open_clip name")
+    parser.add_argument("--pretrained", default="", help="weights for --model when it is an open_clip name")
+    parser.add_argument("--out", help="write the report JSON here")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    report = evaluate(cfg.model, replace(cfg.model, name=args.model, pretrained=args.pretrained), cfg)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

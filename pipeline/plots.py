@@ -1,0 +1,57 @@
+"""Report plots and tables (PNG / CSV) for MLflow artifacts. Matplotlib's Agg backend: no display needed."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_table_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def accuracy_bars(report: Mapping[str, Any], path: Path) -> None:
+    """Grouped bars: every eval set, teacher (zero-shot) vs fine-tuned."""
+    rows = report["rows"]
+    sets = list(dict.fromkeys(f"{r['kind']}:{r['name']}" for r in rows))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(sets)), 3.5))
+    width = 0.4
+    for offset, model in ((-width / 2, "teacher"), (width / 2, "finetuned")):
+        acc = {f"{r['kind']}:{r['name']}": r["accuracy"] for r in rows if r["model"] == model}
+        ax.bar([i + offset for i in range(len(sets))], [acc.get(s, 0.0) for s in sets], width, label=model)
+    ax.set_xticks(range(len(sets)), sets, rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("teacher (zero-shot) vs fine-tuned")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> None:
+    """Each loss term over steps (log scale: AVL/PVL start at 0 and live on another scale than L_cl)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, points in history.items():
+        if points:
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, label=name.removeprefix("train/"))
+    ax.set_xlabel("step")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,298 @@
+"""The on-disk dataset format: a folder of Parquet shards plus ``dataset.json`` (see the README, "Data").
+
+Labelled sets have columns ``image`` (encoded bytes) and ``label`` (int32); captioned (reference) sets have
+``image`` and ``caption`` (string), optionally ``teacher_image`` / ``teacher_text`` (cached, L2-normalised teacher
+embeddings, fixed size D). Both may carry a ``key`` (string). This module is plain pyarrow + Pillow: it writes
+shards, reads and checks manifests and schemas, and decodes images with the skip rules every reader shares.
+No Ray here, so all of it is testable in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+MANIFEST = "dataset.json"
+LABELLED, CAPTIONED = "labelled", "captioned"
+KINDS = (LABELLED, CAPTIONED)
+TEACHER_COLUMNS = ("teacher_image", "teacher_text")
+
+# Why a sample is skipped. Every reader and converter counts skips under these names.
+EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL = "empty", "undecodable", "too_large", "no_caption", "bad_label"
+MISSING = "missing"  # converters: the source names an image file (or tar member) that does not exist
+SKIP_REASONS = (EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL, MISSING)
+
+
+class DataError(ValueError):
+    """A dataset folder cannot be used; the message names the file, the column and what was expected."""
+
+
+@dataclass
+class Manifest:
+    name: str
+    kind: str
+    num_rows: int = 0
+    classnames: list[str] = field(default_factory=list)  # labelled sets: label i ↔ classnames[i]
+    templates: list[str] = field(default_factory=list)  # labelled sets: prompt templates with "{}"
+    fingerprint: str = ""  # hash of the shards' content
+    skipped: dict[str, int] = field(default_factory=dict)  # {"total": n, <reason>: n, …} at conversion
+    source: str = ""
+    teacher_fingerprint: str = ""  # set when teacher_* columns are cached
+    teacher_dim: int = 0
+    schema_version: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise DataError(f"{folder}: no such dataset folder")
+    if not path.is_file():
+        raise DataError(f"{path}: missing manifest; a dataset folder needs it (write shards with `dive data …`)")
+    try:
+        raw = json.loads(path.read_text())
+        manifest = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise DataError(f"{path}: not a valid manifest ({err})") from None
+    if manifest.kind not in KINDS:
+        raise DataError(f"{path}: key 'kind' must be one of {KINDS}, got {manifest.kind!r}")
+    return manifest
+
+
+def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Write ``dataset.json`` atomically (temp file + rename), so a crash never leaves half a manifest."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def shard_files(folder: str | os.PathLike[str]) -> list[Path]:
+    return sorted(Path(folder).glob("*.parquet"))
+
+
+def content_fingerprint(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_float_vector(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)) and (
+        pa.types.is_floating(t.value_type)
+    )
+
+
+_EXPECTED = {
+    "image": (_is_binary, "encoded image bytes (binary)"),
+    "label": (pa.types.is_integer, "an integer class index"),
+    "caption": (_is_string, "a string"),
+    "key": (_is_string, "a string"),
+    "teacher_image": (_is_float_vector, "a float list of size D"),
+    "teacher_text": (_is_float_vector, "a float list of size D"),
+}
+
+
+def required_columns(kind: str) -> tuple[str, ...]:
+    return ("image", "label") if kind == LABELLED else ("image", "caption")
+
+
+def check_dataset(
+    folder: str | os.PathLike[str],
+    kind: str | None = None,
+    column_map: Mapping[str, str] | None = None,
+) -> Manifest:
+    """Check manifest, shard files and column types before anything is trained; return the manifest.
+
+    ``column_map`` maps source column names to schema names (``{"jpg": "image", "txt": "caption"}``), so
+    img2dataset output reads without conversion. Errors name the shard, the column and what was expected.
+    """
+    manifest = read_manifest(folder)
+    if kind is not None and manifest.kind != kind:
+        raise DataError(f"{Path(folder) / MANIFEST}: expected a {kind} dataset, got kind {manifest.kind!r}")
+    files = shard_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no *.parquet shards (expected at least one)")
+    if manifest.num_rows <= 0:
+        raise DataError(f"{Path(folder) / MANIFEST}: the dataset is empty (num_rows = {manifest.num_rows})")
+    if manifest.kind == LABELLED and not manifest.classnames:
+        raise DataError(f"{Path(folder) / MANIFEST}: key 'classnames' must list the class names of a labelled set")
+    inverse = {v: k for k, v in (column_map or {}).items()}
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as err:  # pyarrow raises several types for a corrupt footer
+            raise DataError(f"{f}: not a readable Parquet file ({err})") from None
+        for column in required_columns(manifest.kind):
+            source = inverse.get(column, column)
+            if source not in schema.names:
+                raise DataError(
+                    f"{f}: missing column '{source}' (expected {_EXPECTED[column][1]} for '{column}'); "
+                    f"columns are {schema.names}; map names with data.column_map"
+                )
+        for column, (ok, expected) in _EXPECTED.items():
+            source = inverse.get(column, column)
+            if source in schema.names and not ok(schema.field(source).type):
+                raise DataError(f"{f}: column '{source}' has type {schema.field(source).type}, expected {expected}")
+    return manifest
+
+
+def check_teacher_cache(folder: str | os.PathLike[str], manifest: Manifest, teacher_fp: str) -> bool:
+    """True when the folder holds teacher embeddings made by this teacher; a stale cache is an error."""
+    if not manifest.teacher_fingerprint:
+        return False
+    if manifest.teacher_fingerprint != teacher_fp:
+        raise DataError(
+            f"{Path(folder) / MANIFEST}: cached teacher embeddings were made by teacher {manifest.teacher_fingerprint}, "
+            f"but this run's teacher is {teacher_fp}; re-run `dive data cache-teacher` or drop the teacher columns"
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+def decode_image(data: bytes | None, max_pixels: int) -> tuple[Image.Image | None, str | None]:
+    """Decode encoded bytes to RGB, or return the skip reason. The pixel limit is checked from the header,
+    before any pixel is decoded, so a decompression bomb costs nothing."""
+    if not data:
+        return None, EMPTY
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                return None, TOO_LARGE
+            img.load()
+            return img.convert("RGB"), None
+    except Image.DecompressionBombError:
+        return None, TOO_LARGE
+    except Exception:  # PIL raises many types for truncated/corrupt files
+        return None, UNDECODABLE
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+class ShardWriter:
+    """Write rows into Parquet shards and a manifest, all-or-nothing.
+
+    Rows go to a temporary folder next to ``out``; only a complete dataset is moved into place, so an interrupted
+    conversion never leaves a half-written dataset and never destroys an existing one unless ``overwrite``.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        manifest: Manifest,
+        rows_per_shard: int = 2048,
+        overwrite: bool = False,
+    ) -> None:
+        if manifest.kind not in KINDS:
+            raise DataError(f"kind must be one of {KINDS}, got {manifest.kind!r}")
+        self.out = Path(out)
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise DataError(f"{self.out}: exists and is not empty (pass --overwrite to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest = manifest
+        self.rows_per_shard = rows_per_shard
+        self.skipped: Counter[str] = Counter()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self._rows: list[dict[str, Any]] = []
+        self._count = 0
+        self._shards = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self._rows.append(dict(row))
+        if len(self._rows) >= self.rows_per_shard:
+            self._flush()
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] += n
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        table = _rows_to_table(self._rows, self.manifest.kind)
+        pq.write_table(table, self._tmp / f"part-{self._shards:05d}.parquet")
+        self._count += len(self._rows)
+        self._shards += 1
+        self._rows = []
+
+    def close(self) -> Manifest:
+        self._flush()
+        self.manifest.num_rows = self._count
+        self.manifest.skipped = {"total": sum(self.skipped.values()), **dict(sorted(self.skipped.items()))}
+        self.manifest.fingerprint = content_fingerprint(shard_files(self._tmp))
+        write_manifest(self._tmp, self.manifest)
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self._tmp.replace(self.out)
+        return self.manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _rows_to_table(rows: list[dict[str, Any]], kind: str) -> pa.Table:
+    columns: dict[str, pa.Array] = {"image": pa.array([r["image"] for r in rows], type=pa.binary())}
+    if kind == LABELLED:
+        columns["label"] = pa.array([int(r["label"]) for r in rows], type=pa.int32())
+    else:
+        columns["caption"] = pa.array([str(r["caption"]) for r in rows], type=pa.string())
+    if all("key" in r for r in rows):
+        columns["key"] = pa.array([str(r["key"]) for r in rows], type=pa.string())
+    for name in TEACHER_COLUMNS:
+        if all(name in r for r in rows):
+            values = np.stack([np.asarray(r[name], dtype=np.float32) for r in rows])
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.table(columns)
+
+
+def iter_rows(folder: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of every shard in order (plain pyarrow; for small sets, tests and the teacher cache)."""
+    for f in shard_files(folder):
+        yield from pq.read_table(f, columns=columns).to_pylist()

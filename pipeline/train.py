@@ -1,0 +1,283 @@
+"""Fine-tune a CLIP model with DiVE (or a baseline) on Ray Train, tracked in MLflow.
+
+    python pipeline/train.py                                   # the built-in demo (CPU, 2 workers, minutes)
+    python pipeline/train.py --config my_run.yaml loss.lambda_avl=500 scaling.num_workers=8
+    ray job submit --working-dir . -- python pipeline/train.py --config my_run.yaml
+    python pipeline/train.py --config my_run.yaml --validate   # check the config, start nothing
+
+Recipe: validate the config (before Ray starts) → create the MLflow run → Ray Data streams → TorchTrainer fit
+(pipeline/worker.py) → export the student (open_clip local-dir) → evaluate teacher vs fine-tuned → log everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
+from pipeline.shards import DataError
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    export_dir: str
+    report: dict[str, Any]
+    tracking_uri: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def _absolute(path: str) -> str:
+    return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make every path absolute on the driver: a Ray Train worker's cwd is a temporary session folder."""
+    data = replace(cfg.data, id_train=_absolute(cfg.data.id_train), reference=_absolute(cfg.data.reference),
+                   demo=_absolute(cfg.data.demo))
+    ev = replace(cfg.eval, id=_absolute(cfg.eval.id), rsa_set=_absolute(cfg.eval.rsa_set),
+                 ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
+                 zs={k: _absolute(v) for k, v in cfg.eval.zs.items()})
+    model = cfg.model
+    if model.name.startswith("local-dir:"):
+        model = replace(model, name="local-dir:" + _absolute(model.name.removeprefix("local-dir:")))
+    if model.pretrained and (os.sep in model.pretrained or Path(model.pretrained).suffix):
+        model = replace(model, pretrained=_absolute(model.pretrained))
+    tracking = replace(cfg.tracking, output_dir=_absolute(cfg.tracking.output_dir))
+    scaling = replace(cfg.scaling, storage_path=_absolute(cfg.scaling.storage_path)
+                      or str(Path(tracking.output_dir) / "ray_results"))
+    return replace(cfg, data=data, eval=ev, model=model, tracking=tracking, scaling=scaling)
+
+
+def prepare_config(config_path: str | None, overrides: list[str]) -> Config:
+    """Load, resolve, build the demo data if the config asks for it, and validate — all before Ray starts."""
+    cfg = resolve_paths(load_config(config_path or DEMO_CONFIG, overrides))
+    validate(cfg, check_paths=not cfg.data.demo)
+    if cfg.data.demo:
+        from pipeline.demo import ensure_demo
+
+        ensure_demo(Path(cfg.data.demo))
+        validate(cfg)
+    check_datasets(cfg)
+    return cfg
+
+
+def check_datasets(cfg: Config) -> None:
+    """Manifest, shards and column types of every dataset the run reads: a wrong schema fails here, on the
+    driver, naming the file and column — not as a stack trace from inside a Ray worker."""
+    from pipeline.shards import CAPTIONED, LABELLED, check_dataset
+
+    check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
+    if cfg.data.reference:
+        check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
+    for folder in [cfg.eval.id, *cfg.eval.ood.values(), *cfg.eval.zs.values()]:
+        if folder:
+            check_dataset(folder, LABELLED)
+    if cfg.eval.rsa_set:
+        check_dataset(cfg.eval.rsa_set, CAPTIONED, cfg.data.column_map)
+
+
+# ---------------------------------------------------------------------------------------------------- ray
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local one.
+
+    Locally we declare at least 4 logical CPUs: Ray Data's file listing always asks for one whole CPU, and with
+    2 real cores and two Train workers the pipeline would otherwise wait forever.
+    """
+    import ray
+    import ray.data
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ctx = ray.data.DataContext.get_current()
+    if os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1":  # bars are for humans at a terminal, not job logs
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        ctx.print_on_execution_start = False
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+    ray.init(num_cpus=max(4, int(need + 0.999)), include_dashboard=False, log_to_driver=True)
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | None = None) -> RunResult:
+    """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dive.models import build_model, fingerprint
+    from pipeline import tracking
+    from pipeline.data import SkipCounter, read_stream
+    from pipeline.shards import CAPTIONED, LABELLED, check_teacher_cache, read_manifest
+    from pipeline.worker import RunInfo, train_loop_per_worker
+
+    t0 = time.perf_counter()
+    init_ray(cfg)
+    client, run_id = tracking.start_run(cfg, parent_run_id=parent_run_id)
+    uri = tracking.tracking_uri(cfg)
+    client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+    out_dir = Path(cfg.tracking.output_dir) / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    print(f"[dive] MLflow run {run_id} ({uri})", flush=True)
+
+    try:
+        teacher_bundle = build_model(cfg.model)
+        size = teacher_bundle.preprocess_cfg["size"][0]
+        use_cache = False
+        counter = SkipCounter.remote()
+        id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, size=size, augment=cfg.data.augment,
+                                         max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name,
+                                         column_map=cfg.data.column_map, counter=counter)
+        datasets = {"id": id_ds}
+        if cfg.data.reference:
+            ref_manifest = read_manifest(cfg.data.reference)
+            use_cache = check_teacher_cache(cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model))
+            datasets["ref"], _ = read_stream(cfg.data.reference, CAPTIONED, size=size, augment=False,
+                                             max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name,
+                                             column_map=cfg.data.column_map, counter=counter,
+                                             use_teacher_cache=use_cache)
+        info = RunInfo(run_id=run_id, tracking_uri=uri, id_rows=id_manifest.num_rows,
+                       classnames=id_manifest.classnames, templates=id_manifest.templates,
+                       use_teacher_cache=use_cache, skip_counter=counter)
+        resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": to_dict(cfg), "info": asdict(info)},
+            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=f"dive-{run_id[:12]}",
+                storage_path=cfg.scaling.storage_path,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.num_to_keep),
+                failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                callbacks=callbacks or None,
+            ),
+            datasets=datasets,
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        export_dir = export_checkpoint(cfg, result.checkpoint, out_dir / "export", teacher_bundle, run_id)
+        client.log_artifacts(run_id, str(export_dir), "export")
+        report = finish(cfg, client, run_id, export_dir, out_dir)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    seconds = time.perf_counter() - t0
+    return RunResult(run_id, str(export_dir), report, uri, seconds)
+
+
+def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, run_id: str) -> Path:
+    """Load the student from the last checkpoint and write the open_clip ``local-dir:`` export with its card."""
+    import torch
+
+    from dive.export import export_model
+    from dive.models import build_model
+    from pipeline.worker import STATE_FILE
+
+    with checkpoint.as_directory() as ckpt:
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    student = build_model(cfg.model).model
+    student.load_state_dict(state["student"])
+    card = {
+        "base_model": bundle.source,
+        "method": cfg.loss.method.value,
+        "lambda_avl": cfg.loss.lambda_avl,
+        "lambda_pvl": cfg.loss.lambda_pvl,
+        "data": {"id_train": cfg.data.id_train, "reference": cfg.data.reference},
+        "steps": state["step"],
+        "mlflow_run_id": run_id,
+        "git_sha": _git_sha(),
+    }
+    return export_model(student, folder, bundle.model_cfg, bundle.preprocess_cfg, card=card)
+
+
+def finish(cfg: Config, client: Any, run_id: str, export_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Evaluate teacher and fine-tuned model, log metrics, tables and plots to the run."""
+    from pipeline import plots, tracking
+    from pipeline.evaluate import evaluate
+
+    student = replace(cfg.model, name=f"local-dir:{export_dir}", pretrained="")
+    report = evaluate(cfg.model, student, cfg)
+    metrics = {f"eval/{k}": v for k, v in report["finetuned"].items()}
+    metrics.update({f"eval/teacher/{k}": v for k, v in report["teacher"].items()})
+    tracking.log_metrics(client, run_id, metrics, step=0)
+    tables = out_dir / "eval"
+    tables.mkdir(exist_ok=True)
+    (tables / "report.json").write_text(json.dumps(report, indent=2))
+    plots.write_table_csv(report["rows"], tables / "accuracy.csv")
+    plots.accuracy_bars(report, tables / "accuracy.png")
+    history = tracking.metric_history(client, run_id, ["train/loss", "train/loss_cl", "train/loss_avl",
+                                                       "train/loss_pvl"])
+    plots.loss_curves(history, tables / "losses.png")
+    client.log_artifacts(run_id, str(tables), "eval")
+    return report
+
+
+def _print_summary(result: RunResult, cfg: Config) -> None:
+    ft, teacher = result.report["finetuned"], result.report["teacher"]
+    print("\n[dive] done in %.0f s" % result.seconds)
+    print(f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}")
+    for name, row in (("teacher", teacher), ("fine-tuned", ft)):
+        print(f"{name:12}{row.get('id_acc', float('nan')):8.3f}{row.get('ood_avg', float('nan')):10.3f}"
+              f"{row.get('zs_avg', float('nan')):9.3f}")
+    if "rsa_mean" in ft:
+        print(f"RSA (mean of image/text/cross): {ft['rsa_mean']:.3f}")
+    print(f"MLflow run:  {result.run_id}")
+    print(f"export:      {result.export_dir}")
+    print("load it:     open_clip.create_model_and_transforms('local-dir:%s')" % result.export_dir)
+    ui_uri = result.tracking_uri if result.tracking_uri.startswith("sqlite") else None
+    if ui_uri:
+        print(f"MLflow UI:   mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"run config YAML (default: the built-in demo, {DEMO_CONFIG.name})")
+    parser.add_argument("--validate", action="store_true", help="check the config and exit; starts nothing")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")
+    args = parser.parse_args(argv)
+    try:
+        cfg = prepare_config(args.config, args.overrides)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.validate:
+        print(to_yaml(cfg))
+        print("config OK", file=sys.stderr)
+        return 0
+    result = run(cfg)
+    _print_summary(result, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared fixtures: the tiny random-init open_clip model and batches made from noise (CPU, milliseconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dive.config import ModelConfig
+from dive.models import ModelBundle, build_model
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    return build_model(ModelConfig())
+
+
+def make_batch(bundle: ModelBundle, n_id: int = 6, n_ref: int = 4, num_classes: int = 3, seed: int = 0):
+    """A training batch in the task's schema: random images, real tokenised prompts and captions."""
+    g = torch.Generator().manual_seed(seed)
+    size = bundle.preprocess_cfg["size"][0]
+    labels = torch.arange(n_id) % num_classes
+    classes = ["circle", "square", "triangle", "star", "cross"][:num_classes]
+    captions = [f"a {c} drawn in {col}" for c, col in zip(["red", "blue", "green", "tiny", "huge"], classes * 2)]
+    return {
+        "id_image": torch.randn(n_id, 3, size, size, generator=g),
+        "id_label": labels,
+        "id_text": bundle.tokenizer([f"a photo of a {classes[i]}." for i in labels.tolist()]),
+        "ref_image": torch.randn(n_ref, 3, size, size, generator=g),
+        "ref_text": bundle.tokenizer((captions * n_ref)[:n_ref]),
+    }

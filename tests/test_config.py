@@ -1,0 +1,112 @@
+"""Config loading, overrides and validation: every error names the key and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from dive.config import Config, ConfigError, Method, flatten, from_dict, load_config, to_dict, to_yaml, validate
+
+
+def _valid(tmp_path, *overrides: str) -> Config:
+    (tmp_path / "id").mkdir(exist_ok=True)
+    (tmp_path / "ref").mkdir(exist_ok=True)
+    return load_config(overrides=[f"data.id_train={tmp_path / 'id'}", f"data.reference={tmp_path / 'ref'}", *overrides])
+
+
+def test_defaults_follow_the_paper():
+    cfg = load_config()
+    assert cfg.loss.method is Method.dive
+    assert (cfg.loss.lambda_avl, cfg.loss.lambda_pvl, cfg.loss.ema_momentum) == (1000.0, 1000.0, 0.99)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (1e-5, 0.1, 500)
+
+
+def test_yaml_then_overrides_with_types_converted(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("loss:\n  lambda_avl: 250\n  method: flyp\noptim:\n  global_batch: 64\n")
+    cfg = load_config(path, ["loss.lambda_avl=500", "eval.ood.sketch=/data/sketch", "loss.temperature=0.07"])
+    assert cfg.loss.lambda_avl == 500.0 and isinstance(cfg.loss.lambda_avl, float)
+    assert cfg.loss.method is Method.flyp
+    assert cfg.optim.global_batch == 64
+    assert cfg.eval.ood == {"sketch": "/data/sketch"}
+    assert cfg.loss.temperature == pytest.approx(0.07)
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    cfg = load_config(overrides=["loss.method=snd", "data.column_map.jpg=image"])
+    assert from_dict(to_dict(cfg)) == cfg
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
+    flat = flatten(cfg)
+    assert flat["loss.method"] == "snd" and flat["data.column_map.jpg"] == "image"
+    assert flat["optim.lr"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("loss.lambda_avll=5", "loss.lambda_avll", "not in 'LossConfig'"),
+        ("loss.lambda_avl=abc", "loss.lambda_avl", "could not be converted to Float"),
+        ("loss.method=dvie", "loss.method", "expected one of"),
+        ("optim.global_batch=1.5", "optim.global_batch", "could not be converted"),
+        ("nosection.x=1", "nosection", "not in 'Config'"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_name_the_key(override, key, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert f"'{key}'" in str(err.value) and expected in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'optim\.learning_rate'"):
+        load_config(path)
+
+
+def test_override_without_equals_and_missing_file():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(overrides=["loss.lambda_avl"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/no/such/config.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("loss.lambda_avl=-1", "loss.lambda_avl", ">= 0"),
+        ("loss.lambda_pvl=-0.5", "loss.lambda_pvl", ">= 0"),
+        ("loss.ema_momentum=1.0", "loss.ema_momentum", "[0, 1)"),
+        ("loss.ema_momentum=-0.1", "loss.ema_momentum", "[0, 1)"),
+        ("scaling.num_workers=3", "optim.global_batch", "multiple of scaling.num_workers"),
+        ("optim.grad_accum=3", "optim.global_batch", "× optim.grad_accum"),
+        ("data.ref_batch=5", "data.ref_batch", "multiple of"),
+        ("eval.ood.sketch=/no/such/dir", "eval.ood.sketch", "an existing folder"),
+        ("model.precision=fp16", "model.precision", "'fp32' or 'bf16'"),
+        ("model.pretrained=/no/weights.pt", "model.pretrained", "existing weights file"),
+        ("loss.temperature=0", "loss.temperature", "(0, 100]"),
+    ],
+)
+def test_validate_rejects_impossible_values_naming_the_key(tmp_path, override, key, expected):
+    cfg = _valid(tmp_path, "optim.global_batch=8", override)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert f"'{key}'" in str(err.value) and expected in str(err.value)
+
+
+def test_validate_accepts_a_sound_config_and_reports_all_problems_at_once(tmp_path):
+    assert validate(_valid(tmp_path, "optim.global_batch=8")).optim.global_batch == 8
+    with pytest.raises(ConfigError) as err:
+        validate(_valid(tmp_path, "loss.lambda_avl=-1", "loss.ema_momentum=2"))
+    assert "loss.lambda_avl" in str(err.value) and "loss.ema_momentum" in str(err.value)
+
+
+def test_missing_dataset_folders_are_reported_unless_paths_are_generated_later(tmp_path):
+    cfg = load_config(overrides=[f"data.id_train={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match="'data.id_train': expected an existing folder"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="'data.reference'"):
+        validate(cfg)
+    validate(cfg, check_paths=False)  # the demo generates its data after validation
+    assert load_config(overrides=["loss.method=flyp"]).loss.method is Method.flyp
