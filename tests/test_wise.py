@@ -31,10 +31,12 @@ def _pair():
 def models():
     torch.manual_seed(0)
     pre = build_model(ModelConfig()).model
+    ft = build_model(ModelConfig()).model  # random init is seeded: the same weights as `pre` …
     torch.manual_seed(1)
-    ft = build_model(ModelConfig()).model
-    with torch.no_grad():
-        ft.logit_scale.fill_(4.0)  # random inits share CLIP's initial scale; make it differ too
+    with torch.no_grad():  # … so move every float tensor, as fine-tuning would
+        for p in ft.state_dict().values():
+            if p.is_floating_point():
+                p.add_(0.01 * torch.randn_like(p))
     return pre, ft
 
 
