@@ -170,6 +170,21 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
     return (images.float() / 255.0 - m) / s
 
 
+def stream_image_transform(bundle: Any) -> Any:
+    """PIL image → the exact float tensor a Train worker feeds the model (uint8 eval resize, then normalise).
+
+    The teacher-embedding cache uses this, so cached embeddings equal what the live teacher computes in training.
+    """
+    size = bundle.preprocess_cfg["size"][0]
+    mean, std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        pixels = np.asarray(_transform(size, False)(img), dtype=np.uint8).transpose(2, 0, 1)
+        return normalize_images(torch.from_numpy(pixels.copy())[None], mean, std)[0]
+
+    return transform
+
+
 def cycle_batches(shard: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Repeat a dataset shard forever (the reference stream: the ID stream alone defines the epoch)."""
     while True:

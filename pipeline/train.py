@@ -37,6 +37,8 @@ class RunResult:
     report: dict[str, Any]
     tracking_uri: str
     seconds: float
+    checkpoint: str  # the last Ray Train checkpoint (full training state)
+    steps: int
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -62,10 +64,12 @@ def resolve_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, eval=ev, model=model, tracking=tracking, scaling=scaling)
 
 
-def prepare_config(config_path: str | None, overrides: list[str]) -> Config:
+def prepare_config(config_path: str | None, overrides: list[str], build_demo: bool = True) -> Config:
     """Load, resolve, build the demo data if the config asks for it, and validate — all before Ray starts."""
     cfg = resolve_paths(load_config(config_path or DEMO_CONFIG, overrides))
     validate(cfg, check_paths=not cfg.data.demo)
+    if cfg.data.demo and not build_demo:
+        return cfg
     if cfg.data.demo:
         from pipeline.demo import ensure_demo
 
@@ -127,7 +131,6 @@ def _git_sha() -> str:
 # ---------------------------------------------------------------------------------------------------- run
 def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | None = None) -> RunResult:
     """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config)."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -192,7 +195,8 @@ def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | No
         client.set_terminated(run_id, "FAILED")
         raise
     seconds = time.perf_counter() - t0
-    return RunResult(run_id, str(export_dir), report, uri, seconds)
+    return RunResult(run_id, str(export_dir), report, uri, seconds, result.checkpoint.path,
+                     int(result.metrics.get("step", 0)))
 
 
 def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, run_id: str) -> Path:
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")
     args = parser.parse_args(argv)
     try:
-        cfg = prepare_config(args.config, args.overrides)
+        cfg = prepare_config(args.config, args.overrides, build_demo=not args.validate)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

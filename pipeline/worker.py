@@ -105,6 +105,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task.train()
 
     logger = _RankZeroLogger(info) if rank == 0 else None
+    if logger is not None and checkpoint is not None:  # visible in MLflow: where a restarted worker group resumed
+        logger.log({"train/resumed_from_step": step, "train/center_norm": task.center.norm().item()}, step)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.model.precision == "bf16"
@@ -155,6 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if logger is not None and (step % info.log_every == 0 or step == 1 or step == max_steps):
                     elapsed = time.perf_counter() - t_start
                     logged["train/lr"] = scheduler.get_last_lr()[0]
+                    logged["train/center_norm"] = task.center.norm().item()
                     logged["train/samples_per_s"] = done_in_epoch * cfg.optim.global_batch / max(elapsed, 1e-9)
                     logged["train/data_wait_frac"] = t_wait / max(elapsed, 1e-9)
                     logger.log(logged, step)

@@ -29,3 +29,17 @@ def make_batch(bundle: ModelBundle, n_id: int = 6, n_ref: int = 4, num_classes: 
         "ref_image": torch.randn(n_ref, 3, size, size, generator=g),
         "ref_text": bundle.tokenizer((captions * n_ref)[:n_ref]),
     }
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that needs it (4 logical CPUs: see README, "2-core machines")."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

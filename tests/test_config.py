@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from dive.config import Config, ConfigError, Method, flatten, from_dict, load_config, to_dict, to_yaml, validate
+from dive.config import (
+    Config,
+    ConfigError,
+    Method,
+    flatten,
+    from_dict,
+    load_config,
+    to_dict,
+    to_yaml,
+    validate,
+)
 
 
 def _valid(tmp_path, *overrides: str) -> Config:

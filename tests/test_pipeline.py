@@ -1,0 +1,150 @@
+"""End-to-end checks of the Ray pipeline on the tiny demo data (marked: each TorchTrainer start costs ~30 s)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import open_clip
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from dive.models import register_model_configs
+from pipeline.train import main, prepare_config, run
+from pipeline.worker import STATE_FILE
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from pipeline.demo import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo"), size="tiny")
+
+
+def _config(demo, tmp: Path, *extra: str):
+    paths, teacher = demo
+    base = tmp / "base.yaml"
+    base.write_text("{}\n")
+    overrides = [
+        *paths.config_overrides(),
+        f"model.pretrained={teacher}",
+        "optim.global_batch=16",
+        "optim.epochs=2",
+        "optim.max_steps=4",
+        "optim.warmup_steps=1",
+        "optim.lr=1e-3",
+        "loss.lambda_avl=10",
+        "loss.lambda_pvl=10",
+        "eval.rsa_samples=16",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"tracking.output_dir={tmp}/out",
+        "tracking.experiment=test",
+        *extra,
+    ]
+    return prepare_config(str(base), overrides)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
+    cfg = _config(demo, tmp_path)
+    result = run(cfg)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    mlrun = client.get_run(result.run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["loss.lambda_avl"] == "10.0" and mlrun.data.params["loss.method"] == "dive"
+    metrics = mlrun.data.metrics
+    for key in ("train/loss", "train/loss_cl", "train/loss_avl", "train/loss_pvl", "train/lr", "train/temperature",
+                "train/samples_per_s", "train/data_wait_frac", "data/skipped", "eval/id_acc", "eval/ood_avg",
+                "eval/zs_avg", "eval/rsa_mean", "eval/teacher/id_acc", "eval/ood/outline", "eval/zs/color"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["eval/id_acc"] <= 1.0 and -1.0 <= metrics["eval/rsa_mean"] <= 1.0
+    steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
+    assert max(steps) == 4
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config", "eval", "export"} <= artifacts
+    eval_files = {Path(a.path).name for a in client.list_artifacts(result.run_id, "eval")}
+    assert {"report.json", "accuracy.csv", "accuracy.png", "losses.png"} <= eval_files
+    # The export loads through open_clip and holds the weights of the final checkpoint.
+    register_model_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{result.export_dir}")
+    state = torch.load(Path(result.checkpoint) / STATE_FILE, weights_only=True)
+    assert state["step"] == result.steps == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["student"][key]), key
+    assert state["center"].norm() > 0  # the EMA centre moved and was checkpointed
+
+
+def _kill_first_worker_after_checkpoint(storage: Path, killed: list[int], stop: threading.Event) -> None:
+    # Wait for a second checkpoint folder: by then the first one is committed (a folder alone may still be
+    # mid-upload, and Ray Train rightly restarts from scratch when no checkpoint was registered yet).
+    while not stop.is_set():
+        if sum(p.is_dir() for p in storage.glob("*/checkpoint_*")) >= 2:
+            for proc in psutil.process_iter(["cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.1)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint_in_the_same_mlflow_run(ray_session, demo, tmp_path):
+    cfg = _config(demo, tmp_path, "optim.max_steps=9", "optim.epochs=4", "scaling.checkpoint_every=1",
+                  "scaling.max_failures=2")
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_first_worker_after_checkpoint,
+                               args=(Path(cfg.scaling.storage_path), killed, stop), daemon=True)
+    watcher.start()
+    try:
+        result = run(cfg)
+    finally:
+        stop.set()
+    assert killed, "no worker was killed: the run ended before its first checkpoint was seen"
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == result.run_id
+    resumed = client.get_metric_history(result.run_id, "train/resumed_from_step")
+    assert resumed and resumed[0].value >= 1
+    # The centre at resume equals the one stored in the checkpoint of that step.
+    step = int(resumed[0].value)
+    norms = [m.value for m in client.get_metric_history(result.run_id, "train/center_norm") if m.step == step]
+    assert norms and any(n > 0 for n in norms)
+    assert len(set(round(n, 6) for n in norms)) == 1, norms  # logged before and after the kill: identical
+    assert max(m.step for m in client.get_metric_history(result.run_id, "train/loss")) == 9
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Fail the test if main() gets as far as starting Ray / a training run."""
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("training started although the input was invalid")
+
+    monkeypatch.setattr("pipeline.train.run", forbidden)
+    monkeypatch.setattr("pipeline.train.init_ray", forbidden)
+
+
+def test_bad_config_fails_before_ray_starts_naming_the_key(tmp_path, capsys, no_run):
+    base = tmp_path / "run.yaml"
+    base.write_text("loss:\n  lambda_avl: -1\n")
+    assert main(["--config", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert "loss.lambda_avl" in err and ">= 0" in err
+    assert main(["--config", str(base), "loss.lambda_avl=1", "loss.ema_momentum=2"]) == 2
+    assert "loss.ema_momentum" in capsys.readouterr().err
+
+
+def test_wrong_dataset_schema_fails_before_ray_starts(tmp_path, capsys, demo, no_run):
+    paths, _ = demo
+    base = tmp_path / "run.yaml"
+    base.write_text("{}\n")
+    # A captioned set given as the ID training set: wrong kind, named with its manifest.
+    assert main(["--config", str(base), f"data.id_train={paths.reference}", f"data.reference={paths.reference}"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.json" in err and "labelled" in err

@@ -1,0 +1,490 @@
+"""``dive data``: imagefolder / captions / wds converters, skip rules, bad sources, CLI, teacher cache."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from dive.config import ModelConfig
+from dive.models import build_model, fingerprint
+from pipeline import prepare
+from pipeline.prepare import cache_teacher, convert_captions, convert_imagefolder, convert_wds, main
+from pipeline.shards import (
+    CAPTIONED,
+    LABELLED,
+    DataError,
+    Manifest,
+    ShardWriter,
+    check_dataset,
+    check_teacher_cache,
+    iter_rows,
+    read_manifest,
+    shard_files,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_progress(monkeypatch):
+    monkeypatch.setenv("DIVE_NO_PROGRESS", "1")
+
+
+def image_bytes(size=(16, 12), color=(10, 200, 30), fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def skip_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("skipped ")]
+
+
+# ----------------------------------------------------------------------------------------------- imagefolder
+def test_imagefolder_round_trip(tmp_path, capsys):
+    src = tmp_path / "src"
+    files = {}
+    for cls, n in (("sea_turtle", 2), ("ant", 3), ("zebra", 1)):  # created unsorted
+        for i in range(n):
+            rel = f"{cls}/img{i}.{'jpg' if i % 2 else 'png'}"
+            data = image_bytes(color=(i * 50, len(cls) * 10, 0), fmt="JPEG" if i % 2 else "PNG")
+            (src / cls).mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes(data)
+            files[rel] = data
+    (src / "ant" / "nested").mkdir()
+    (src / "ant" / "nested" / "deep.png").write_bytes(files["ant/img0.png"])
+    files["ant/nested/deep.png"] = files["ant/img0.png"]
+    (src / "ant" / ".DS_Store").write_bytes(b"junk")  # hidden files are not samples
+    (src / "README.txt").write_text("files beside the class folders are ignored")
+
+    out = tmp_path / "out"
+    manifest = convert_imagefolder(src, out, rows_per_shard=3)
+    assert manifest.kind == LABELLED
+    assert manifest.classnames == ["ant", "sea turtle", "zebra"]
+    assert manifest.templates == list(prepare.DEFAULT_TEMPLATES)
+    assert manifest.num_rows == 7 and manifest.skipped == {"total": 0}
+    assert manifest.source == str(src.resolve())
+    assert len(shard_files(out)) == 3
+    assert check_dataset(out, LABELLED) == read_manifest(out) == manifest
+    rows = list(iter_rows(out))
+    assert sorted(r["key"] for r in rows) == sorted(files)
+    for row in rows:
+        assert row["image"] == files[row["key"]]  # original bytes, not re-encoded
+        assert row["label"] == ["ant", "sea_turtle", "zebra"].index(row["key"].split("/")[0])
+    assert skip_lines(capsys.readouterr().out) == []
+
+
+def test_imagefolder_cli_with_templates_file_and_summary(tmp_path, capsys):
+    src = tmp_path / "src"
+    for cls in ("b", "a"):
+        (src / cls).mkdir(parents=True)
+        (src / cls / "x.png").write_bytes(image_bytes())
+    templates = tmp_path / "templates.txt"
+    templates.write_text("# comment\nart of the {}.\n\na {} in the wild.\n")
+    out = tmp_path / "out"
+    assert (
+        main(["imagefolder", str(src), str(out), "--templates", str(templates), "--rows-per-shard", "1"]) == 0
+    )
+    assert read_manifest(out).templates == ["art of the {}.", "a {} in the wild."]
+    assert len(shard_files(out)) == 2
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "wrote 2 rows" in summary and str(out) in summary and "skipped 0" in summary
+
+    templates.write_text("no placeholder here\n")
+    assert main(["imagefolder", str(src), str(tmp_path / "o2"), "--templates", str(templates)]) == 2
+    assert "templates.txt:1" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_imagefolder_bad_files_are_skipped_printed_and_counted(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "dog").mkdir(parents=True)
+    good = image_bytes(size=(16, 16))
+    for i in range(3):
+        (src / "cat" / f"ok{i}.png").write_bytes(good)
+    (src / "dog" / "ok.png").write_bytes(good)
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(noise, "PNG")
+    (src / "dog" / "truncated.png").write_bytes(noise.getvalue()[: len(noise.getvalue()) // 2])  # 900 px
+    (src / "dog" / "empty.jpg").write_bytes(b"")
+    (src / "dog" / "notes.txt").write_text("not an image")
+    (src / "cat" / "huge.png").write_bytes(image_bytes(size=(40, 40)))  # 1600 px > --max-pixels 1000
+
+    out = tmp_path / "out"
+    manifest = convert_imagefolder(src, out, max_pixels=1000)
+    assert manifest.num_rows == 4
+    expected = {"total": 4, "empty": 1, "too_large": 1, "undecodable": 2}
+    assert manifest.skipped == expected == read_manifest(out).skipped
+    lines = skip_lines(capsys.readouterr().out)
+    assert len(lines) == 4
+    for name, reason in (
+        ("truncated.png", "undecodable"),
+        ("empty.jpg", "empty"),
+        ("notes.txt", "undecodable"),
+    ):
+        assert any(name in line and reason in line for line in lines), (name, lines)
+    assert any("huge.png" in line and "too_large" in line for line in lines)
+    assert {r["key"] for r in iter_rows(out)} == {"cat/ok0.png", "cat/ok1.png", "cat/ok2.png", "dog/ok.png"}
+
+
+# -------------------------------------------------------------------------------------------------- captions
+def write_caption_file(folder: Path, fmt: str, rows: list[dict]) -> Path:
+    if fmt == "csv":
+        path = folder / "captions.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, ["image", "caption"])
+            writer.writeheader()
+            writer.writerows({"image": r.get("image", ""), "caption": r.get("caption", "")} for r in rows)
+    else:
+        path = folder / "captions.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_captions_csv_and_jsonl(tmp_path, capsys, fmt):
+    (tmp_path / "imgs").mkdir()
+    images = {f"imgs/{i}.png": image_bytes(color=(i * 40, 0, 0)) for i in range(4)}
+    for rel, data in images.items():
+        (tmp_path / rel).write_bytes(data)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    rows = [
+        {"image": "imgs/0.png", "caption": "a red square"},
+        {"image": "imgs/1.png", "caption": "  a padded caption  "},
+        {"image": "imgs/2.png", "caption": ""},
+        {"image": "imgs/3.png", "caption": "   "},
+        {"image": "imgs/absent.png", "caption": "points nowhere"},
+        {"image": "imgs/broken.jpg", "caption": "a broken file"},
+        {"image": str(tmp_path / "imgs/3.png"), "caption": "an absolute path"},
+    ]
+    if fmt == "jsonl":
+        rows.append({"image": "imgs/0.png"})  # caption key missing
+    path = write_caption_file(tmp_path, fmt, rows)
+    out = tmp_path / "out"
+    manifest = convert_captions(path, out, rows_per_shard=2)
+    no_caption = 3 if fmt == "jsonl" else 2
+    assert manifest.kind == CAPTIONED and manifest.num_rows == 3
+    assert manifest.skipped == {
+        "total": no_caption + 2,
+        "missing": 1,
+        "no_caption": no_caption,
+        "undecodable": 1,
+    }
+    assert manifest.source == str(path.resolve())
+    check_dataset(out, CAPTIONED)
+    rows_out = list(iter_rows(out))
+    assert [r["caption"] for r in rows_out] == ["a red square", "a padded caption", "an absolute path"]
+    assert [r["image"] for r in rows_out] == [
+        images["imgs/0.png"],
+        images["imgs/1.png"],
+        images["imgs/3.png"],
+    ]
+    assert rows_out[0]["key"] == "imgs/0.png"
+    lines = skip_lines(capsys.readouterr().out)
+    assert len(lines) == no_caption + 2
+    assert any("absent.png" in line and "missing" in line for line in lines)
+    assert any("broken.jpg" in line and "undecodable" in line for line in lines)
+    assert sum("no_caption" in line for line in lines) == no_caption
+
+
+def test_captions_cli_with_base_dir_and_custom_columns(tmp_path, capsys):
+    base = tmp_path / "pictures"
+    base.mkdir()
+    (base / "a.png").write_bytes(image_bytes())
+    meta = tmp_path / "meta" / "pairs.csv"
+    meta.parent.mkdir()
+    meta.write_text("filepath,title\na.png,a green thing\n")
+    out = tmp_path / "out"
+    argv = ["captions", str(meta), str(out), "--image-column", "filepath", "--caption-column", "title"]
+    assert main([*argv, "--base-dir", str(base)]) == 0
+    assert [r["caption"] for r in iter_rows(out)] == ["a green thing"]
+    assert "wrote 1 rows" in capsys.readouterr().out
+    # without --base-dir paths are relative to the CSV's folder, where a.png is not: every row is missing
+    assert main([*argv[:2], str(tmp_path / "o2"), *argv[3:]]) == 2
+    captured = capsys.readouterr()
+    assert "missing" in captured.out and captured.err.startswith("error: ")
+    assert not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ webdataset
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_wds_captioned_tars(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    a, b, c = (
+        image_bytes(color=(1, 2, 3)),
+        image_bytes(color=(200, 2, 3), fmt="JPEG"),
+        image_bytes(size=(8, 8)),
+    )
+    write_tar(
+        shards / "00000.tar",
+        {
+            "s000.jpg": b,
+            "s000.txt": b"a photo of a dog",
+            "s000.json": b"{}",
+            "part/s001.png": a,
+            "part/s001.txt": "une cafetière".encode(),
+            "s002.png": a,
+            "s002.txt": b"  ",
+            "s003.png": a,  # no caption member
+            "s004.webp": b"RIFF broken",
+            "s004.txt": b"a broken image",
+        },
+    )
+    write_tar(
+        shards / "00001.tar",
+        {"t000.jpg": b, "t000.png": c, "t000.txt": b"two images, jpg first", "t001.txt": b"x"},
+    )
+    (shards / "notes.md").write_text("not a shard")
+    out = tmp_path / "out"
+    manifest = convert_wds(shards, out)
+    assert manifest.kind == CAPTIONED and manifest.num_rows == 3
+    assert manifest.skipped == {"total": 4, "missing": 1, "no_caption": 2, "undecodable": 1}
+    rows = list(iter_rows(out))
+    assert [(r["key"], r["caption"]) for r in rows] == [
+        ("s000", "a photo of a dog"),
+        ("part/s001", "une cafetière"),
+        ("t000", "two images, jpg first"),
+    ]
+    assert [r["image"] for r in rows] == [b, a, b]
+    lines = skip_lines(capsys.readouterr().out)
+    assert len(lines) == 4 and any("00001.tar:t001" in line and "missing" in line for line in lines)
+
+    single = convert_wds(shards / "00001.tar", tmp_path / "single", image_ext=["png"])
+    assert [r["image"] for r in iter_rows(tmp_path / "single")] == [c]
+    assert single.skipped["missing"] == 1
+
+
+def test_wds_labelled_tars_skip_out_of_range_labels(tmp_path, capsys):
+    img = image_bytes()
+    tar = write_tar(
+        tmp_path / "train.tar",
+        {
+            "a.png": img,
+            "a.cls": b"0",
+            "b.png": img,
+            "b.cls": b"1\n",
+            "c.png": img,
+            "c.cls": b"7",
+            "d.png": img,
+            "d.cls": b"-1",
+            "e.png": img,
+            "e.cls": b"cat",
+        },
+    )
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\n")
+    with pytest.raises(DataError, match="--classnames"):
+        convert_wds(tar, tmp_path / "nope", label_ext="cls")
+    assert not (tmp_path / "nope").exists()
+    out = tmp_path / "out"
+    assert main(["wds", str(tar), str(out), "--label-ext", "cls", "--classnames", str(names)]) == 0
+    manifest = read_manifest(out)
+    assert manifest.kind == LABELLED and manifest.classnames == ["cat", "dog"]
+    assert manifest.skipped == {"total": 3, "bad_label": 3}
+    assert [(r["key"], r["label"]) for r in iter_rows(out)] == [("a", 0), ("b", 1)]
+    lines = skip_lines(capsys.readouterr().out)
+    assert len(lines) == 3 and all("bad_label" in line for line in lines)
+    assert any("train.tar:c" in line and "label 7" in line for line in lines)
+
+
+# ----------------------------------------------------------------------------------------------- bad sources
+def _bad_sources(tmp: Path) -> dict[str, tuple]:
+    flat = tmp / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(image_bytes())
+    no_col = tmp / "no_col.csv"
+    no_col.write_text("image,text\na.png,hello\n")
+    no_key = tmp / "no_key.jsonl"
+    no_key.write_text('{"image": "a.png", "text": "hello"}\n')
+    bad_json = tmp / "bad.jsonl"
+    bad_json.write_text('{"image": "a.png", "caption": "ok"}\n{oops\n')
+    other = tmp / "captions.txt"
+    other.write_text("a.png hello\n")
+    empty = tmp / "empty"
+    empty.mkdir()
+    fake_tar = tmp / "fake.tar"
+    fake_tar.write_bytes(b"not a tar file at all" * 100)
+    return {
+        "no-folder": (convert_imagefolder, tmp / "missing", r"missing: no such folder"),
+        "no-class-folders": (convert_imagefolder, flat, r"flat: no class folders"),
+        "no-file": (convert_captions, tmp / "nope.csv", r"nope\.csv: no such captions file"),
+        "csv-no-column": (
+            convert_captions,
+            no_col,
+            r"no_col\.csv: missing column 'caption'.*\['image', 'text'\]",
+        ),
+        "jsonl-no-column": (convert_captions, no_key, r"no_key\.jsonl: missing column 'caption'"),
+        "jsonl-bad-line": (convert_captions, bad_json, r"bad\.jsonl:2: not valid JSON"),
+        "unknown-format": (convert_captions, other, r"captions\.txt: unknown captions format '\.txt'"),
+        "no-tars": (convert_wds, empty, r"empty: no \*\.tar files"),
+        "not-a-tar": (convert_wds, fake_tar, r"fake\.tar: not a readable uncompressed tar"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-folder",
+        "no-class-folders",
+        "no-file",
+        "csv-no-column",
+        "jsonl-no-column",
+        "jsonl-bad-line",
+        "unknown-format",
+        "no-tars",
+        "not-a-tar",
+    ],
+)
+def test_bad_sources_raise_before_anything_is_written(tmp_path, case):
+    fn, src, match = _bad_sources(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DataError, match=match):
+        fn(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temp folder
+
+
+def test_cli_bad_source_prints_one_error_line_and_returns_2(tmp_path, capsys):
+    (tmp_path / "c.csv").write_text("path,caption\nx.png,hi\n")
+    assert main(["captions", str(tmp_path / "c.csv"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "c.csv" in err and "'image'" in err and "Traceback" not in err
+    assert main(["imagefolder", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    assert main(["cache-teacher", str(tmp_path / "nowhere"), "--model-name", "dive-tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["bogus"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.png").write_bytes(image_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert main(["imagefolder", str(src), str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert main(["imagefolder", str(src), str(out), "--overwrite"]) == 0
+    assert not (out / "old.txt").exists() and read_manifest(out).num_rows == 1
+
+
+def test_progress_bar_is_off_without_a_tty_or_with_dive_no_progress(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.delenv("DIVE_NO_PROGRESS")
+    with prepare._progress(3, "x") as bar:
+        assert not bar.disable
+    monkeypatch.setenv("DIVE_NO_PROGRESS", "1")
+    with prepare._progress(3, "x") as bar:
+        assert bar.disable
+    monkeypatch.delenv("DIVE_NO_PROGRESS")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    with prepare._progress(3, "x") as bar:
+        assert bar.disable
+
+
+# --------------------------------------------------------------------------------------------- teacher cache
+def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny_bundle, capsys):
+    weights = tmp_path / "teacher.pt"
+    torch.save(tiny_bundle.model.state_dict(), weights)
+    cfg = ModelConfig(pretrained=str(weights))
+    folder = tmp_path / "ref"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(7):
+        pixels = rng.integers(0, 256, size=(20 + 3 * i, 40 - 2 * i, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        rows.append({"image": buf.getvalue(), "caption": f"a noisy picture number {i}", "key": f"k{i}"})
+    rows.insert(3, {"image": b"\x89PNG broken", "caption": "a broken image", "key": "bad"})
+    manifest = Manifest("ref", CAPTIONED, source="somewhere")
+    with ShardWriter(folder, manifest, rows_per_shard=3) as writer:
+        writer.skip("missing", 2)  # skips counted at conversion stay counted
+        for row in rows:
+            writer.add(row)
+
+    cached = cache_teacher(folder, cfg, batch_size=4)
+    good = [r for r in rows if r["key"] != "bad"]
+    assert cached.num_rows == len(good) == 7
+    assert cached.skipped == {"total": 3, "missing": 2, "undecodable": 1}
+    assert cached.source == "somewhere" and cached.teacher_dim == 64
+    assert any("bad" in line and "undecodable" in line for line in skip_lines(capsys.readouterr().out))
+    assert read_manifest(folder) == cached
+    check_dataset(folder, CAPTIONED)
+    schema = pq.read_schema(shard_files(folder)[0])
+    for column in ("teacher_image", "teacher_text"):
+        t = schema.field(column).type
+        assert pa.types.is_fixed_size_list(t) and t.list_size == 64 and t.value_type == pa.float32()
+    assert [pq.ParquetFile(f).metadata.num_rows for f in shard_files(folder)] == [3, 3, 1]
+
+    out = list(iter_rows(folder))
+    assert [(r["key"], r["caption"], r["image"]) for r in out] == [
+        (r["key"], r["caption"], r["image"]) for r in good
+    ]
+    direct = build_model(cfg)
+    model = direct.model.eval()
+    assert cached.teacher_fingerprint == fingerprint(model) == fingerprint(tiny_bundle.model)
+    with torch.no_grad():
+        x = torch.stack(
+            [direct.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in good]
+        )
+        want_image = model.encode_image(x, normalize=True).numpy()
+        want_text = model.encode_text(direct.tokenizer([r["caption"] for r in good]), normalize=True).numpy()
+    got_image = np.array([r["teacher_image"] for r in out], dtype=np.float32)
+    got_text = np.array([r["teacher_text"] for r in out], dtype=np.float32)
+    np.testing.assert_allclose(got_image, want_image, atol=1e-5)
+    np.testing.assert_allclose(got_text, want_text, atol=1e-5)
+    assert np.allclose(np.linalg.norm(got_image, axis=1), 1.0, atol=1e-5)
+
+    assert check_teacher_cache(folder, cached, fingerprint(model)) is True
+    with torch.no_grad():
+        model.logit_scale.add_(1e-3)  # any change of any weight is a different teacher
+    with pytest.raises(DataError, match=f"{cached.teacher_fingerprint}.*{fingerprint(model)}"):
+        check_teacher_cache(folder, cached, fingerprint(model))
+
+
+# -------------------------------------------------------------------------------------------------- Ray Data
+@pytest.mark.ray
+def test_ray_workers_give_the_same_rows_as_in_process(tmp_path, capsys):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    src = tmp_path / "src"
+    for c, cls in enumerate(("cat", "dog", "eel")):
+        (src / cls).mkdir(parents=True)
+        for i in range(5):
+            (src / cls / f"{i}.png").write_bytes(image_bytes(color=(c * 80, i * 40, 0)))
+    (src / "dog" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (src / "eel" / "empty.png").write_bytes(b"")
+    local = convert_imagefolder(src, tmp_path / "local", rows_per_shard=4)
+    distributed = convert_imagefolder(src, tmp_path / "ray", rows_per_shard=4, workers=1)
+    assert ray.is_initialized()  # a running Ray instance is used and left running
+    assert distributed.num_rows == local.num_rows == 15
+    assert distributed.skipped == local.skipped == {"total": 2, "empty": 1, "undecodable": 1}
+    assert distributed.classnames == local.classnames
+    rows_local = [(r["key"], r["label"], r["image"]) for r in iter_rows(tmp_path / "local")]
+    rows_ray = [(r["key"], r["label"], r["image"]) for r in iter_rows(tmp_path / "ray")]
+    assert sorted(rows_ray) == sorted(rows_local)
+    assert rows_ray == rows_local and distributed.fingerprint == local.fingerprint  # same order, same bytes
+    assert len(skip_lines(capsys.readouterr().out)) == 4
