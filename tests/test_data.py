@@ -1,0 +1,113 @@
+"""Ray Data stream functions: decoding, skip counting, column mapping, prompt sampling."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import PromptTable, SkipCounter, preprocess_batch, read_stream, stream_image_transform
+from pipeline.shards import LABELLED, Manifest, encode_png, write_manifest
+
+
+class _Counter:
+    """Stands in for the SkipCounter actor handle (same .add.remote interface)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.add = self
+        self.remote = self.counts.update
+
+
+def _png(color=(200, 30, 30), size=(40, 30)) -> bytes:
+    return encode_png(Image.new("RGB", size, color))
+
+
+def test_labelled_batch_is_decoded_resized_and_bad_rows_are_dropped_and_counted():
+    good = _png()
+    batch = {
+        "image": np.array([good, good[:30], b"", good, good], dtype=object),
+        "label": np.array([0, 1, 1, 7, 2]),
+    }
+    counter = _Counter()
+    out = preprocess_batch(batch, kind=LABELLED, size=32, augment=False, max_pixels=10_000, num_classes=3,
+                           counter=counter)
+    assert out["image"].shape == (2, 3, 32, 32) and out["image"].dtype == np.uint8
+    assert out["label"].tolist() == [0, 2]
+    assert counter.counts == {"undecodable": 1, "empty": 1, "bad_label": 1}
+    assert tuple(out["image"][0, :, 16, 16]) == (200, 30, 30)  # channels first, colours kept
+
+
+def test_too_large_images_are_skipped_before_decoding():
+    batch = {"image": np.array([_png(size=(200, 200))], dtype=object), "label": np.array([0])}
+    counter = _Counter()
+    out = preprocess_batch(batch, kind=LABELLED, size=32, augment=True, max_pixels=100 * 100, num_classes=1,
+                           counter=counter)
+    assert len(out["image"]) == 0 and counter.counts == {"too_large": 1}
+
+
+def test_captioned_batch_tokenises_captions_and_keeps_teacher_columns(tiny_bundle):
+    batch = {
+        "image": np.array([_png(), _png(), _png()], dtype=object),
+        "caption": np.array(["a red square", "  ", "a blue circle"], dtype=object),
+        "teacher_image": np.array([np.full(4, i, np.float32) for i in range(3)], dtype=object),
+        "teacher_text": np.array([np.full(4, -i, np.float32) for i in range(3)], dtype=object),
+    }
+    counter = _Counter()
+    out = preprocess_batch(batch, kind="captioned", size=32, augment=False, max_pixels=10_000,
+                           model_name="dive-tiny", counter=counter)
+    assert counter.counts == {"no_caption": 1}
+    assert torch.equal(torch.from_numpy(out["text"]), tiny_bundle.tokenizer(["a red square", "a blue circle"]))
+    assert out["teacher_image"][:, 0].tolist() == [0.0, 2.0] and out["teacher_text"][:, 0].tolist() == [0.0, -2.0]
+
+
+def test_prompt_table_samples_one_template_per_image_reproducibly(tiny_bundle):
+    classes, templates = ["circle", "square"], ["a photo of a {}.", "a drawing of a {}.", "a {} shape."]
+    table = PromptTable(tiny_bundle.tokenizer, classes, templates)
+    labels = torch.tensor([0, 1, 1, 0] * 8)
+    g = torch.Generator()
+    g.manual_seed(3)
+    first = table.sample(labels, g)
+    g.manual_seed(3)
+    assert torch.equal(first, table.sample(labels, g))
+    allowed = {c: {tuple(tiny_bundle.tokenizer([t.format(c)])[0].tolist()) for t in templates} for c in classes}
+    seen = set()
+    for label, tokens in zip(labels.tolist(), first):
+        assert tuple(tokens.tolist()) in allowed[classes[label]]
+        seen.add(tuple(tokens.tolist()))
+    assert len(seen) > 2  # several templates used across the batch
+    with pytest.raises(ValueError, match="no prompt templates"):
+        PromptTable(tiny_bundle.tokenizer, classes, [])
+
+
+def test_stream_transform_matches_worker_preprocessing(tiny_bundle):
+    img = Image.new("RGB", (48, 40), (10, 120, 240))
+    x = stream_image_transform(tiny_bundle)(img)
+    out = preprocess_batch({"image": np.array([encode_png(img)], dtype=object), "label": np.array([0])},
+                           kind=LABELLED, size=32, augment=False, max_pixels=10**6, num_classes=1)
+    from pipeline.data import normalize_images
+
+    cfg = tiny_bundle.preprocess_cfg
+    assert torch.allclose(x, normalize_images(torch.from_numpy(out["image"]), cfg["mean"], cfg["std"])[0])
+
+
+@pytest.mark.ray
+def test_read_stream_maps_columns_and_counts_skips_in_the_actor(ray_session, tmp_path):
+    folder = tmp_path / "img2dataset"
+    folder.mkdir()
+    images = [_png()] * 6 + [b"not an image", b""]
+    captions = ["a red square"] * 7 + [""]
+    pq.write_table(pa.table({"jpg": pa.array(images, pa.binary()), "txt": captions}), folder / "part-0.parquet")
+    write_manifest(folder, Manifest(name="i2d", kind="captioned", num_rows=8))
+    counter = SkipCounter.remote()
+    ds, manifest = read_stream(str(folder), "captioned", size=32, augment=False, max_pixels=10**6,
+                               model_name="dive-tiny", column_map={"jpg": "image", "txt": "caption"},
+                               counter=counter)
+    rows = sum(len(b["image"]) for b in ds.iter_batches(batch_format="numpy"))
+    assert rows == 6 and manifest.num_rows == 8
+    assert ray_session.get(counter.totals.remote()) == {"undecodable": 1, "no_caption": 1}

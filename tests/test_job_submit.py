@@ -1,0 +1,63 @@
+"""`ray start --head` + `ray job submit --working-dir . -- python pipeline/train.py`: the cluster path users take."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_job_submitted_to_a_local_head_succeeds(tmp_path):
+    from pipeline.demo import ensure_demo
+
+    paths, teacher = ensure_demo(tmp_path / "demo", size="tiny")
+    config = {
+        "model": {"pretrained": str(teacher)},
+        "data": {"id_train": str(paths.id_train), "reference": str(paths.reference)},
+        "optim": {"global_batch": 16, "max_steps": 2, "warmup_steps": 1, "lr": 1e-3},
+        "eval": {"id": str(paths.id_test), "rsa_samples": 16},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "out"),
+                     "experiment": "job"},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = str(Path(sys.executable).parent)
+    # Token auth on: the head makes (or reuses) ~/.ray/auth_token and the CLI sends it (see README, "Cluster").
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = _free_port(), _free_port()
+    start = subprocess.run(
+        [f"{bin_dir}/ray", "start", "--head", "--num-cpus=4", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 0, start.stderr
+    try:
+        job = subprocess.run(
+            [f"{bin_dir}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+             "--working-dir", str(REPO), "--", "python", "pipeline/train.py", "--config", str(tmp_path / "job.yaml")],
+            env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+        )
+    finally:
+        subprocess.run([f"{bin_dir}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    output = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in output, output[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("job").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "eval/id_acc" in runs[0].data.metrics
