@@ -79,11 +79,13 @@ def preprocess_batch(
     num_classes: int = 0,
     model_name: str = "",
     counter: Any = None,
+    passthrough: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Decode and resize one batch of shard rows; drop and count bad samples.
 
     Output: ``image`` uint8 (N,3,size,size); labelled sets add ``label`` int64, captioned sets ``text`` int64
-    token ids (N,L) and any cached ``teacher_*`` columns as float32 (N,D).
+    token ids (N,L) and any cached ``teacher_*`` columns as float32 (N,D); ``passthrough`` columns follow the
+    kept rows unchanged.
     """
     transform = _transform(size, augment)
     images: list[np.ndarray] = []
@@ -112,6 +114,8 @@ def preprocess_batch(
         "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
     }
     idx = np.asarray(keep, dtype=np.int64)
+    for col in passthrough:
+        out[col] = np.asarray(batch[col])[idx]
     if kind == LABELLED:
         out["label"] = np.asarray(batch["label"], dtype=np.int64)[idx]
     else:

@@ -25,8 +25,8 @@ from dive import zeroshot
 from dive.config import Config, ModelConfig, load_config
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import ModelBundle, build_model
-from pipeline.data import normalize_images, read_stream
-from pipeline.shards import CAPTIONED, LABELLED, check_dataset, decode_image, iter_rows
+from pipeline.data import normalize_images, preprocess_batch
+from pipeline.shards import CAPTIONED, LABELLED, check_dataset, decode_image, iter_rows, shard_files
 
 
 @dataclass
@@ -71,6 +71,11 @@ class _Scorer:
         return out
 
 
+def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str, np.ndarray]:
+    return {"image": batch["image"], "label": batch["label"],
+            "set": np.array([files[p] for p in batch["path"]], dtype=np.int64)}
+
+
 def _heads(bundle: ModelBundle, suites: Sequence[Suite]) -> list[np.ndarray]:
     heads = []
     for suite in suites:
@@ -90,19 +95,21 @@ def evaluate_accuracy(
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
     heads = {name: _heads(b, suites) for name, b in bundles.items()}
-    streams = []
-    for i, suite in enumerate(suites):
-        ds, _ = read_stream(suite.folder, LABELLED, size=size, augment=False,
-                            max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name)
-        streams.append(ds.map_batches(lambda b, i=i: {**b, "set": np.full(len(b["label"]), i)}, batch_format="numpy"))
-    ds = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+    # One read over every suite's shards (one file listing, one pipeline): the suite index comes from the path.
+    files = {str(f): i for i, suite in enumerate(suites) for f in shard_files(suite.folder)}
+    num_classes = max(check_dataset(suite.folder, LABELLED).num_classes for suite in suites)
+    ds = ray.data.read_parquet(list(files), include_paths=True).select_columns(["image", "label", "path"])
+    ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
+    ds = ds.map_batches(preprocess_batch, batch_format="numpy", batch_size=256, fn_kwargs=dict(
+        kind=LABELLED, size=size, augment=False, max_pixels=cfg.data.max_image_pixels, num_classes=num_classes,
+        passthrough=("set",)))
     scored = ds.map_batches(
         _Scorer,
         fn_constructor_kwargs={"models": {n: asdict(m) for n, m in models.items()}, "heads": heads,
                                "threads": threads},
         batch_size=cfg.eval.batch_size,
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     )
     totals = {name: np.zeros((len(suites), 2), dtype=np.int64) for name in models}
