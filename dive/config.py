@@ -260,7 +260,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         need(value >= 0, f"loss.{key}", "a weight >= 0", value)
     need(0.0 <= loss.ema_momentum < 1.0, "loss.ema_momentum", "a momentum in [0, 1)", loss.ema_momentum)
     if loss.temperature is not None:
-        need(0.0 < loss.temperature <= 100.0, "loss.temperature", "an initial τ in (0, 100]", loss.temperature)
+        need(
+            0.0 < loss.temperature <= 100.0, "loss.temperature", "an initial τ in (0, 100]", loss.temperature
+        )
     need(loss.lp_steps >= 0, "loss.lp_steps", "a step count >= 0", loss.lp_steps)
 
     need(optim.lr > 0, "optim.lr", "a learning rate > 0", optim.lr)
@@ -279,7 +281,12 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         f"a multiple of scaling.num_workers × optim.grad_accum = {per_step}",
         optim.global_batch,
     )
-    need(data.ref_batch >= 0, "data.ref_batch", "an integer >= 0 (0: same as optim.global_batch)", data.ref_batch)
+    need(
+        data.ref_batch >= 0,
+        "data.ref_batch",
+        "an integer >= 0 (0: same as optim.global_batch)",
+        data.ref_batch,
+    )
     if data.ref_batch:
         need(
             data.ref_batch % per_step == 0,
@@ -291,10 +298,25 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
     need(scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "a CPU share > 0", scaling.cpus_per_worker)
-    need(scaling.threads_per_worker >= 0, "scaling.threads_per_worker", "an integer >= 0", scaling.threads_per_worker)
-    need(scaling.checkpoint_every >= 0, "scaling.checkpoint_every", "a step count >= 0", scaling.checkpoint_every)
+    need(
+        scaling.threads_per_worker >= 0,
+        "scaling.threads_per_worker",
+        "an integer >= 0",
+        scaling.threads_per_worker,
+    )
+    need(
+        scaling.checkpoint_every >= 0,
+        "scaling.checkpoint_every",
+        "a step count >= 0",
+        scaling.checkpoint_every,
+    )
     need(scaling.num_to_keep >= 1, "scaling.num_to_keep", "an integer >= 1", scaling.num_to_keep)
-    need(scaling.max_failures >= -1, "scaling.max_failures", "an integer >= -1 (-1: unlimited)", scaling.max_failures)
+    need(
+        scaling.max_failures >= -1,
+        "scaling.max_failures",
+        "an integer >= -1 (-1: unlimited)",
+        scaling.max_failures,
+    )
     need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
@@ -321,7 +343,12 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
             folder = model.name.removeprefix("local-dir:")
             need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
         elif model.pretrained and _looks_like_file(model.pretrained):
-            need(Path(model.pretrained).is_file(), "model.pretrained", "an existing weights file", model.pretrained)
+            need(
+                Path(model.pretrained).is_file(),
+                "model.pretrained",
+                "an existing weights file",
+                model.pretrained,
+            )
 
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

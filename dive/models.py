@@ -75,7 +75,9 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBu
     if name.startswith(LOCAL_DIR):
         folder = Path(name.removeprefix(LOCAL_DIR))
         if not (folder / "open_clip_config.json").is_file():
-            raise FileNotFoundError(f"model.name: {folder} holds no open_clip_config.json (not an export folder)")
+            raise FileNotFoundError(
+                f"model.name: {folder} holds no open_clip_config.json (not an export folder)"
+            )
         pretrained = None  # the folder holds the weights; open_clip ignores `pretrained` for local-dir
         source = name
     else:

@@ -26,7 +26,9 @@ def build_optimizer(
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``total`` steps."""
 
     def factor(step: int) -> float:

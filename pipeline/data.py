@@ -63,8 +63,10 @@ def _transform(size: int, augment: bool) -> T.Compose:
     """Train: random-resized crop + flip. Eval/reference: open_clip's eval geometry (resize shorter side, centre crop)."""
     if augment:
         return T.Compose(
-            [T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-             T.RandomHorizontalFlip()]
+            [
+                T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+            ]
         )
     return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
 
@@ -121,7 +123,9 @@ def preprocess_batch(
     else:
         captions = [str(batch["caption"][i]) for i in keep]
         tokenizer = _tokenizer(model_name)
-        out["text"] = tokenizer(captions).numpy() if captions else np.zeros((0, tokenizer.context_length), np.int64)
+        out["text"] = (
+            tokenizer(captions).numpy() if captions else np.zeros((0, tokenizer.context_length), np.int64)
+        )
         for col in TEACHER_COLUMNS:
             if col in batch:
                 vectors = np.stack([np.asarray(v, np.float32) for v in batch[col]])
@@ -147,7 +151,9 @@ def read_stream(
     if kind == CAPTIONED and use_teacher_cache:
         wanted += list(TEACHER_COLUMNS)
     inverse = {v: k for k, v in (column_map or {}).items()}
-    ds = ray.data.read_parquet([str(f) for f in shard_files(folder)], columns=[inverse.get(c, c) for c in wanted])
+    ds = ray.data.read_parquet(
+        [str(f) for f in shard_files(folder)], columns=[inverse.get(c, c) for c in wanted]
+    )
     if column_map:
         ds = ds.rename_columns({k: v for k, v in column_map.items() if k in {inverse.get(c) for c in wanted}})
     ds = ds.map_batches(

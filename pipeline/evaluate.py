@@ -46,7 +46,9 @@ def suites_from_config(cfg: Config) -> list[Suite]:
 class _Scorer:
     """Ray Data actor: holds every model under evaluation and its heads; returns per-image correctness."""
 
-    def __init__(self, models: dict[str, dict[str, Any]], heads: dict[str, list[np.ndarray]], threads: int) -> None:
+    def __init__(
+        self, models: dict[str, dict[str, Any]], heads: dict[str, list[np.ndarray]], threads: int
+    ) -> None:
         torch.set_num_threads(threads)
         self.models = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
         for b in self.models.values():
@@ -61,7 +63,9 @@ class _Scorer:
         labels = torch.from_numpy(batch["label"])
         for name, bundle in self.models.items():
             cfg = bundle.preprocess_cfg
-            feats = bundle.model.encode_image(normalize_images(images, cfg["mean"], cfg["std"]), normalize=True)
+            feats = bundle.model.encode_image(
+                normalize_images(images, cfg["mean"], cfg["std"]), normalize=True
+            )
             correct = torch.zeros(len(labels), dtype=torch.bool)
             for s in suite.unique().tolist():
                 rows = suite == s
@@ -72,8 +76,11 @@ class _Scorer:
 
 
 def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str, np.ndarray]:
-    return {"image": batch["image"], "label": batch["label"],
-            "set": np.array([files[p] for p in batch["path"]], dtype=np.int64)}
+    return {
+        "image": batch["image"],
+        "label": batch["label"],
+        "set": np.array([files[p] for p in batch["path"]], dtype=np.int64),
+    }
 
 
 def _heads(bundle: ModelBundle, suites: Sequence[Suite]) -> list[np.ndarray]:
@@ -81,7 +88,9 @@ def _heads(bundle: ModelBundle, suites: Sequence[Suite]) -> list[np.ndarray]:
     for suite in suites:
         manifest = check_dataset(suite.folder, LABELLED)
         templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
-        heads.append(zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy())
+        heads.append(
+            zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy()
+        )
     return heads
 
 
@@ -100,13 +109,26 @@ def evaluate_accuracy(
     num_classes = max(check_dataset(suite.folder, LABELLED).num_classes for suite in suites)
     ds = ray.data.read_parquet(list(files), include_paths=True).select_columns(["image", "label", "path"])
     ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
-    ds = ds.map_batches(preprocess_batch, batch_format="numpy", batch_size=256, fn_kwargs=dict(
-        kind=LABELLED, size=size, augment=False, max_pixels=cfg.data.max_image_pixels, num_classes=num_classes,
-        passthrough=("set",)))
+    ds = ds.map_batches(
+        preprocess_batch,
+        batch_format="numpy",
+        batch_size=256,
+        fn_kwargs=dict(
+            kind=LABELLED,
+            size=size,
+            augment=False,
+            max_pixels=cfg.data.max_image_pixels,
+            num_classes=num_classes,
+            passthrough=("set",),
+        ),
+    )
     scored = ds.map_batches(
         _Scorer,
-        fn_constructor_kwargs={"models": {n: asdict(m) for n, m in models.items()}, "heads": heads,
-                               "threads": threads},
+        fn_constructor_kwargs={
+            "models": {n: asdict(m) for n, m in models.items()},
+            "heads": heads,
+            "threads": threads,
+        },
         batch_size=cfg.eval.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=1),
@@ -120,14 +142,16 @@ def evaluate_accuracy(
     return {
         name: [
             SetResult(suite.name, suite.kind, float(t[0] / max(t[1], 1)), int(t[1]))
-            for suite, t in zip(suites, totals[name])
+            for suite, t in zip(suites, totals[name], strict=False)
         ]
         for name in models
     }
 
 
 @torch.no_grad()
-def reference_embeddings(bundle: ModelBundle, folder: str, samples: int, max_pixels: int) -> tuple[torch.Tensor, ...]:
+def reference_embeddings(
+    bundle: ModelBundle, folder: str, samples: int, max_pixels: int
+) -> tuple[torch.Tensor, ...]:
     """Image and caption embeddings of the first ``samples`` decodable pairs (a fixed sample: same rows each run)."""
     images, captions = [], []
     for row in iter_rows(folder, columns=["image", "caption"]):
@@ -138,10 +162,18 @@ def reference_embeddings(bundle: ModelBundle, folder: str, samples: int, max_pix
         if len(images) >= samples:
             break
     model = bundle.model.eval()
-    img = torch.cat([model.encode_image(torch.stack(images[i : i + 256]), normalize=True)
-                     for i in range(0, len(images), 256)])
-    txt = torch.cat([model.encode_text(bundle.tokenizer(captions[i : i + 256]), normalize=True)
-                     for i in range(0, len(captions), 256)])
+    img = torch.cat(
+        [
+            model.encode_image(torch.stack(images[i : i + 256]), normalize=True)
+            for i in range(0, len(images), 256)
+        ]
+    )
+    txt = torch.cat(
+        [
+            model.encode_text(bundle.tokenizer(captions[i : i + 256]), normalize=True)
+            for i in range(0, len(captions), 256)
+        ]
+    )
     return img, txt
 
 
@@ -168,9 +200,13 @@ def evaluate(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="run config YAML (eval suites, teacher model)")
-    parser.add_argument("--model", required=True, help="model to evaluate: local-dir:<export> or an open_clip name")
+    parser.add_argument(
+        "--model", required=True, help="model to evaluate: local-dir:<export> or an open_clip name"
+    )
     parser.add_argument("--pretrained", default="", help="weights for --model when it is an open_clip name")
     parser.add_argument("--out", help="write the report JSON here")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")

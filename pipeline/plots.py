@@ -47,7 +47,7 @@ def loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: Path) 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, points in history.items():
         if points:
-            steps, values = zip(*sorted(points))
+            steps, values = zip(*sorted(points), strict=False)
             ax.plot(steps, values, label=name.removeprefix("train/"))
     ax.set_xlabel("step")
     ax.set_yscale("symlog", linthresh=1e-4)

@@ -33,7 +33,13 @@ KINDS = (LABELLED, CAPTIONED)
 TEACHER_COLUMNS = ("teacher_image", "teacher_text")
 
 # Why a sample is skipped. Every reader and converter counts skips under these names.
-EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL = "empty", "undecodable", "too_large", "no_caption", "bad_label"
+EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL = (
+    "empty",
+    "undecodable",
+    "too_large",
+    "no_caption",
+    "bad_label",
+)
 MISSING = "missing"  # converters: the source names an image file (or tar member) that does not exist
 SKIP_REASONS = (EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL, MISSING)
 
@@ -66,7 +72,9 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     if not Path(folder).is_dir():
         raise DataError(f"{folder}: no such dataset folder")
     if not path.is_file():
-        raise DataError(f"{path}: missing manifest; a dataset folder needs it (write shards with `dive data …`)")
+        raise DataError(
+            f"{path}: missing manifest; a dataset folder needs it (write shards with `dive data …`)"
+        )
     try:
         raw = json.loads(path.read_text())
         manifest = Manifest(**raw)
@@ -147,7 +155,9 @@ def check_dataset(
     if manifest.num_rows <= 0:
         raise DataError(f"{Path(folder) / MANIFEST}: the dataset is empty (num_rows = {manifest.num_rows})")
     if manifest.kind == LABELLED and not manifest.classnames:
-        raise DataError(f"{Path(folder) / MANIFEST}: key 'classnames' must list the class names of a labelled set")
+        raise DataError(
+            f"{Path(folder) / MANIFEST}: key 'classnames' must list the class names of a labelled set"
+        )
     inverse = {v: k for k, v in (column_map or {}).items()}
     for f in files:
         try:
@@ -164,7 +174,9 @@ def check_dataset(
         for column, (ok, expected) in _EXPECTED.items():
             source = inverse.get(column, column)
             if source in schema.names and not ok(schema.field(source).type):
-                raise DataError(f"{f}: column '{source}' has type {schema.field(source).type}, expected {expected}")
+                raise DataError(
+                    f"{f}: column '{source}' has type {schema.field(source).type}, expected {expected}"
+                )
     return manifest
 
 

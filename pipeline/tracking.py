@@ -44,7 +44,9 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
     location = None
     if _local_store(uri):
-        root = Path(uri.split(":///", 1)[1]).parent if uri.startswith("sqlite:") else Path(uri[len("file://"):])
+        root = (
+            Path(uri.split(":///", 1)[1]).parent if uri.startswith("sqlite:") else Path(uri[len("file://") :])
+        )
         location = (root / "mlartifacts" / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
@@ -81,5 +83,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
         client.log_batch(run_id, metrics=items[i : i + 1000])
 
 
-def metric_history(client: MlflowClient, run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+def metric_history(
+    client: MlflowClient, run_id: str, keys: Iterable[str]
+) -> dict[str, list[tuple[int, float]]]:
     return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}

@@ -48,19 +48,29 @@ def _absolute(path: str) -> str:
 
 def resolve_paths(cfg: Config) -> Config:
     """Make every path absolute on the driver: a Ray Train worker's cwd is a temporary session folder."""
-    data = replace(cfg.data, id_train=_absolute(cfg.data.id_train), reference=_absolute(cfg.data.reference),
-                   demo=_absolute(cfg.data.demo))
-    ev = replace(cfg.eval, id=_absolute(cfg.eval.id), rsa_set=_absolute(cfg.eval.rsa_set),
-                 ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
-                 zs={k: _absolute(v) for k, v in cfg.eval.zs.items()})
+    data = replace(
+        cfg.data,
+        id_train=_absolute(cfg.data.id_train),
+        reference=_absolute(cfg.data.reference),
+        demo=_absolute(cfg.data.demo),
+    )
+    ev = replace(
+        cfg.eval,
+        id=_absolute(cfg.eval.id),
+        rsa_set=_absolute(cfg.eval.rsa_set),
+        ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
+        zs={k: _absolute(v) for k, v in cfg.eval.zs.items()},
+    )
     model = cfg.model
     if model.name.startswith("local-dir:"):
         model = replace(model, name="local-dir:" + _absolute(model.name.removeprefix("local-dir:")))
     if model.pretrained and (os.sep in model.pretrained or Path(model.pretrained).suffix):
         model = replace(model, pretrained=_absolute(model.pretrained))
     tracking = replace(cfg.tracking, output_dir=_absolute(cfg.tracking.output_dir))
-    scaling = replace(cfg.scaling, storage_path=_absolute(cfg.scaling.storage_path)
-                      or str(Path(tracking.output_dir) / "ray_results"))
+    scaling = replace(
+        cfg.scaling,
+        storage_path=_absolute(cfg.scaling.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
+    )
     return replace(cfg, data=data, eval=ev, model=model, tracking=tracking, scaling=scaling)
 
 
@@ -121,8 +131,13 @@ def init_ray(cfg: Config) -> None:
 
 def _git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -155,26 +170,51 @@ def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | No
         size = teacher_bundle.preprocess_cfg["size"][0]
         use_cache = False
         counter = SkipCounter.remote()
-        id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, size=size, augment=cfg.data.augment,
-                                         max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name,
-                                         column_map=cfg.data.column_map, counter=counter)
+        id_ds, id_manifest = read_stream(
+            cfg.data.id_train,
+            LABELLED,
+            size=size,
+            augment=cfg.data.augment,
+            max_pixels=cfg.data.max_image_pixels,
+            model_name=cfg.model.name,
+            column_map=cfg.data.column_map,
+            counter=counter,
+        )
         datasets = {"id": id_ds}
         if cfg.data.reference:
             ref_manifest = read_manifest(cfg.data.reference)
-            use_cache = check_teacher_cache(cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model))
-            datasets["ref"], _ = read_stream(cfg.data.reference, CAPTIONED, size=size, augment=False,
-                                             max_pixels=cfg.data.max_image_pixels, model_name=cfg.model.name,
-                                             column_map=cfg.data.column_map, counter=counter,
-                                             use_teacher_cache=use_cache)
-        info = RunInfo(run_id=run_id, tracking_uri=uri, id_rows=id_manifest.num_rows,
-                       classnames=id_manifest.classnames, templates=id_manifest.templates,
-                       use_teacher_cache=use_cache, skip_counter=counter)
+            use_cache = check_teacher_cache(
+                cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model)
+            )
+            datasets["ref"], _ = read_stream(
+                cfg.data.reference,
+                CAPTIONED,
+                size=size,
+                augment=False,
+                max_pixels=cfg.data.max_image_pixels,
+                model_name=cfg.model.name,
+                column_map=cfg.data.column_map,
+                counter=counter,
+                use_teacher_cache=use_cache,
+            )
+        info = RunInfo(
+            run_id=run_id,
+            tracking_uri=uri,
+            id_rows=id_manifest.num_rows,
+            classnames=id_manifest.classnames,
+            templates=id_manifest.templates,
+            use_teacher_cache=use_cache,
+            skip_counter=counter,
+        )
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": to_dict(cfg), "info": asdict(info)},
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker=resources),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scaling.num_workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker=resources,
+            ),
             run_config=RunConfig(
                 name=f"dive-{run_id[:12]}",
                 storage_path=cfg.scaling.storage_path,
@@ -195,8 +235,15 @@ def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | No
         client.set_terminated(run_id, "FAILED")
         raise
     seconds = time.perf_counter() - t0
-    return RunResult(run_id, str(export_dir), report, uri, seconds, result.checkpoint.path,
-                     int(result.metrics.get("step", 0)))
+    return RunResult(
+        run_id,
+        str(export_dir),
+        report,
+        uri,
+        seconds,
+        result.checkpoint.path,
+        int(result.metrics.get("step", 0)),
+    )
 
 
 def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, run_id: str) -> Path:
@@ -239,8 +286,9 @@ def finish(cfg: Config, client: Any, run_id: str, export_dir: Path, out_dir: Pat
     (tables / "report.json").write_text(json.dumps(report, indent=2))
     plots.write_table_csv(report["rows"], tables / "accuracy.csv")
     plots.accuracy_bars(report, tables / "accuracy.png")
-    history = tracking.metric_history(client, run_id, ["train/loss", "train/loss_cl", "train/loss_avl",
-                                                       "train/loss_pvl"])
+    history = tracking.metric_history(
+        client, run_id, ["train/loss", "train/loss_cl", "train/loss_avl", "train/loss_pvl"]
+    )
     plots.loss_curves(history, tables / "losses.png")
     client.log_artifacts(run_id, str(tables), "eval")
     return report
@@ -248,23 +296,27 @@ def finish(cfg: Config, client: Any, run_id: str, export_dir: Path, out_dir: Pat
 
 def _print_summary(result: RunResult, cfg: Config) -> None:
     ft, teacher = result.report["finetuned"], result.report["teacher"]
-    print("\n[dive] done in %.0f s" % result.seconds)
+    print(f"\n[dive] done in {result.seconds:.0f} s")
     print(f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}")
     for name, row in (("teacher", teacher), ("fine-tuned", ft)):
-        print(f"{name:12}{row.get('id_acc', float('nan')):8.3f}{row.get('ood_avg', float('nan')):10.3f}"
-              f"{row.get('zs_avg', float('nan')):9.3f}")
+        print(
+            f"{name:12}{row.get('id_acc', float('nan')):8.3f}{row.get('ood_avg', float('nan')):10.3f}"
+            f"{row.get('zs_avg', float('nan')):9.3f}"
+        )
     if "rsa_mean" in ft:
         print(f"RSA (mean of image/text/cross): {ft['rsa_mean']:.3f}")
     print(f"MLflow run:  {result.run_id}")
     print(f"export:      {result.export_dir}")
-    print("load it:     open_clip.create_model_and_transforms('local-dir:%s')" % result.export_dir)
+    print(f"load it:     open_clip.create_model_and_transforms('local-dir:{result.export_dir}')")
     ui_uri = result.tracking_uri if result.tracking_uri.startswith("sqlite") else None
     if ui_uri:
         print(f"MLflow UI:   mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help=f"run config YAML (default: the built-in demo, {DEMO_CONFIG.name})")
     parser.add_argument("--validate", action="store_true", help="check the config and exit; starts nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")

@@ -60,7 +60,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     info = RunInfo(**config["info"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    threads = cfg.scaling.threads_per_worker or max(1, (os.cpu_count() or 2) // max(ctx.get_local_world_size(), 1))
+    threads = cfg.scaling.threads_per_worker or max(
+        1, (os.cpu_count() or 2) // max(ctx.get_local_world_size(), 1)
+    )
     torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.optim.seed)  # same initial weights (e.g. random heads) on every rank
@@ -71,7 +73,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     configure_temperature(student, cfg.loss.temperature, cfg.loss.learn_temperature)
     method = cfg.loss.method
     needs_teacher = method in (Method.dive, Method.snd) and not info.use_teacher_cache
-    teacher = frozen_teacher(student) if needs_teacher else None  # from the pre-trained weights, before restore
+    teacher = (
+        frozen_teacher(student) if needs_teacher else None
+    )  # from the pre-trained weights, before restore
     head = None
     if method in (Method.ft, Method.lpft):
         head = zeroshot.build_head(student, bundle.tokenizer, info.classnames, info.templates)
@@ -105,7 +109,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task.train()
 
     logger = _RankZeroLogger(info) if rank == 0 else None
-    if logger is not None and checkpoint is not None:  # visible in MLflow: where a restarted worker group resumed
+    if (
+        logger is not None and checkpoint is not None
+    ):  # visible in MLflow: where a restarted worker group resumed
         logger.log({"train/resumed_from_step": step, "train/center_norm": task.center.norm().item()}, step)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -131,8 +137,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if seen_in_epoch <= done_in_epoch * accum:  # resumed mid-epoch: skip what was already trained on
                 t_fetch = time.perf_counter()
                 continue
-            batch = {"id_image": normalize_images(id_batch["image"].to(device), mean, std),
-                     "id_label": id_batch["label"].to(device)}
+            batch = {
+                "id_image": normalize_images(id_batch["image"].to(device), mean, std),
+                "id_label": id_batch["label"].to(device),
+            }
             prompt_rng.manual_seed(cfg.optim.seed * 1_000_003 + step * 1_009 + rank * 7 + len(micro))
             batch["id_text"] = prompts.sample(id_batch["label"], prompt_rng).to(device)
             if ref_batches is not None:
@@ -158,7 +166,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     elapsed = time.perf_counter() - t_start
                     logged["train/lr"] = scheduler.get_last_lr()[0]
                     logged["train/center_norm"] = task.center.norm().item()
-                    logged["train/samples_per_s"] = done_in_epoch * cfg.optim.global_batch / max(elapsed, 1e-9)
+                    logged["train/samples_per_s"] = (
+                        done_in_epoch * cfg.optim.global_batch / max(elapsed, 1e-9)
+                    )
                     logged["train/data_wait_frac"] = t_wait / max(elapsed, 1e-9)
                     logger.log(logged, step)
             at_epoch_end = done_in_epoch >= steps_per_epoch
@@ -185,7 +195,11 @@ def _optimizer_step(
     totals: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(task.student, "no_sync") else task.student.no_sync()
+        sync = (
+            contextlib.nullcontext()
+            if last or not hasattr(task.student, "no_sync")
+            else task.student.no_sync()
+        )
         with sync:
             with autocast:
                 terms = task(batch, step=step)
@@ -202,8 +216,9 @@ def _optimizer_step(
     return totals
 
 
-def _report(task: DiveTask, optimizer, scheduler, step: int, epoch: int, done_in_epoch: int, info: RunInfo,
-            rank: int) -> None:
+def _report(
+    task: DiveTask, optimizer, scheduler, step: int, epoch: int, done_in_epoch: int, info: RunInfo, rank: int
+) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint with the full training state."""
     metrics = {"step": step, "epoch": epoch}
     if rank != 0:

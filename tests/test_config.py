@@ -20,7 +20,9 @@ from dive.config import (
 def _valid(tmp_path, *overrides: str) -> Config:
     (tmp_path / "id").mkdir(exist_ok=True)
     (tmp_path / "ref").mkdir(exist_ok=True)
-    return load_config(overrides=[f"data.id_train={tmp_path / 'id'}", f"data.reference={tmp_path / 'ref'}", *overrides])
+    return load_config(
+        overrides=[f"data.id_train={tmp_path / 'id'}", f"data.reference={tmp_path / 'ref'}", *overrides]
+    )
 
 
 def test_defaults_follow_the_paper():

@@ -32,7 +32,9 @@ def _step(rank: int, world: int, batch: dict[str, torch.Tensor], steps: int = 2)
     torch.manual_seed(0)
     bundle = build_model(ModelConfig())
     student = bundle.model
-    task = DiveTask(student, frozen_teacher(student), LossConfig(lambda_avl=5.0, lambda_pvl=5.0, ema_momentum=0.5), 64)
+    task = DiveTask(
+        student, frozen_teacher(student), LossConfig(lambda_avl=5.0, lambda_pvl=5.0, ema_momentum=0.5), 64
+    )
     if world > 1:
         task.student = DDP(task.student)
     initial = torch.cat([p.detach().flatten() for p in student.parameters()])
@@ -75,7 +77,9 @@ def runs(tiny_bundle, tmp_path_factory):
     single = _step(0, 1, batch)
     folder = tmp_path_factory.mktemp("ddp")
     torch.save(batch, folder / "batch.pt")
-    mp.start_processes(_worker, args=(2, _free_port(), str(folder)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(folder)), nprocs=2, join=True, start_method="spawn"
+    )
     return single, torch.load(folder / "result.pt")
 
 

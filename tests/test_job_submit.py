@@ -32,8 +32,11 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
         "data": {"id_train": str(paths.id_train), "reference": str(paths.reference)},
         "optim": {"global_batch": 16, "max_steps": 2, "warmup_steps": 1, "lr": 1e-3},
         "eval": {"id": str(paths.id_test), "rsa_samples": 16},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "out"),
-                     "experiment": "job"},
+        "tracking": {
+            "uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "output_dir": str(tmp_path / "out"),
+            "experiment": "job",
+        },
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     bin_dir = str(Path(sys.executable).parent)
@@ -42,16 +45,43 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
     start = subprocess.run(
-        [f"{bin_dir}/ray", "start", "--head", "--num-cpus=4", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            f"{bin_dir}/ray",
+            "start",
+            "--head",
+            "--num-cpus=4",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert start.returncode == 0, start.stderr
     try:
         job = subprocess.run(
-            [f"{bin_dir}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-             "--working-dir", str(REPO), "--", "python", "pipeline/train.py", "--config", str(tmp_path / "job.yaml")],
-            env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+            [
+                f"{bin_dir}/ray",
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dashboard}",
+                "--working-dir",
+                str(REPO),
+                "--",
+                "python",
+                "pipeline/train.py",
+                "--config",
+                str(tmp_path / "job.yaml"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
         )
     finally:
         subprocess.run([f"{bin_dir}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -57,9 +57,24 @@ def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["loss.lambda_avl"] == "10.0" and mlrun.data.params["loss.method"] == "dive"
     metrics = mlrun.data.metrics
-    for key in ("train/loss", "train/loss_cl", "train/loss_avl", "train/loss_pvl", "train/lr", "train/temperature",
-                "train/samples_per_s", "train/data_wait_frac", "data/skipped", "eval/id_acc", "eval/ood_avg",
-                "eval/zs_avg", "eval/rsa_mean", "eval/teacher/id_acc", "eval/ood/outline", "eval/zs/color"):
+    for key in (
+        "train/loss",
+        "train/loss_cl",
+        "train/loss_avl",
+        "train/loss_pvl",
+        "train/lr",
+        "train/temperature",
+        "train/samples_per_s",
+        "train/data_wait_frac",
+        "data/skipped",
+        "eval/id_acc",
+        "eval/ood_avg",
+        "eval/zs_avg",
+        "eval/rsa_mean",
+        "eval/teacher/id_acc",
+        "eval/ood/outline",
+        "eval/zs/color",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["eval/id_acc"] <= 1.0 and -1.0 <= metrics["eval/rsa_mean"] <= 1.0
     steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
@@ -94,12 +109,21 @@ def _kill_first_worker_after_checkpoint(storage: Path, killed: list[int], stop: 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint_in_the_same_mlflow_run(ray_session, demo, tmp_path):
-    cfg = _config(demo, tmp_path, "optim.max_steps=9", "optim.epochs=4", "scaling.checkpoint_every=1",
-                  "scaling.max_failures=2")
+    cfg = _config(
+        demo,
+        tmp_path,
+        "optim.max_steps=9",
+        "optim.epochs=4",
+        "scaling.checkpoint_every=1",
+        "scaling.max_failures=2",
+    )
     killed: list[int] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_kill_first_worker_after_checkpoint,
-                               args=(Path(cfg.scaling.storage_path), killed, stop), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_first_worker_after_checkpoint,
+        args=(Path(cfg.scaling.storage_path), killed, stop),
+        daemon=True,
+    )
     watcher.start()
     try:
         result = run(cfg)
@@ -145,6 +169,9 @@ def test_wrong_dataset_schema_fails_before_ray_starts(tmp_path, capsys, demo, no
     base = tmp_path / "run.yaml"
     base.write_text("{}\n")
     # A captioned set given as the ID training set: wrong kind, named with its manifest.
-    assert main(["--config", str(base), f"data.id_train={paths.reference}", f"data.reference={paths.reference}"]) == 2
+    assert (
+        main(["--config", str(base), f"data.id_train={paths.reference}", f"data.reference={paths.reference}"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "dataset.json" in err and "labelled" in err
