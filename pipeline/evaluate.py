@@ -212,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from pipeline.train import init_ray
+
+    init_ray(cfg)
     report = evaluate(cfg.model, replace(cfg.model, name=args.model, pretrained=args.pretrained), cfg)
     text = json.dumps(report, indent=2)
     if args.out:

@@ -226,7 +226,7 @@ def ray_session(workers: int) -> Iterator[None]:
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=max(4, workers + 2), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(4, workers + 2), include_dashboard=False, log_to_driver=False)
         started = True
     try:
         yield

@@ -126,7 +126,9 @@ def init_ray(cfg: Config) -> None:
         ray.init()
         return
     need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
-    ray.init(num_cpus=max(4, int(need + 0.999)), include_dashboard=False, log_to_driver=True)
+    # address="local": always a fresh local instance (a stale `ray start` on this machine is not joined by accident;
+    # set RAY_ADDRESS=auto to use a running one).
+    ray.init(address="local", num_cpus=max(4, int(need + 0.999)), include_dashboard=False, log_to_driver=True)
 
 
 def _git_sha() -> str:
@@ -144,8 +146,17 @@ def _git_sha() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | None = None) -> RunResult:
-    """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config)."""
+def run(
+    cfg: Config,
+    callbacks: list[Any] | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> RunResult:
+    """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config).
+
+    ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
+    storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -157,9 +168,14 @@ def run(cfg: Config, callbacks: list[Any] | None = None, parent_run_id: str | No
 
     t0 = time.perf_counter()
     init_ray(cfg)
-    client, run_id = tracking.start_run(cfg, parent_run_id=parent_run_id)
     uri = tracking.tracking_uri(cfg)
-    client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+    if resume_run_id:
+        client, run_id = tracking.MlflowClient(tracking_uri=uri), resume_run_id
+        client.get_run(run_id)  # fails early, naming the id, if the run does not exist in this store
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client, run_id = tracking.start_run(cfg, parent_run_id=parent_run_id)
+        client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
     out_dir = Path(cfg.tracking.output_dir) / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -319,9 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help=f"run config YAML (default: the built-in demo, {DEMO_CONFIG.name})")
     parser.add_argument("--validate", action="store_true", help="check the config and exit; starts nothing")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its output folder (<output_dir>/<mlflow run id>): its saved "
+        "config, its MLflow run and its latest Ray Train checkpoint",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")
     args = parser.parse_args(argv)
+    resume_run_id = None
     try:
+        if args.resume:
+            saved = Path(args.resume) / "config.yaml"
+            if not saved.is_file():
+                raise FileNotFoundError(f"--resume {args.resume}: no config.yaml (expected a run output folder)")
+            args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
         cfg = prepare_config(args.config, args.overrides, build_demo=not args.validate)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -330,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(cfg))
         print("config OK", file=sys.stderr)
         return 0
-    result = run(cfg)
+    result = run(cfg, resume_run_id=resume_run_id)
     _print_summary(result, cfg)
     return 0
 

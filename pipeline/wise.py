@@ -89,12 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import ray
-
     from pipeline import tracking
+    from pipeline.train import init_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False)
+    init_ray(cfg)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = run_wise(cfg, args.model, alphas, out)

@@ -177,6 +177,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step >= max_steps or at_epoch_end:
                 break
             t_fetch = time.perf_counter()
+        if step >= max_steps and 0 < done_in_epoch < steps_per_epoch:
+            # Stopped mid-epoch by optim.max_steps: record the position, so a resume continues this epoch.
+            _report(task, optimizer, scheduler, step, epoch, done_in_epoch, info, rank)
+            break
         epoch += 1
         done_in_epoch = 0
         _report(task, optimizer, scheduler, step, epoch, 0, info, rank)

@@ -42,6 +42,6 @@ def ray_session():
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,20 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited early"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # answering (e.g. 401 without a token): it is up
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"the Ray dashboard on port {port} did not come up in {timeout:.0f} s")
 
 
 def _free_port() -> int:
@@ -44,11 +62,14 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
-    start = subprocess.run(
+    # --block keeps the head in the foreground: terminating it stops exactly this cluster. (`ray stop` would stop
+    # every Ray instance on the machine, the test session's own included.)
+    head = subprocess.Popen(
         [
             f"{bin_dir}/ray",
             "start",
             "--head",
+            "--block",
             "--num-cpus=4",
             f"--port={gcs}",
             "--dashboard-host=127.0.0.1",
@@ -56,12 +77,11 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
             "--disable-usage-stats",
         ],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    assert start.returncode == 0, start.stderr
     try:
+        _wait_for_dashboard(dashboard, head)
         job = subprocess.run(
             [
                 f"{bin_dir}/ray",
@@ -84,7 +104,8 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
             cwd=REPO,
         )
     finally:
-        subprocess.run([f"{bin_dir}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
     output = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in output, output[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

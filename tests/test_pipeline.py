@@ -175,3 +175,23 @@ def test_wrong_dataset_schema_fails_before_ray_starts(tmp_path, capsys, demo, no
     )
     err = capsys.readouterr().err
     assert "dataset.json" in err and "labelled" in err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_continues_the_same_mlflow_run_from_the_latest_checkpoint(ray_session, demo, tmp_path, capsys):
+    cfg = _config(demo, tmp_path, "optim.max_steps=2", "loss.lambda_avl=1000")
+    first = run(cfg)
+    first_state = torch.load(Path(first.checkpoint) / STATE_FILE, weights_only=True)
+    run_dir = Path(cfg.tracking.output_dir) / first.run_id
+    assert main(["--resume", str(run_dir), "optim.max_steps=5"]) == 0
+    client = MlflowClient(tracking_uri=first.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.info.run_id for r in runs] == [first.run_id] and runs[0].info.status == "FINISHED"
+    resumed = client.get_metric_history(first.run_id, "train/resumed_from_step")
+    assert [m.value for m in resumed] == [2.0]
+    # The centre logged at resume is the checkpointed one, and training went on to step 5.
+    at_resume = [m.value for m in client.get_metric_history(first.run_id, "train/center_norm") if m.step == 2]
+    assert pytest.approx(first_state["center"].norm().item(), rel=1e-5) in at_resume
+    assert max(m.step for m in client.get_metric_history(first.run_id, "train/loss")) == 5
+    assert "MLflow run:  " + first.run_id in capsys.readouterr().out

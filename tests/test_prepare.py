@@ -469,7 +469,7 @@ def test_ray_workers_give_the_same_rows_as_in_process(tmp_path, capsys):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     src = tmp_path / "src"
     for c, cls in enumerate(("cat", "dog", "eel")):
         (src / cls).mkdir(parents=True)
