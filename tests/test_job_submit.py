@@ -61,7 +61,9 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
     # Token auth on: the head makes (or reuses) ~/.ray/auth_token and the CLI sends it (see README, "Cluster").
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = _free_port(), _free_port()
+    # Own ports throughout: another Ray instance on this machine (the test session's) holds the defaults, and a
+    # job agent that cannot bind its port answers "No available agent to submit job" forever.
+    gcs, dashboard, agent = _free_port(), _free_port(), _free_port()
     # --block keeps the head in the foreground: terminating it stops exactly this cluster. (`ray stop` would stop
     # every Ray instance on the machine, the test session's own included.)
     head = subprocess.Popen(
@@ -74,6 +76,7 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
             f"--port={gcs}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={agent}",
             "--disable-usage-stats",
         ],
         env=env,
@@ -82,27 +85,25 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
     )
     try:
         _wait_for_dashboard(dashboard, head)
-        job = subprocess.run(
-            [
-                f"{bin_dir}/ray",
-                "job",
-                "submit",
-                "--address",
-                f"http://127.0.0.1:{dashboard}",
-                "--working-dir",
-                str(REPO),
-                "--",
-                "python",
-                "pipeline/train.py",
-                "--config",
-                str(tmp_path / "job.yaml"),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            cwd=REPO,
-        )
+        submit = [
+            f"{bin_dir}/ray",
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "pipeline/train.py",
+            "--config",
+            str(tmp_path / "job.yaml"),
+        ]
+        for _attempt in range(12):  # the job agent can come up a few seconds after the dashboard answers
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(5)
     finally:
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=120)
