@@ -702,11 +702,18 @@ def pretrain_teacher(
     return {**summary, "cached": False}
 
 
-def ensure_demo(root: Path, seed: int = 0, size: str = "default") -> tuple[DemoPaths, Path]:
-    """Generate the demo data and pre-train its teacher (both cached); return the paths and the weights."""
+def ensure_demo(
+    root: Path, seed: int = 0, size: str = "default", threads: int | None = None
+) -> tuple[DemoPaths, Path]:
+    """Generate the demo data and pre-train its teacher (both cached); return the paths and the weights.
+
+    ``threads``: torch threads for the teacher (default: all cores, at most 8). On a machine shared with other
+    busy processes 1 thread can be much faster than 2: oversubscribed OpenMP threads wait on each other.
+    """
     paths = generate(root, seed=seed, size=size)
     out = Path(root) / "teacher"
-    threads = None if size == "tiny" else min(os.cpu_count() or 1, 8)
+    if threads is None and size != "tiny":
+        threads = min(os.cpu_count() or 1, 8)
     pretrain_teacher(paths, out, TEACHER_STEPS[size], TEACHER_BATCH[size], seed=seed, threads=threads)
     return paths, out / "teacher.pt"
 
