@@ -22,7 +22,8 @@ def make_batch(bundle: ModelBundle, n_id: int = 6, n_ref: int = 4, num_classes: 
     labels = torch.arange(n_id) % num_classes
     classes = ["circle", "square", "triangle", "star", "cross"][:num_classes]
     captions = [
-        f"a {c} drawn in {col}" for c, col in zip(["red", "blue", "green", "tiny", "huge"], classes * 2, strict=False)
+        f"a {c} drawn in {col}"
+        for c, col in zip(["red", "blue", "green", "tiny", "huge"], classes * 2, strict=False)
     ]
     return {
         "id_image": torch.randn(n_id, 3, size, size, generator=g),
