@@ -151,8 +151,8 @@ def read_stream(
     if kind == CAPTIONED and use_teacher_cache:
         wanted += list(TEACHER_COLUMNS)
     inverse = {v: k for k, v in (column_map or {}).items()}
-    ds = ray.data.read_parquet(
-        [str(f) for f in shard_files(folder)], columns=[inverse.get(c, c) for c in wanted]
+    ds = ray.data.read_parquet([str(f) for f in shard_files(folder)]).select_columns(
+        [inverse.get(c, c) for c in wanted]
     )
     if column_map:
         ds = ds.rename_columns({k: v for k, v in column_map.items() if k in {inverse.get(c) for c in wanted}})
