@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
 from PIL import Image
@@ -28,7 +29,14 @@ from pipeline.shards import (
     Manifest,
     check_dataset,
     decode_image,
+    is_webdataset,
+    lower_extension,
+    required_columns,
+    resolve_columns,
     shard_files,
+    tar_files,
+    wds_sources,
+    wds_value,
 )
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -101,7 +109,7 @@ def preprocess_batch(
                 continue
         else:
             caption = batch["caption"][i]
-            if caption is None or not str(caption).strip():
+            if not isinstance(caption, str) or not caption.strip():
                 skipped[NO_CAPTION] += 1
                 continue
         img, reason = decode_image(data, max_pixels)
@@ -133,6 +141,61 @@ def preprocess_batch(
     return out
 
 
+def _wds_rows(batch: Any, sources: dict[str, str]) -> dict[str, np.ndarray]:
+    """Raw webdataset samples → schema columns (a member missing from a sample becomes None, or label -1)."""
+    out: dict[str, np.ndarray] = {}
+    for column, source in sources.items():
+        raw = batch[source] if source in batch else [None] * len(batch)
+        values = [wds_value(column, v) if isinstance(v, bytes) else None for v in raw]
+        if column == "label":
+            out[column] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
+        else:
+            out[column] = np.array(values, dtype=object)
+    if "path" in batch:
+        out["path"] = np.asarray(batch["path"], dtype=object)
+    return out
+
+
+def open_dataset(
+    folders: Sequence[str],
+    kind: str,
+    column_map: Mapping[str, str] | None = None,
+    *,
+    columns: Sequence[str] = (),
+    include_paths: bool = False,
+) -> ray.data.Dataset:
+    """Raw rows of Parquet or webdataset folders under schema names (``image`` + ``label``/``caption`` and
+    ``columns``), one read per format and column layout, so many suites still stream through one pipeline."""
+    wanted = [*required_columns(kind), *columns]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    tars: list[str] = []
+    for folder in folders:
+        if is_webdataset(folder):
+            tars += [str(t) for t in tar_files(folder)]
+            continue
+        files = shard_files(folder)
+        sources = resolve_columns(pq.read_schema(files[0]).names, column_map)
+        key = tuple(sources[c] for c in wanted)
+        groups.setdefault(key, []).extend(str(f) for f in files)
+    parts: list[ray.data.Dataset] = []
+    for key, files in groups.items():
+        ds = ray.data.read_parquet(files, include_paths=include_paths)
+        ds = ds.select_columns([*key, *(["path"] if include_paths else [])])
+        renames = {s: c for s, c in zip(key, wanted, strict=True) if s != c}
+        parts.append(ds.rename_columns(renames) if renames else ds)
+    if tars:
+        sources = {c: s for s, c in wds_sources(column_map).items() if c in wanted}
+        ds = ray.data.read_webdataset(
+            tars,
+            decoder=None,
+            filerename=lower_extension,
+            suffixes=list(sources.values()),
+            include_paths=include_paths,
+        )
+        parts.append(ds.map_batches(_wds_rows, fn_kwargs={"sources": sources}, batch_format="pandas"))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def read_stream(
     folder: str,
     kind: str,
@@ -147,16 +210,8 @@ def read_stream(
 ) -> tuple[ray.data.Dataset, Manifest]:
     """A lazily executed Ray Dataset of preprocessed samples, plus the manifest (schema checked first)."""
     manifest = check_dataset(folder, kind, column_map)
-    wanted = ["image", "label"] if kind == LABELLED else ["image", "caption"]
-    if kind == CAPTIONED and use_teacher_cache:
-        wanted += list(TEACHER_COLUMNS)
-    inverse = {v: k for k, v in (column_map or {}).items()}
-    ds = ray.data.read_parquet([str(f) for f in shard_files(folder)]).select_columns(
-        [inverse.get(c, c) for c in wanted]
-    )
-    if column_map:
-        ds = ds.rename_columns({k: v for k, v in column_map.items() if k in {inverse.get(c) for c in wanted}})
-    ds = ds.map_batches(
+    extra = list(TEACHER_COLUMNS) if kind == CAPTIONED and use_teacher_cache else []
+    ds = open_dataset([folder], kind, column_map, columns=extra).map_batches(
         preprocess_batch,
         batch_format="numpy",
         batch_size=64,

@@ -25,8 +25,16 @@ from dive import zeroshot
 from dive.config import Config, ModelConfig, load_config
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import ModelBundle, build_model
-from pipeline.data import normalize_images, preprocess_batch
-from pipeline.shards import CAPTIONED, LABELLED, check_dataset, decode_image, iter_rows, shard_files
+from pipeline.data import normalize_images, open_dataset, preprocess_batch
+from pipeline.shards import (
+    CAPTIONED,
+    LABELLED,
+    check_dataset,
+    decode_image,
+    iter_rows,
+    shard_files,
+    tar_files,
+)
 
 
 @dataclass
@@ -83,10 +91,12 @@ def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str,
     }
 
 
-def _heads(bundle: ModelBundle, suites: Sequence[Suite]) -> list[np.ndarray]:
+def _heads(
+    bundle: ModelBundle, suites: Sequence[Suite], column_map: Mapping[str, str] | None = None
+) -> list[np.ndarray]:
     heads = []
     for suite in suites:
-        manifest = check_dataset(suite.folder, LABELLED)
+        manifest = check_dataset(suite.folder, LABELLED, column_map)
         templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
         heads.append(
             zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy()
@@ -103,11 +113,16 @@ def evaluate_accuracy(
     bundles = {name: build_model(m) for name, m in models.items()}
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
-    heads = {name: _heads(b, suites) for name, b in bundles.items()}
-    # One read over every suite's shards (one file listing, one pipeline): the suite index comes from the path.
-    files = {str(f): i for i, suite in enumerate(suites) for f in shard_files(suite.folder)}
-    num_classes = max(check_dataset(suite.folder, LABELLED).num_classes for suite in suites)
-    ds = ray.data.read_parquet(list(files), include_paths=True).select_columns(["image", "label", "path"])
+    column_map = cfg.data.column_map
+    heads = {name: _heads(b, suites, column_map) for name, b in bundles.items()}
+    # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
+    files = {
+        str(f): i
+        for i, suite in enumerate(suites)
+        for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
+    }
+    num_classes = max(check_dataset(suite.folder, LABELLED, column_map).num_classes for suite in suites)
+    ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
     ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
     ds = ds.map_batches(
         preprocess_batch,
@@ -150,13 +165,17 @@ def evaluate_accuracy(
 
 @torch.no_grad()
 def reference_embeddings(
-    bundle: ModelBundle, folder: str, samples: int, max_pixels: int
+    bundle: ModelBundle,
+    folder: str,
+    samples: int,
+    max_pixels: int,
+    column_map: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Image and caption embeddings of the first ``samples`` decodable pairs (a fixed sample: same rows each run)."""
     images, captions = [], []
-    for row in iter_rows(folder, columns=["image", "caption"]):
+    for row in iter_rows(folder, columns=["image", "caption"], column_map=column_map):
         img, reason = decode_image(row["image"], max_pixels)
-        if reason is None and row["caption"] and row["caption"].strip():
+        if reason is None and isinstance(row["caption"], str) and row["caption"].strip():
             images.append(bundle.preprocess_eval(img))
             captions.append(row["caption"])
         if len(images) >= samples:
@@ -182,8 +201,9 @@ def evaluate_rsa(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dic
     if not folder:
         return {}
     check_dataset(folder, CAPTIONED, cfg.data.column_map)
-    t = reference_embeddings(build_model(teacher), folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels)
-    s = reference_embeddings(build_model(student), folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels)
+    args = (folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels, cfg.data.column_map)
+    t = reference_embeddings(build_model(teacher), *args)
+    s = reference_embeddings(build_model(student), *args)
     return rsa_report(t[0], t[1], s[0], s[1])
 
 

@@ -30,9 +30,7 @@ import contextlib
 import csv
 import json
 import os
-import posixpath
 import sys
-import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -60,7 +58,9 @@ from pipeline.shards import (
     ShardWriter,
     check_dataset,
     decode_image,
+    is_webdataset,
     read_manifest,
+    scan_tar,
     shard_files,
 )
 
@@ -512,34 +512,6 @@ def convert_captions(
 
 
 # ------------------------------------------------------------------------------------------------ webdataset
-def _split_member(name: str) -> tuple[str, str] | None:
-    """webdataset's grouping: key = path up to the first dot of the basename, extension = the rest."""
-    folder, base = posixpath.split(name)
-    dot = base.find(".")
-    if dot <= 0 or dot == len(base) - 1:
-        return None
-    return posixpath.join(folder, base[:dot]), base[dot + 1 :].lower()
-
-
-def _scan_tar(tar: Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """Sample key → {extension: (data offset, size)}, from the headers only (data is read later)."""
-    samples: dict[str, dict[str, tuple[int, int]]] = {}
-    try:
-        with tarfile.open(tar, "r:") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                split = _split_member(member.name)
-                if split is not None:
-                    samples.setdefault(split[0], {})[split[1]] = (member.offset_data, member.size)
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(
-            f"{tar}: not a readable uncompressed tar file ({err}); expected webdataset shards (.tar; "
-            "compressed .tar.gz shards are not supported, decompress them first)"
-        ) from None
-    return samples
-
-
 def convert_wds(
     src: PathLike,
     out: PathLike,
@@ -573,7 +545,7 @@ def convert_wds(
     label_ext = label_ext.lower().lstrip(".") if label_ext else None
     if not image_exts:
         raise DataError("--image-ext: expected at least one image extension, e.g. jpg,png,webp")
-    scanned = [(tar, _scan_tar(tar)) for tar in tars]
+    scanned = [(tar, scan_tar(tar)) for tar in tars]
     if not any(any(e in exts for e in image_exts) for _, s in scanned for exts in s.values()):
         raise DataError(
             f"{root}: no sample in {len(tars)} tar file(s) has an image member "
@@ -748,6 +720,11 @@ def cache_teacher(
     from dive.models import embed_dim, fingerprint
 
     folder = Path(dataset)
+    if folder.is_dir() and is_webdataset(folder):
+        raise DataError(
+            f"{folder}: holds webdataset tars; the teacher cache is written into Parquet shards, so convert "
+            f"first: dive data wds {folder} <out> && dive data cache-teacher <out>"
+        )
     manifest = check_dataset(folder, CAPTIONED)
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")

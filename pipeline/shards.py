@@ -13,11 +13,13 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
+import tarfile
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,16 @@ def shard_files(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(folder).glob("*.parquet"))
 
 
+def tar_files(folder: str | os.PathLike[str]) -> list[Path]:
+    return sorted(Path(folder).glob("*.tar"))
+
+
+def is_webdataset(folder: str | os.PathLike[str]) -> bool:
+    """A folder holding ``*.tar`` shards is read as webdataset (img2dataset's webdataset output also writes
+    per-tar ``.parquet`` metadata without image bytes, so tars win over Parquet files)."""
+    return bool(tar_files(folder))
+
+
 def content_fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
@@ -136,6 +148,118 @@ def required_columns(kind: str) -> tuple[str, ...]:
     return ("image", "label") if kind == LABELLED else ("image", "caption")
 
 
+# Webdataset member extensions → schema names (img2dataset's defaults); ``data.column_map`` entries win.
+WDS_COLUMNS = {"jpg": "image", "txt": "caption", "cls": "label"}
+
+
+def resolve_columns(
+    available: Collection[str],
+    column_map: Mapping[str, str] | None,
+    defaults: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Schema name → source column for one dataset: a mapped source that exists, else the schema name itself,
+    else a default source. One ``data.column_map`` can thus serve folders that use different names."""
+    merged = {s: t for s, t in (defaults or {}).items() if t not in (column_map or {}).values()}
+    merged |= dict(column_map or {})
+    resolved: dict[str, str] = {}
+    for source, target in merged.items():
+        if source in available:
+            resolved[target] = source
+    for target in _EXPECTED:
+        if target in available:
+            resolved.setdefault(target, target)
+    return resolved
+
+
+def wds_sources(column_map: Mapping[str, str] | None) -> dict[str, str]:
+    """Member extension → schema name for webdataset folders: the defaults, overridden per target by the map."""
+    user = dict(column_map or {})
+    return {s: t for s, t in WDS_COLUMNS.items() if t not in user.values()} | user
+
+
+def split_member(name: str) -> tuple[str, str] | None:
+    """webdataset's grouping: key = path up to the first dot of the basename, extension = the rest."""
+    folder, base = posixpath.split(name)
+    dot = base.find(".")
+    if dot <= 0 or dot == len(base) - 1:
+        return None
+    return posixpath.join(folder, base[:dot]), base[dot + 1 :].lower()
+
+
+def lower_extension(name: str) -> str:
+    """``a/B.JPG`` → ``a/B.jpg``: member extensions compare case-insensitively everywhere."""
+    split = split_member(name)
+    return name if split is None else f"{split[0]}.{split[1]}"
+
+
+def scan_tar(tar: Path, contiguous: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
+    """Sample key → {extension: (data offset, size)}, from the headers only (data is read later).
+
+    ``contiguous`` requires each sample's members to be adjacent, as the webdataset spec (and Ray Data's
+    streaming reader) expects; the converter does not need it.
+    """
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    last = None
+    try:
+        with tarfile.open(tar, "r:") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                split = split_member(member.name)
+                if split is None:
+                    continue
+                if contiguous and split[0] != last and split[0] in samples:
+                    raise DataError(
+                        f"{tar}: the members of sample '{split[0]}' are not adjacent; webdataset shards must "
+                        "keep a sample's files together (re-create it with `tar --sort=name`, or convert it "
+                        "with `dive data wds`, which accepts any order)"
+                    )
+                last = split[0]
+                samples.setdefault(split[0], {})[split[1]] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(
+            f"{tar}: not a readable uncompressed tar file ({err}); expected webdataset shards (.tar; "
+            "compressed .tar.gz shards are not supported, decompress them first)"
+        ) from None
+    return samples
+
+
+def _check_webdataset(folder: Path, kind: str | None, column_map: Mapping[str, str] | None) -> Manifest:
+    """A folder of webdataset tars: ``dataset.json`` is optional for captioned sets (kind, name and row count
+    come from the tars); labelled sets need it for their class names."""
+    if (folder / MANIFEST).is_file():
+        manifest = read_manifest(folder)
+    elif kind == LABELLED:
+        raise DataError(
+            f"{folder / MANIFEST}: missing manifest; a labelled webdataset folder needs one with kind "
+            "'labelled' and 'classnames' (label i = classnames[i])"
+        )
+    else:
+        manifest = Manifest(name=folder.name, kind=CAPTIONED, source=str(folder.resolve()))
+    if kind is not None and manifest.kind != kind:
+        raise DataError(f"{folder / MANIFEST}: expected a {kind} dataset, got kind {manifest.kind!r}")
+    rows, h = 0, hashlib.sha256()
+    for tar in tar_files(folder):
+        samples = scan_tar(tar, contiguous=True)
+        extensions = sorted({e for exts in samples.values() for e in exts})
+        columns = resolve_columns(extensions, column_map, WDS_COLUMNS)
+        for column in required_columns(manifest.kind):
+            if column not in columns:
+                sources = [k for k, v in wds_sources(column_map).items() if v == column]
+                raise DataError(
+                    f"{tar}: no member with extension {' or '.join('.' + x for x in sources)} "
+                    f"(expected {_EXPECTED[column][1]} for '{column}'); extensions are {extensions}; "
+                    "map names with data.column_map"
+                )
+        rows += len(samples)
+        h.update(f"{tar.name}:{tar.stat().st_size}:{len(samples)};".encode())
+    if rows == 0:
+        raise DataError(f"{folder}: the webdataset tars hold no samples")
+    manifest.num_rows = manifest.num_rows or rows
+    manifest.fingerprint = manifest.fingerprint or h.hexdigest()[:16]
+    return manifest
+
+
 def check_dataset(
     folder: str | os.PathLike[str],
     kind: str | None = None,
@@ -144,8 +268,11 @@ def check_dataset(
     """Check manifest, shard files and column types before anything is trained; return the manifest.
 
     ``column_map`` maps source column names to schema names (``{"jpg": "image", "txt": "caption"}``), so
-    img2dataset output reads without conversion. Errors name the shard, the column and what was expected.
+    img2dataset output reads without conversion; a folder of webdataset ``*.tar`` shards is checked member by
+    member (``jpg``/``txt``/``cls`` by default). Errors name the shard, the column and what was expected.
     """
+    if Path(folder).is_dir() and is_webdataset(folder):
+        return _check_webdataset(Path(folder), kind, column_map)
     manifest = read_manifest(folder)
     if kind is not None and manifest.kind != kind:
         raise DataError(f"{Path(folder) / MANIFEST}: expected a {kind} dataset, got kind {manifest.kind!r}")
@@ -164,16 +291,16 @@ def check_dataset(
             schema = pq.read_schema(f)
         except Exception as err:  # pyarrow raises several types for a corrupt footer
             raise DataError(f"{f}: not a readable Parquet file ({err})") from None
+        columns = resolve_columns(schema.names, column_map)
         for column in required_columns(manifest.kind):
-            source = inverse.get(column, column)
-            if source not in schema.names:
+            if column not in columns:
                 raise DataError(
-                    f"{f}: missing column '{source}' (expected {_EXPECTED[column][1]} for '{column}'); "
-                    f"columns are {schema.names}; map names with data.column_map"
+                    f"{f}: missing column '{inverse.get(column, column)}' (expected {_EXPECTED[column][1]} "
+                    f"for '{column}'); columns are {schema.names}; map names with data.column_map"
                 )
-        for column, (ok, expected) in _EXPECTED.items():
-            source = inverse.get(column, column)
-            if source in schema.names and not ok(schema.field(source).type):
+        for column, source in columns.items():
+            ok, expected = _EXPECTED[column]
+            if not ok(schema.field(source).type):
                 raise DataError(
                     f"{f}: column '{source}' has type {schema.field(source).type}, expected {expected}"
                 )
@@ -304,7 +431,42 @@ def _rows_to_table(rows: list[dict[str, Any]], kind: str) -> pa.Table:
     return pa.table(columns)
 
 
-def iter_rows(folder: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of every shard in order (plain pyarrow; for small sets, tests and the teacher cache)."""
+def iter_rows(
+    folder: str | os.PathLike[str],
+    columns: list[str] | None = None,
+    column_map: Mapping[str, str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Rows of every shard in order under schema names (plain pyarrow / tarfile; for small sets and tests)."""
+    if is_webdataset(folder):
+        for tar in tar_files(folder):
+            samples = scan_tar(tar)
+            extensions = {e for exts in samples.values() for e in exts}
+            wanted = resolve_columns(extensions, column_map, WDS_COLUMNS)
+            with open(tar, "rb") as fh:
+                for members in samples.values():
+                    row: dict[str, Any] = {}
+                    for column, ext in wanted.items():
+                        if columns is None or column in columns:
+                            row[column] = None
+                            if ext in members:
+                                fh.seek(members[ext][0])
+                                row[column] = wds_value(column, fh.read(members[ext][1]))
+                    yield row
+        return
     for f in shard_files(folder):
-        yield from pq.read_table(f, columns=columns).to_pylist()
+        table = pq.read_table(f)
+        sources = resolve_columns(table.column_names, column_map)
+        names = [c for c in sources if columns is None or c in columns]
+        yield from table.select([sources[c] for c in names]).rename_columns(names).to_pylist()
+
+
+def wds_value(column: str, data: bytes) -> Any:
+    """A raw webdataset member as the schema expects it: captions as text, labels as int (None if not one)."""
+    if column == "caption":
+        return data.decode("utf-8", errors="replace")
+    if column == "label":
+        try:
+            return int(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return None
+    return data

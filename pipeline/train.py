@@ -99,7 +99,7 @@ def check_datasets(cfg: Config) -> None:
         check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
     for folder in [cfg.eval.id, *cfg.eval.ood.values(), *cfg.eval.zs.values()]:
         if folder:
-            check_dataset(folder, LABELLED)
+            check_dataset(folder, LABELLED, cfg.data.column_map)
     if cfg.eval.rsa_set:
         check_dataset(cfg.eval.rsa_set, CAPTIONED, cfg.data.column_map)
 
@@ -163,7 +163,7 @@ def run(
     from dive.models import build_model, fingerprint
     from pipeline import tracking
     from pipeline.data import SkipCounter, read_stream
-    from pipeline.shards import CAPTIONED, LABELLED, check_teacher_cache, read_manifest
+    from pipeline.shards import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
     from pipeline.worker import RunInfo, train_loop_per_worker
 
     t0 = time.perf_counter()
@@ -198,7 +198,7 @@ def run(
         )
         datasets = {"id": id_ds}
         if cfg.data.reference:
-            ref_manifest = read_manifest(cfg.data.reference)
+            ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
             use_cache = check_teacher_cache(
                 cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model)
             )
@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             saved = Path(args.resume) / "config.yaml"
             if not saved.is_file():
-                raise FileNotFoundError(f"--resume {args.resume}: no config.yaml (expected a run output folder)")
+                raise FileNotFoundError(
+                    f"--resume {args.resume}: no config.yaml (expected a run output folder)"
+                )
             args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
         cfg = prepare_config(args.config, args.overrides, build_demo=not args.validate)
     except (ConfigError, DataError, FileNotFoundError) as err:

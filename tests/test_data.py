@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from pipeline.data import PromptTable, SkipCounter, preprocess_batch, read_stream, stream_image_transform
 from pipeline.shards import LABELLED, Manifest, encode_png, write_manifest
+from tests.conftest import write_tar
 
 
 class _Counter:
@@ -141,4 +143,52 @@ def test_read_stream_maps_columns_and_counts_skips_in_the_actor(ray_session, tmp
     )
     rows = sum(len(b["image"]) for b in ds.iter_batches(batch_format="numpy"))
     assert rows == 6 and manifest.num_rows == 8
-    assert ray_session.get(counter.totals.remote()) == {"undecodable": 1, "no_caption": 1}
+    assert _totals(ray_session, counter, 2) == {"undecodable": 1, "no_caption": 1}
+
+
+def _totals(ray, counter, expected: int, timeout: float = 20.0) -> dict[str, int]:
+    """The counter's totals once ``expected`` skips arrived (map tasks report fire-and-forget)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        totals = ray.get(counter.totals.remote())
+        if sum(totals.values()) >= expected or time.monotonic() > deadline:
+            return totals
+        time.sleep(0.2)
+
+
+@pytest.mark.ray
+def test_webdataset_tars_stream_without_conversion_and_count_skips(ray_session, tmp_path):
+    """Captioned tars (no manifest) and labelled tars (manifest for class names) read directly by Ray Data."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    members = {
+        f"s{i}.{ext}": _png() if ext == "JPG" else b"a red square" for i in range(5) for ext in ("JPG", "txt")
+    }
+    members |= {
+        "bad.jpg": b"not an image",
+        "bad.txt": b"x",
+        "nocap.jpg": _png(),
+        "noimg.txt": b"caption only",
+    }
+    write_tar(ref / "00000.tar", members)
+    counter = SkipCounter.remote()
+    common = dict(size=32, augment=False, max_pixels=10**6, model_name="dive-tiny", counter=counter)
+    ds, manifest = read_stream(str(ref), "captioned", **common)
+    batch = ds.take_batch(100, batch_format="numpy")
+    assert manifest.num_rows == 8 and batch["image"].shape == (5, 3, 32, 32)
+    assert batch["text"].shape[0] == 5 and set(batch) == {"image", "text"}
+    assert _totals(ray_session, counter, 3) == {"undecodable": 1, "no_caption": 1, "empty": 1}
+
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    write_tar(
+        ids / "00000.tar", {"a.png": _png(), "a.cls": b"1", "b.png": _png(), "b.cls": b"7", "c.png": _png()}
+    )
+    write_manifest(ids, Manifest(name="ids", kind=LABELLED, classnames=["x", "y"], templates=["a {}."]))
+    counter = SkipCounter.remote()
+    ds, manifest = read_stream(
+        str(ids), LABELLED, **{**common, "counter": counter}, column_map={"png": "image"}
+    )
+    batch = ds.take_batch(100, batch_format="numpy")
+    assert manifest.num_rows == 3 and batch["label"].tolist() == [1]
+    assert _totals(ray_session, counter, 2) == {"bad_label": 2}

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,12 @@ from pipeline.shards import (
     ShardWriter,
     check_dataset,
     check_teacher_cache,
+    encode_png,
     iter_rows,
     read_manifest,
     shard_files,
 )
+from tests.conftest import write_tar
 
 
 @pytest.fixture(autouse=True)
@@ -217,15 +218,6 @@ def test_captions_cli_with_base_dir_and_custom_columns(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ webdataset
-def write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_wds_captioned_tars(tmp_path, capsys):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -488,3 +480,13 @@ def test_ray_workers_give_the_same_rows_as_in_process(tmp_path, capsys):
     assert sorted(rows_ray) == sorted(rows_local)
     assert rows_ray == rows_local and distributed.fingerprint == local.fingerprint  # same order, same bytes
     assert len(skip_lines(capsys.readouterr().out)) == 4
+
+
+def test_cache_teacher_refuses_webdataset_tars_and_leaves_them(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    tar = write_tar(folder / "00000.tar", {"a.jpg": encode_png(Image.new("RGB", (8, 8))), "a.txt": b"a cat"})
+    before = tar.read_bytes()
+    with pytest.raises(DataError, match=r"wds: holds webdataset tars; .*dive data wds"):
+        cache_teacher(folder, ModelConfig())
+    assert tar.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["00000.tar"]

@@ -31,6 +31,7 @@ from pipeline.shards import (
     shard_files,
     write_manifest,
 )
+from tests.conftest import write_tar
 
 
 def png(size=(8, 8), color=(200, 30, 30)) -> bytes:
@@ -240,3 +241,71 @@ def test_check_teacher_cache(tmp_path):
     with pytest.raises(DataError, match="aaaa1111.*bbbb2222") as err:
         check_teacher_cache(tmp_path, cached, "bbbb2222")
     assert str(tmp_path / MANIFEST) in str(err.value)
+
+
+def test_one_column_map_serves_folders_with_mapped_and_schema_names(tmp_path):
+    """data.column_map applies to every dataset of a run; a folder already in schema names still reads."""
+    one = Manifest("ds", CAPTIONED, num_rows=1)
+    mapped = write_raw(tmp_path / "i2d", pa.table({"jpg": pa.array([png()], pa.binary()), "txt": ["a"]}), one)
+    plain = write_raw(tmp_path / "plain", pa.table({"image": pa.array([png()]), "caption": ["b"]}), one)
+    cmap = {"jpg": "image", "txt": "caption"}
+    for folder, caption in [(mapped, "a"), (plain, "b")]:
+        assert check_dataset(folder, CAPTIONED, cmap).num_rows == 1
+        assert list(iter_rows(folder, ["caption"], cmap)) == [{"caption": caption}]
+
+
+# ------------------------------------------------------------------------------------------------ webdataset
+def test_webdataset_folder_reads_without_manifest_or_conversion(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    write_tar(folder / "00000.tar", {"a.jpg": png(), "a.txt": b"a red cat", "a.json": b"{}", "b.jpg": png()})
+    write_tar(
+        folder / "00001.tar", {"c.jpg": png(color=(0, 0, 255)), "c.txt": "un chat bleu \u00e9".encode()}
+    )
+    (folder / "00000.parquet").write_bytes(b"img2dataset metadata, not a shard")  # tars win over .parquet
+    manifest = check_dataset(folder, CAPTIONED)
+    assert (manifest.kind, manifest.num_rows, manifest.name) == (CAPTIONED, 3, "wds")
+    rows = list(iter_rows(folder))
+    assert [r["caption"] for r in rows] == ["a red cat", None, "un chat bleu \u00e9"]
+    assert rows[0]["image"] == png() and set(rows[0]) == {"image", "caption"}
+    again = check_dataset(folder, CAPTIONED)
+    assert again.fingerprint == manifest.fingerprint
+    write_tar(folder / "00001.tar", {"c.jpg": png(color=(0, 255, 0)), "c.txt": b"changed", "d.jpg": png()})
+    assert check_dataset(folder, CAPTIONED).fingerprint != manifest.fingerprint
+
+
+def test_webdataset_members_follow_the_column_map_and_missing_ones_name_the_tar(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    write_tar(folder / "00000.tar", {"a.png": png(), "a.caption": b"a cat"})
+    with pytest.raises(
+        DataError, match=r"00000\.tar: no member with extension \.jpg .*'image'.*\['caption', 'png'\]"
+    ):
+        check_dataset(folder, CAPTIONED)
+    cmap = {"png": "image", "caption": "caption"}
+    assert check_dataset(folder, CAPTIONED, cmap).num_rows == 1
+    assert list(iter_rows(folder, None, cmap)) == [{"image": png(), "caption": "a cat"}]
+
+
+def test_labelled_webdataset_needs_a_manifest_and_parses_labels(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    write_tar(folder / "00000.tar", {"a.jpg": png(), "a.cls": b"1", "b.jpg": png(), "b.cls": b"dog"})
+    with pytest.raises(
+        DataError, match=r"wds/dataset\.json: missing manifest; a labelled webdataset .*classnames"
+    ):
+        check_dataset(folder, LABELLED)
+    write_manifest(folder, Manifest("pets", LABELLED, classnames=["cat", "dog"], templates=["a {}."]))
+    manifest = check_dataset(folder, LABELLED)
+    assert manifest.num_rows == 2 and manifest.classnames == ["cat", "dog"]
+    assert [r["label"] for r in iter_rows(folder, ["label"])] == [1, None]
+    with pytest.raises(DataError, match="expected a captioned dataset"):
+        check_dataset(folder, CAPTIONED)
+
+
+def test_webdataset_with_scattered_sample_members_fails_the_check_naming_the_tar(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    write_tar(folder / "00007.tar", {"a.jpg": png(), "b.jpg": png(), "a.txt": b"a", "b.txt": b"b"})
+    with pytest.raises(DataError, match=r"00007\.tar: the members of sample 'a' are not adjacent"):
+        check_dataset(folder, CAPTIONED)
