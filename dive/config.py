@@ -122,6 +122,15 @@ class EvalConfig:
     rsa_set: str = ""
     rsa_samples: int = 1000
     batch_size: int = 256
+    # Validation at every epoch end (rank 0): the signal Tune sweeps optimise, never the eval suites above.
+    # val_id: a labelled split held out from the ID training data → val/id_acc (zero-shot head, its templates).
+    # val_ref: captioned pairs the fine-tune never trains on → val/ref_retrieval (image→caption top-1 among
+    # val_samples pairs), a proxy for kept zero-shot ability.
+    val_id: str = ""
+    val_ref: str = ""
+    val_samples: int = 256
+    # val/objective = w · val/id_acc + (1 − w) · val/ref_retrieval (the one that exists when only one does).
+    val_id_weight: float = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- tracking
@@ -321,6 +330,8 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
+    need(ev.val_samples >= 3, "eval.val_samples", "at least 3 samples", ev.val_samples)
+    need(0.0 <= ev.val_id_weight <= 1.0, "eval.val_id_weight", "a weight in [0, 1]", ev.val_id_weight)
 
     needs_ref = loss.method in (Method.dive, Method.flyp_replay, Method.snd)
     if check_paths:
@@ -334,6 +345,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
             )
         paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
         paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
+        paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref)]
         paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
         paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
         for key, value in paths:

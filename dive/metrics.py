@@ -39,6 +39,24 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     return hits.float().mean().item()
 
 
+def retrieval_accuracy(image: torch.Tensor, text: torch.Tensor, captions: Sequence[str]) -> float:
+    """Image→text top-1 retrieval among N pairs; a hit is any caption equal to the image's own, so repeated
+    captions (common in templated data) do not count as misses. A label-free proxy for kept alignment."""
+    _check_pair("image", image, "text", text)
+    if len(captions) != image.shape[0]:
+        raise ValueError(f"captions: expected {image.shape[0]} strings, got {len(captions)}")
+    best = _cosine(image, text).argmax(dim=1).tolist()
+    return sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
+
+
+def val_objective(metrics: dict[str, float], id_weight: float) -> float | None:
+    """w · val/id_acc + (1 − w) · val/ref_retrieval; the one present if only one is; None if neither."""
+    acc, ret = metrics.get("val/id_acc"), metrics.get("val/ref_retrieval")
+    if acc is not None and ret is not None:
+        return id_weight * acc + (1.0 - id_weight) * ret
+    return acc if acc is not None else ret
+
+
 def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     for name, t in ((name_a, a), (name_b, b)):
         if t.ndim != 2:

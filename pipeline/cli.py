@@ -3,6 +3,7 @@
 ``dive data …``     convert image-text sources into shards, cache teacher embeddings (pipeline.prepare)
 ``dive validate``   check a run config without starting Ray
 ``dive train``      same as ``python pipeline/train.py``
+``dive tune``       same as ``python pipeline/tune.py`` (Ray Tune sweeps)
 """
 
 from __future__ import annotations
@@ -17,8 +18,27 @@ def _data(argv: Sequence[str]) -> int:
     return prepare.main(argv)
 
 
+def _train(argv: Sequence[str]) -> int:
+    from pipeline import train
+
+    return train.main(argv)
+
+
+def _validate(argv: Sequence[str]) -> int:
+    return _train([*argv, "--validate"])
+
+
+def _tune(argv: Sequence[str]) -> int:
+    from pipeline import tune
+
+    return tune.main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data": (_data, "convert sources to shards; cache teacher embeddings"),
+    "validate": (_validate, "check a run config (and its datasets) without starting Ray"),
+    "train": (_train, "fine-tune: same as python pipeline/train.py"),
+    "tune": (_tune, "Ray Tune sweep: same as python pipeline/tune.py"),
 }
 
 

@@ -30,6 +30,7 @@ from pipeline.shards import (
     check_dataset,
     decode_image,
     is_webdataset,
+    iter_rows,
     lower_extension,
     required_columns,
     resolve_columns,
@@ -226,6 +227,40 @@ def read_stream(
         ),
     )
     return ds, manifest
+
+
+def load_val_set(
+    folder: str,
+    kind: str,
+    *,
+    size: int,
+    max_pixels: int,
+    samples: int,
+    model_name: str,
+    column_map: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], Manifest]:
+    """A fixed, seeded sample of at most ``samples`` rows of a small validation set, preprocessed exactly as
+    the eval stream does (in-process: it is read once per run, on rank 0). Captioned sets keep ``caption``."""
+    manifest = check_dataset(folder, kind, column_map)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(manifest.num_rows)[:samples].tolist())
+    columns = list(required_columns(kind))
+    rows = [r for i, r in enumerate(iter_rows(folder, columns, column_map)) if i in chosen]
+    batch = {c: np.array([r[c] for r in rows], dtype=object) for c in columns}
+    if kind == LABELLED:
+        batch["label"] = np.array([-1 if r["label"] is None else r["label"] for r in rows], dtype=np.int64)
+    out = preprocess_batch(
+        batch,
+        kind=kind,
+        size=size,
+        augment=False,
+        max_pixels=max_pixels,
+        num_classes=manifest.num_classes,
+        model_name=model_name,
+        passthrough=("caption",) if kind == CAPTIONED else (),
+    )
+    return out, manifest
 
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ def write_table_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         path.write_text("")
         return
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for row in rows for k in row))  # rows may differ (e.g. stopped trials)
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -52,6 +53,39 @@ def loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: Path) 
     ax.set_xlabel("step")
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def objective_vs_params(
+    rows: Sequence[Mapping[str, Any]],
+    params: Sequence[str],
+    metric: str,
+    path: Path,
+    log_keys: Collection[str] = (),
+) -> None:
+    """One panel per searched key: each trial's objective against the sampled value (log x for λs and lr)."""
+    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], params, strict=True):
+        points = [(r[key], r[metric]) for r in rows if isinstance(r.get(key), int | float)]
+        points = [(x, y) for x, y in points if y == y]  # NaN: trial stopped before reporting
+        done = [
+            r.get("completed", True)
+            for r in rows
+            if isinstance(r.get(key), int | float) and r[metric] == r[metric]
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, c=["tab:blue" if d else "tab:gray" for d in done])
+            if key in log_keys:
+                ax.set_xscale("log")
+        else:  # categorical (bools, choices): one column per value
+            values = [str(r.get(key)) for r in rows]
+            ax.scatter(values, [r[metric] for r in rows])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+    fig.suptitle("objective per trial (grey: stopped early)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -17,7 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class RunResult:
     seconds: float
     checkpoint: str  # the last Ray Train checkpoint (full training state)
     steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # rank 0's last report (step, epoch, val/*)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -58,6 +60,8 @@ def resolve_paths(cfg: Config) -> Config:
         cfg.eval,
         id=_absolute(cfg.eval.id),
         rsa_set=_absolute(cfg.eval.rsa_set),
+        val_id=_absolute(cfg.eval.val_id),
+        val_ref=_absolute(cfg.eval.val_ref),
         ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
         zs={k: _absolute(v) for k, v in cfg.eval.zs.items()},
     )
@@ -102,10 +106,14 @@ def check_datasets(cfg: Config) -> None:
             check_dataset(folder, LABELLED, cfg.data.column_map)
     if cfg.eval.rsa_set:
         check_dataset(cfg.eval.rsa_set, CAPTIONED, cfg.data.column_map)
+    if cfg.eval.val_id:
+        check_dataset(cfg.eval.val_id, LABELLED, cfg.data.column_map)
+    if cfg.eval.val_ref:
+        check_dataset(cfg.eval.val_ref, CAPTIONED, cfg.data.column_map)
 
 
 # ---------------------------------------------------------------------------------------------------- ray
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config, min_cpus: float = 0) -> None:
     """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local one.
 
     Locally we declare at least 4 logical CPUs: Ray Data's file listing always asks for one whole CPU, and with
@@ -125,7 +133,7 @@ def init_ray(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+    need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2, min_cpus)
     # address="local": always a fresh local instance (a stale `ray start` on this machine is not joined by accident;
     # set RAY_ADDRESS=auto to use a running one).
     ray.init(address="local", num_cpus=max(4, int(need + 0.999)), include_dashboard=False, log_to_driver=True)
@@ -151,11 +159,13 @@ def run(
     callbacks: list[Any] | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config).
 
     ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
+    ``on_start`` is called with the MLflow run id as soon as it exists (a sweep trial records it to resume).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -176,6 +186,8 @@ def run(
     else:
         client, run_id = tracking.start_run(cfg, parent_run_id=parent_run_id)
         client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+    if on_start is not None:
+        on_start(run_id)
     out_dir = Path(cfg.tracking.output_dir) / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -259,6 +271,7 @@ def run(
         seconds,
         result.checkpoint.path,
         int(result.metrics.get("step", 0)),
+        dict(result.metrics),
     )
 
 

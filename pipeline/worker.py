@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -22,10 +23,12 @@ import torch
 from dive import zeroshot
 from dive.config import Config, Method, from_dict
 from dive.distributed import mean_across_ranks
+from dive.metrics import accuracy, retrieval_accuracy, val_objective
 from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import USES_REFERENCE, DiveTask
-from pipeline.data import PromptTable, cycle_batches, normalize_images
+from pipeline.data import PromptTable, cycle_batches, load_val_set, normalize_images
+from pipeline.shards import CAPTIONED, LABELLED
 
 STATE_FILE = "state.pt"
 
@@ -109,6 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task.train()
 
     logger = _RankZeroLogger(info) if rank == 0 else None
+    validator = _Validator(cfg, bundle, device) if rank == 0 else None
     if (
         logger is not None and checkpoint is not None
     ):  # visible in MLflow: where a restarted worker group resumed
@@ -179,11 +183,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             t_fetch = time.perf_counter()
         if step >= max_steps and 0 < done_in_epoch < steps_per_epoch:
             # Stopped mid-epoch by optim.max_steps: record the position, so a resume continues this epoch.
-            _report(task, optimizer, scheduler, step, epoch, done_in_epoch, info, rank)
+            val = _validate(validator, task, logger, step)
+            _report(task, optimizer, scheduler, step, epoch, done_in_epoch, info, rank, val)
             break
         epoch += 1
         done_in_epoch = 0
-        _report(task, optimizer, scheduler, step, epoch, 0, info, rank)
+        val = _validate(validator, task, logger, step)
+        _report(task, optimizer, scheduler, step, epoch, 0, info, rank, val)
+
+
+def _validate(validator: _Validator | None, task: DiveTask, logger: Any, step: int) -> dict[str, float]:
+    val = validator(task.student_model) if validator else {}
+    if logger is not None and val:
+        logger.log(dict(val), step)
+    return val
 
 
 def _optimizer_step(
@@ -220,11 +233,80 @@ def _optimizer_step(
     return totals
 
 
+class _Validator:
+    """Rank 0's epoch-end validation on small held-out sets (``eval.val_id`` / ``eval.val_ref``), loaded once.
+
+    Its ``val/objective`` is what Tune sweeps optimise and ASHA prunes on; plain runs log the same metrics."""
+
+    def __init__(self, cfg: Config, bundle: Any, device: torch.device) -> None:
+        size = bundle.preprocess_cfg["size"][0]
+        common = dict(
+            size=size,
+            max_pixels=cfg.data.max_image_pixels,
+            samples=cfg.eval.val_samples,
+            model_name=cfg.model.name,
+            column_map=cfg.data.column_map,
+            seed=cfg.optim.seed,
+        )
+        self.id_set = load_val_set(cfg.eval.val_id, LABELLED, **common) if cfg.eval.val_id else None
+        self.ref_set = load_val_set(cfg.eval.val_ref, CAPTIONED, **common)[0] if cfg.eval.val_ref else None
+        self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.eval.val_id_weight
+        self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
+
+    def __bool__(self) -> bool:
+        return self.id_set is not None or self.ref_set is not None
+
+    def _images(self, model: torch.nn.Module, pixels: np.ndarray) -> torch.Tensor:
+        chunks = [torch.from_numpy(pixels[i : i + 256]).to(self.device) for i in range(0, len(pixels), 256)]
+        return torch.cat(
+            [model.encode_image(normalize_images(c, self.mean, self.std), normalize=True) for c in chunks]
+        )
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out: dict[str, float] = {}
+        try:
+            if self.id_set is not None:
+                batch, manifest = self.id_set
+                head = zeroshot.build_head(
+                    model,
+                    self.tokenizer,
+                    manifest.classnames,
+                    manifest.templates or zeroshot.DEFAULT_TEMPLATES,
+                    device=self.device,
+                )
+                feats = self._images(model, batch["image"])
+                out["val/id_acc"] = accuracy(feats @ head.T, torch.from_numpy(batch["label"]).to(self.device))
+            if self.ref_set is not None:
+                image = self._images(model, self.ref_set["image"])
+                text = model.encode_text(
+                    torch.from_numpy(self.ref_set["text"]).to(self.device), normalize=True
+                )
+                out["val/ref_retrieval"] = retrieval_accuracy(image, text, list(self.ref_set["caption"]))
+        finally:
+            model.train(was_training)
+        objective = val_objective(out, self.weight)
+        if objective is not None:
+            out["val/objective"] = objective
+        return out
+
+
 def _report(
-    task: DiveTask, optimizer, scheduler, step: int, epoch: int, done_in_epoch: int, info: RunInfo, rank: int
+    task: DiveTask,
+    optimizer,
+    scheduler,
+    step: int,
+    epoch: int,
+    done_in_epoch: int,
+    info: RunInfo,
+    rank: int,
+    extra: dict[str, float] | None = None,
 ) -> None:
-    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint with the full training state."""
-    metrics = {"step": step, "epoch": epoch}
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint with the full training state and
+    its validation metrics (Tune reads rank 0's report)."""
+    metrics = {"step": step, "epoch": epoch, **(extra or {})}
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -262,5 +344,7 @@ class _RankZeroLogger:
         if self.info.skip_counter is not None:
             metrics["data/skipped"] = float(sum(ray.get(self.info.skip_counter.totals.remote()).values()))
         log_metrics(self.client, self.info.run_id, metrics, step)
-        terms = "  ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if "loss" in k)
+        terms = "  ".join(
+            f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if "loss" in k or k.startswith("val/")
+        )
         print(f"[dive] step {step}  {terms}  ({time.perf_counter() - self.t0:.1f} s)", flush=True)

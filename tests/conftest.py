@@ -60,3 +60,29 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The tiny demo world and its teacher (generated once per test session)."""
+    from pipeline.demo import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo"), size="tiny")
+
+
+def tiny_run_overrides(demo, tmp: Path, experiment: str) -> list[str]:
+    """A run on the tiny demo that trains in seconds: ``a.b=c`` overrides shared by the end-to-end tests."""
+    paths, teacher = demo
+    return [
+        *paths.config_overrides(),
+        f"model.pretrained={teacher}",
+        "optim.global_batch=16",
+        "optim.epochs=2",
+        "optim.warmup_steps=1",
+        "optim.lr=1e-3",
+        "eval.rsa_samples=16",
+        "eval.val_samples=16",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"tracking.output_dir={tmp}/out",
+        f"tracking.experiment={experiment}",
+    ]

@@ -115,3 +115,16 @@ def test_set_result_and_summarize_validation():
         SetResult("x", "id", 50.0, 1)
     with pytest.raises(ValueError, match="duplicate ood set name 'a'"):
         summarize([SetResult("a", "ood", 0.1, 1), SetResult("a", "ood", 0.2, 1)])
+
+
+def test_retrieval_counts_a_repeated_caption_as_a_hit_and_objective_mixes_val_metrics():
+    from dive.metrics import retrieval_accuracy, val_objective
+
+    text = torch.eye(3)
+    image = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])  # image 1 retrieves caption 0
+    assert retrieval_accuracy(image, text, ["a cat", "a cat", "a dog"]) == 1.0  # the same words: a hit
+    assert retrieval_accuracy(image, text, ["a", "b", "c"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="captions: expected 3"):
+        retrieval_accuracy(image, text, ["a"])
+    assert val_objective({"val/id_acc": 0.8, "val/ref_retrieval": 0.4}, 0.25) == pytest.approx(0.5)
+    assert val_objective({"val/ref_retrieval": 0.4}, 0.25) == 0.4 and val_objective({}, 0.5) is None

@@ -16,33 +16,17 @@ from mlflow.tracking import MlflowClient
 from dive.models import register_model_configs
 from pipeline.train import main, prepare_config, run
 from pipeline.worker import STATE_FILE
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from pipeline.demo import ensure_demo
-
-    return ensure_demo(tmp_path_factory.mktemp("demo"), size="tiny")
+from tests.conftest import tiny_run_overrides
 
 
 def _config(demo, tmp: Path, *extra: str):
-    paths, teacher = demo
     base = tmp / "base.yaml"
     base.write_text("{}\n")
     overrides = [
-        *paths.config_overrides(),
-        f"model.pretrained={teacher}",
-        "optim.global_batch=16",
-        "optim.epochs=2",
+        *tiny_run_overrides(demo, tmp, "test"),
         "optim.max_steps=4",
-        "optim.warmup_steps=1",
-        "optim.lr=1e-3",
         "loss.lambda_avl=10",
         "loss.lambda_pvl=10",
-        "eval.rsa_samples=16",
-        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-        f"tracking.output_dir={tmp}/out",
-        "tracking.experiment=test",
         *extra,
     ]
     return prepare_config(str(base), overrides)
@@ -75,8 +59,15 @@ def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
         "eval/teacher/id_acc",
         "eval/ood/outline",
         "eval/zs/color",
+        "val/id_acc",
+        "val/ref_retrieval",
+        "val/objective",
     ):
         assert key in metrics, key
+    assert metrics["val/objective"] == pytest.approx(
+        (metrics["val/id_acc"] + metrics["val/ref_retrieval"]) / 2
+    )
+    assert result.metrics["val/objective"] == pytest.approx(metrics["val/objective"])
     assert 0.0 <= metrics["eval/id_acc"] <= 1.0 and -1.0 <= metrics["eval/rsa_mean"] <= 1.0
     steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
     assert max(steps) == 4

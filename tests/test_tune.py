@@ -1,0 +1,209 @@
+"""Sweeps: the space file is checked before Ray starts; the demo sweep runs end to end, resumes, and replays."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dive.config import Config, ConfigError, load_config, to_dict, to_yaml
+from pipeline import tune
+from pipeline.tune import check_spec, load_spec, sweep_name, trial_config
+from tests.conftest import tiny_run_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+SPACES = sorted((REPO / "tune_configs").glob("*.yaml"))
+
+
+def _space(tmp_path: Path, **sections) -> Path:
+    spec = {
+        "objective": {"metric": "val/objective", "mode": "max"},
+        "search": {"algorithm": "optuna", "num_samples": 2, "max_concurrent": 1, "seed": 0},
+        "scheduler": {"name": "asha", "grace_period": 2, "reduction_factor": 2},
+        "space": {
+            "loss.lambda_avl": {"loguniform": [1.0, 100.0]},
+            "loss.lambda_pvl": {"loguniform": [1.0, 100.0]},
+        },
+    }
+    spec.update(sections)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _base(**ev) -> Config:
+    return load_config(overrides=[f"eval.{k}={v}" for k, v in {"val_id": "/v/id", **ev}.items()])
+
+
+@pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
+def test_shipped_spaces_open_with_their_launch_command_and_check(space):
+    text = space.read_text()
+    assert text.startswith("#") and "python pipeline/tune.py --space tune_configs/" + space.name in text
+    dists = check_spec(load_spec(space), _base(val_ref="/v/ref"), str(space))
+    assert {"loss.lambda_avl", "loss.lambda_pvl"} <= set(dists)
+    assert dists["loss.lambda_avl"][0] == "loguniform"
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        ({"loss.lamda_avl": {"loguniform": [1, 10]}}, r"space key 'loss\.lamda_avl'.*Did you mean"),
+        (
+            {"loss.lambda_avl": {"loguniform": [-1, 10]}},
+            r"space key 'loss\.lambda_avl': loguniform needs bounds > 0",
+        ),
+        ({"loss.lambda_pvl": {"uniform": [5, 1]}}, r"space key 'loss\.lambda_pvl': uniform needs low < high"),
+        ({"loss.ema_momentum": {"uniform": [0.5, 1.0]}}, r"'loss\.ema_momentum' = 1\.0: .*\[0, 1\)"),
+        (
+            {"loss.learn_temperature": {"choice": []}},
+            r"'loss\.learn_temperature': choice needs a non-empty list",
+        ),
+        ({"optim.lr": {"normal": [0, 1]}}, r"'optim\.lr': expected one of"),
+    ],
+)
+def test_bad_space_fails_naming_the_key(tmp_path, space, match):
+    path = _space(tmp_path, space=space)
+    with pytest.raises(ConfigError, match=match):
+        check_spec(load_spec(path), _base(), str(path))
+
+
+def test_objective_must_be_a_validation_metric_the_config_reports(tmp_path):
+    path = _space(tmp_path, objective={"metric": "eval/zs_avg", "mode": "max"})
+    with pytest.raises(ConfigError, match="tuning on eval suites would tune on the test sets"):
+        check_spec(load_spec(path), _base(), str(path))
+    path = _space(tmp_path, objective={"metric": "val/ref_retrieval", "mode": "max"})
+    with pytest.raises(ConfigError, match="needs eval.val_ref"):
+        check_spec(load_spec(path), _base(), str(path))
+    with pytest.raises(ConfigError, match=r"key 'search.num_samples'"):
+        check_spec(load_spec(_space(tmp_path), ["search.num_samples=0"]), _base(), "s.yaml")
+
+
+def test_bad_space_exits_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    path = _space(tmp_path, space={"loss.lambda_avl": {"loguniform": [0.0, 10]}})
+    was_up = ray.is_initialized()
+    base = tmp_path / "base.yaml"
+    base.write_text("eval: {val_id: /nowhere}\n")
+    assert tune.main(["--space", str(path), "--config", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "space key 'loss.lambda_avl': loguniform needs bounds > 0" in err
+    assert ray.is_initialized() == was_up
+
+
+def test_trial_config_is_a_complete_replayable_run_config():
+    base = to_dict(_base())
+    cfg = trial_config(base, {"loss.lambda_avl": 12.5, "loss.learn_temperature": False, "optim.lr": 3e-4})
+    assert (cfg.loss.lambda_avl, cfg.loss.learn_temperature, cfg.optim.lr) == (12.5, False, 3e-4)
+    assert load_config(base=None, overrides=[]) != cfg
+    replay = load_config(base=yaml.safe_load(to_yaml(cfg)))
+    assert to_dict(replay) == to_dict(cfg)
+
+
+def test_finished_sweep_names_move_on_and_unfinished_ones_resume(tmp_path):
+    base = load_config(overrides=[f"tracking.output_dir={tmp_path}"])
+    assert sweep_name(base, None, "demo") == "demo"
+    (tmp_path / "sweeps" / "demo").mkdir(parents=True)
+    (tmp_path / "sweeps" / "demo" / "sweep.json").write_text(json.dumps({"parent_run_id": "p"}))
+    assert sweep_name(base, None, "demo") == "demo"  # unfinished: resume it
+    (tmp_path / "sweeps" / "demo" / "sweep.json").write_text(
+        json.dumps({"parent_run_id": "p", "finished": True})
+    )
+    assert sweep_name(base, None, "demo") == "demo-2"
+    with pytest.raises(ConfigError, match="--name demo: that sweep has finished"):
+        sweep_name(base, "demo", "demo")
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _sweep_cmd(demo, tmp: Path, space: Path) -> list[str]:
+    base = tmp / "base.yaml"
+    base.write_text("{}\n")
+    overrides = tiny_run_overrides(demo, tmp, "sweep-test")
+    return [
+        sys.executable,
+        str(REPO / "pipeline" / "tune.py"),
+        "--space",
+        str(space),
+        "--config",
+        str(base),
+        "--name",
+        "t",
+        *overrides,
+    ]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_config(demo, tmp_path):
+    space = _space(tmp_path)
+    cmd = _sweep_cmd(demo, tmp_path, space)
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    trials = tmp_path / "out" / "sweeps" / "t" / "trials"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while len(list(trials.glob("*.json"))) < 2 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(1)  # the second trial has started, so the first has finished
+    assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    time.sleep(5)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and the driver exits
+    assert first.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "[dive] resuming sweep t" in second.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dive.sweep") == "t"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3  # the interrupted trial continued its own run
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"eval/id_acc", "eval/zs_avg", "val/objective", "train/loss"} <= set(child.data.metrics)
+        assert float(child.data.params["loss.lambda_avl"]) > 0
+    best = max(children, key=lambda r: r.data.metrics["val/objective"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.best_run_id"] == best.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {
+        "sweep/trials.md",
+        "sweep/trials.csv",
+        "sweep/objective.png",
+        "sweep/best_config.yaml",
+    } <= artifacts
+    table = json.loads((trials / "trials.json").read_text())
+    assert sorted(r["mlflow_run_id"] for r in table) == sorted(c.info.run_id for c in children)
+
+    best_yaml = tmp_path / "out" / "sweeps" / "t" / "best_config.yaml"
+    replay = load_config(str(best_yaml))
+    assert replay.loss.lambda_avl == pytest.approx(float(best.data.params["loss.lambda_avl"]))
+    again = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / "train.py"), "--config", str(best_yaml)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    replayed = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.info.run_id not in {x.info.run_id for x in runs}
+    ]
+    assert (
+        len(replayed) == 1
+        and replayed[0].data.params["loss.lambda_avl"] == best.data.params["loss.lambda_avl"]
+    )
+    assert replayed[0].data.params["loss.lambda_pvl"] == best.data.params["loss.lambda_pvl"]
