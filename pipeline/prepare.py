@@ -684,14 +684,16 @@ def _build_teacher(model_cfg: ModelConfig) -> Any:
     """build_model, with an unknown name or unloadable weights as a one-line DataError."""
     import open_clip
 
+    from dive import litemini
     from dive.models import LOCAL_DIR, build_model, register_model_configs
 
     register_model_configs()
     name = model_cfg.name
-    if not name.startswith(LOCAL_DIR) and open_clip.get_model_config(name) is None:
+    known = name.startswith(LOCAL_DIR) or litemini.is_litemini_name(name)
+    if not known and open_clip.get_model_config(name) is None:
         raise DataError(
             f"--model-name: unknown open_clip model '{name}' (expected a name from open_clip.list_models(), "
-            f"'dive-tiny', or '{LOCAL_DIR}<export folder>')"
+            f"'dive-tiny', 'lite-minilm[-<px>]', or '{LOCAL_DIR}<export folder>')"
         )
     try:
         return build_model(model_cfg)
