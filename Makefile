@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev,litemini]'
+	$(BIN)/pip install -e '.[dev,litemini,emojishift]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -19,4 +19,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check dive pipeline tests
+	$(BIN)/ruff check dive pipeline tests benchmarks

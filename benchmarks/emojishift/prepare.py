@@ -1,0 +1,889 @@
+"""EmojiShift: build the offline robust-fine-tuning benchmark from packaged emoji and clip art (issue #6).
+
+    python benchmarks/emojishift/prepare.py --cache ~/.cache/emojishift            # full build
+    python benchmarks/emojishift/prepare.py --cache /tmp/emojishift-quick --quick  # small sets, same rules
+
+One command installs the sources into ``CACHE/sources`` (reused when present), then writes every split as a
+dataset folder (:mod:`pipeline.shards`) directly under ``CACHE``:
+
+* ``id_train`` / ``id_val`` / ``id_test``: N_ID object-like emoji classes in the Google (Noto) style. One style
+  has one picture per class, so the splits are *deterministic scene variants* of it (the emoji recoloured,
+  rotated, scaled and placed on a random background); id_train also holds the clean picture on white. Every
+  variant is drawn from its own seed, so the three splits share no image (checked by content hash).
+* ``ood_<style>``: the same classes in Twemoji, OpenMoji colour, OpenMoji black line-art, Fluent 3D and
+  Fluent flat, drawn with the same scene generator as id_test, so that only the art style shifts.
+* ``zs_<style>``: N_ZS other object-like classes, never used for ID, in all six styles (same generator).
+* ``reference`` / ``ref_val`` / ``alignment``: captioned images: OpenClipart (title + keywords) and every
+  emoji whose class is in no eval set (name + style as caption), clean on white; split three ways by caption
+  group (OpenClipart title, emoji code point) so no caption is shared between them. ``alignment`` is for the
+  teacher's LiT alignment, ``reference`` for DiVE's AVL/PVL terms, ``ref_val`` for ``eval.val_ref``.
+
+Rules, all checked here: every image in every split is unique across all splits (SHA-256 of the encoded
+bytes, re-read from the written shards and asserted); eval classes are whole code points whose source art
+(any style) never appears in captioned data, clock faces excluded (a rotation changes their meaning); OpenClipart titles used more than 3 times and PNGs over 16 MP are
+skipped; class lists and split membership are written to ``classes.json`` / ``splits.json`` (same seed ⇒
+same bytes); licences and attribution go to ``CACHE/LICENSES/``. See ``benchmarks/emojishift/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+from tqdm import tqdm
+
+try:
+    from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
+except ImportError:  # run as a plain script from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
+
+VERSION = "emojishift-v1"  # bump when the rules change, so old caches are recognisable
+
+# ---------------------------------------------------------------------------------------------------- sources
+# Exact versions: the benchmark is only comparable across machines if every byte of its sources is the same.
+NPM_PACKAGES = {
+    "emoji-datasource": "16.0.0",  # emoji.json: names, categories; image file names
+    "emoji-datasource-google": "16.0.0",  # Noto emoji PNG 64 px (Apache-2.0)
+    "emoji-datasource-twitter": "16.0.0",  # Twemoji PNG 64 px (CC-BY-4.0)
+    "openmoji": "17.0.0",  # colour + black line-art SVG, data/openmoji.json (CC-BY-SA-4.0)
+    "@lobehub/fluent-emoji-3d": "1.1.0",  # Fluent 3D WebP 256 px (MIT)
+    "@iconify-json/fluent-emoji-flat": "1.2.6",  # Fluent flat SVG bodies in JSON (MIT)
+}
+APT_PACKAGES = {"openclipart-svg": "1:0.18+dfsg-19", "openclipart-png": "1:0.18+dfsg-19"}  # public domain
+
+# ---------------------------------------------------------------------------------------------------- the task
+STYLES = ("google", "twemoji", "openmoji", "openmoji_black", "fluent_3d", "fluent_flat")
+ID_STYLE = "google"
+OBJECT_CATEGORIES = ("Animals & Nature", "Food & Drink", "Travel & Places", "Objects", "Activities")
+STYLE_CAPTION = {  # how a caption names the style of an emoji picture
+    "google": "Noto emoji style",
+    "twemoji": "Twemoji style",
+    "openmoji": "OpenMoji colour style",
+    "openmoji_black": "black line art",
+    "fluent_3d": "3D render",
+    "fluent_flat": "Fluent flat style",
+}
+TEMPLATES = (
+    "a {} emoji.",
+    "an emoji of the {}.",
+    "an icon of the {}.",
+    "a drawing of the {}.",
+    "a picture of the {}.",
+    "clip art of the {}.",
+)
+# Clock faces ("three o’clock", "four-thirty", …) are 24 classes that differ only by the angle of their hands:
+# any rotation (ours, or a reader's augmentation) turns one into another, so they are never eval classes.
+ROTATION_NAMED = re.compile(r"o’clock$|o'clock$|-thirty$")
+MAX_CLIPART_PIXELS = 16_000_000  # larger OpenClipart PNGs are skipped (decode cost, mostly huge maps)
+MAX_TITLE_USES = 3  # an OpenClipart title used more often names a collection, not the picture
+MAX_KEYWORDS = 6  # keywords kept per OpenClipart caption (short captions fit small text contexts)
+CREDIT_PREFIX = re.compile(r"^clipart by [^-]+ - ", re.IGNORECASE)  # an author credit, not a description
+
+
+@dataclass
+class Settings:
+    size: int = 64  # stored image side (px); pictures are drawn at 2× and downsampled
+    seed: int = 0
+    n_id: int = 100  # ID classes (also the OOD classes)
+    n_zs: int = 100  # zero-shot classes, disjoint from ID
+    train_variants: int = 16  # id_train pictures per class: the clean one + (n − 1) scene variants
+    val_variants: int = 2  # id_val scene variants per class
+    eval_variants: int = 2  # id_test / ood_* / zs_* scene variants per class
+    ref_fraction: float = 0.3  # caption groups going to `reference` (the rest: ref_val, alignment)
+    ref_val_fraction: float = 0.05  # caption groups going to `ref_val`
+    max_free_classes: int = 0  # >0: cap on emoji classes in captioned sets (quick builds)
+    max_clipart: int = 0  # >0: cap on OpenClipart pictures (quick builds)
+    rows_per_shard: int = 2048
+
+
+QUICK = dict(
+    n_id=10, n_zs=10, train_variants=4, val_variants=1, eval_variants=1, max_free_classes=120, max_clipart=300
+)
+
+
+def log(msg: str) -> None:
+    print(f"[emojishift] {msg}", flush=True)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def npm_ready(npm_prefix: Path) -> bool:
+    for name, version in NPM_PACKAGES.items():
+        meta = npm_prefix / "node_modules" / name / "package.json"
+        if not meta.is_file() or json.loads(meta.read_text()).get("version") != version:
+            return False
+    return True
+
+
+def apt_marker(root: Path, package: str) -> Path:
+    return root / f".extracted-{package}"
+
+
+def apt_ready(apt_dir: Path) -> bool:
+    root = apt_dir / "root"
+    return all(
+        apt_marker(root, p).is_file() and apt_marker(root, p).read_text().strip() == v
+        for p, v in APT_PACKAGES.items()
+    )
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> None:
+    log("$ " + " ".join(cmd))
+    try:
+        subprocess.run(cmd, cwd=cwd, check=True)
+    except FileNotFoundError:
+        raise SystemExit(f"{cmd[0]}: not found; it is needed to fetch the EmojiShift sources") from None
+    except subprocess.CalledProcessError as err:
+        hint = " (run `apt-get update` first?)" if cmd[0] == "apt-get" else ""
+        raise SystemExit(f"`{' '.join(cmd)}` failed with exit code {err.returncode}{hint}") from None
+
+
+def install_sources(cache: Path, offline: bool = False) -> dict[str, Any]:
+    """npm packages into ``sources/npm``, Debian packages downloaded and unpacked into ``sources/apt/root``
+    (no root install). Anything already there at the pinned version is reused."""
+    npm_prefix, apt_dir = cache / "sources" / "npm", cache / "sources" / "apt"
+    actions = []
+    if not npm_ready(npm_prefix):
+        if offline:
+            raise SystemExit(f"{npm_prefix}: npm sources missing and --offline given")
+        npm_prefix.mkdir(parents=True, exist_ok=True)
+        pins = [f"{n}@{v}" for n, v in NPM_PACKAGES.items()]
+        cmd = ["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", str(npm_prefix)]
+        _run(cmd + pins)
+        if not npm_ready(npm_prefix):
+            raise SystemExit(f"{npm_prefix}: npm install finished but the pinned versions are not there")
+        actions.append("npm install")
+    if not apt_ready(apt_dir):
+        if offline:
+            raise SystemExit(f"{apt_dir}: Debian sources missing and --offline given")
+        apt_dir.mkdir(parents=True, exist_ok=True)
+        root = apt_dir / "root"
+        for package, version in APT_PACKAGES.items():
+            if apt_marker(root, package).is_file():
+                continue
+            debs = sorted(apt_dir.glob(f"{package}_*.deb"))
+            if not debs:
+                _run(["apt-get", "download", f"{package}={version}"], cwd=apt_dir)
+                debs = sorted(apt_dir.glob(f"{package}_*.deb"))
+                actions.append(f"apt-get download {package}")
+            root.mkdir(exist_ok=True)
+            _run(["dpkg-deb", "-x", str(debs[-1]), str(root)])
+            apt_marker(root, package).write_text(version + "\n")
+            actions.append(f"dpkg-deb -x {package}")
+    sizes = {
+        "npm_bytes": _dir_size(npm_prefix / "node_modules"),
+        "apt_deb_bytes": sum(f.stat().st_size for f in apt_dir.glob("*.deb")),
+        "apt_unpacked_bytes": _dir_size(apt_dir / "root"),
+    }
+    return {"actions": actions or ["reused"], **sizes}
+
+
+# ---------------------------------------------------------------------------------------------------- index
+def norm_code(code: str) -> str:
+    """'1F3CB-FE0F' → '1f3cb': the packages disagree on upper/lower case and on variation selector 16."""
+    return "-".join(p for p in code.lower().split("-") if p and p != "fe0f")
+
+
+@dataclass(frozen=True)
+class Emoji:
+    code: str  # normalised code point sequence: the class key
+    name: str  # CLDR short name (OpenMoji annotation), else the Unicode name: the class name in prompts
+    category: str
+    subcategory: str
+    art: dict[str, str]  # style → source locator (a file path, or "icon:<slug>" for Fluent flat)
+
+
+class Library:
+    """The installed sources: emoji metadata, where each style's picture of each code point is, and the
+    renderer. Pictures come back as RGBA at a requested side (SVGs rasterised at that side)."""
+
+    def __init__(self, cache: Path, rasterise: Callable[[str, int], Image.Image] | None = None) -> None:
+        self.npm = cache / "sources" / "npm" / "node_modules"
+        self.clipart = cache / "sources" / "apt" / "root" / "usr" / "share" / "openclipart"
+        self.rasterise = rasterise or resvg_rasterise
+        icons = json.loads((self.npm / "@iconify-json/fluent-emoji-flat/icons.json").read_text())
+        self.icon_size = (icons.get("width", 16), icons.get("height", 16))
+        self.icons, self.aliases = icons["icons"], icons.get("aliases", {})
+        self._art_hash: dict[str, str] = {}
+        self.emoji = self._index()
+
+    def _index(self) -> list[Emoji]:
+        meta = json.loads((self.npm / "emoji-datasource/emoji.json").read_text())
+        openmoji = {
+            norm_code(e["hexcode"]): e
+            for e in json.loads((self.npm / "openmoji/data/openmoji.json").read_text())
+        }
+        chars = json.loads((self.npm / "@iconify-json/fluent-emoji-flat/chars.json").read_text())
+        flat = {norm_code(k): v for k, v in chars.items() if v in self.icons or v in self.aliases}
+        fluent3d = {
+            norm_code(f.stem): f
+            for f in sorted((self.npm / "@lobehub/fluent-emoji-3d/assets").glob("*.webp"))
+        }
+        google = self.npm / "emoji-datasource-google/img/google/64"
+        twitter = self.npm / "emoji-datasource-twitter/img/twitter/64"
+        found = []
+        for e in sorted(meta, key=lambda e: norm_code(e["unified"])):
+            # An obsoleted code point has its successor's art; Component = skin-tone swatches and hair parts.
+            if e.get("obsoleted_by") or e["category"] == "Component":
+                continue
+            code = norm_code(e["unified"])
+            om = openmoji.get(code)
+            art: dict[str, str] = {}
+            if e.get("has_img_google") and (google / e["image"]).is_file():
+                art["google"] = str(google / e["image"])
+            if e.get("has_img_twitter") and (twitter / e["image"]).is_file():
+                art["twemoji"] = str(twitter / e["image"])
+            if om is not None:
+                for style, folder in (("openmoji", "color"), ("openmoji_black", "black")):
+                    svg = self.npm / "openmoji" / folder / "svg" / f"{om['hexcode']}.svg"
+                    if svg.is_file():
+                        art[style] = str(svg)
+            if code in fluent3d:
+                art["fluent_3d"] = str(fluent3d[code])
+            if code in flat:
+                art["fluent_flat"] = "icon:" + flat[code]
+            if not art:
+                continue
+            name = om["annotation"] if om is not None and om.get("annotation") else e["name"].lower()
+            found.append(Emoji(code, " ".join(name.split()), e["category"], e["subcategory"], art))
+        return found
+
+    def source_bytes(self, locator: str) -> bytes:
+        if locator.startswith("icon:"):
+            return json.dumps(self._icon(locator[5:]), sort_keys=True).encode()
+        return Path(locator).read_bytes()
+
+    def art_hash(self, locator: str) -> str:
+        """SHA-256 of a source picture's bytes (cached): the identity of a piece of art."""
+        if locator not in self._art_hash:
+            self._art_hash[locator] = sha(self.source_bytes(locator))
+        return self._art_hash[locator]
+
+    def _icon(self, slug: str) -> dict[str, Any]:
+        """An iconify icon with its alias chain resolved (flips and quarter turns composed)."""
+        transform = {"hFlip": False, "vFlip": False, "rotate": 0}
+        while slug in self.aliases:
+            alias = self.aliases[slug]
+            transform["hFlip"] ^= bool(alias.get("hFlip", False))
+            transform["vFlip"] ^= bool(alias.get("vFlip", False))
+            transform["rotate"] += int(alias.get("rotate", 0))
+            slug = alias["parent"]
+        return {**self.icons[slug], **transform}
+
+    def picture(self, locator: str, side: int) -> Image.Image:
+        """RGBA picture of one source at ``side`` × ``side``."""
+        if locator.startswith("icon:"):
+            icon = self._icon(locator[5:])
+            w, h = icon.get("width", self.icon_size[0]), icon.get("height", self.icon_size[1])
+            box = f"{icon.get('left', 0)} {icon.get('top', 0)} {w} {h}"
+            svg = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{box}" width="{w}" height="{h}">'
+            svg += icon["body"] + "</svg>"
+            img = self.rasterise(svg, side)
+            if icon["hFlip"]:
+                img = ImageOps.mirror(img)
+            if icon["vFlip"]:
+                img = ImageOps.flip(img)
+            return img.rotate(-90 * (icon["rotate"] % 4)) if icon["rotate"] % 4 else img
+        path = Path(locator)
+        if path.suffix == ".svg":
+            return self.rasterise(path.read_text(encoding="utf-8"), side)
+        with Image.open(path) as img:
+            img = img.convert("RGBA")
+        return img if img.size == (side, side) else img.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def resvg_rasterise(svg: str, side: int) -> Image.Image:
+    """SVG text → RGBA with resvg (the ``resvg-py`` wheel: Rust, no system libraries, no fonts needed)."""
+    try:
+        import resvg_py
+    except ImportError:
+        raise SystemExit("SVG rasterisation needs the resvg-py wheel: pip install resvg-py==0.5.0") from None
+    png = resvg_py.svg_to_bytes(svg_string=svg, width=side, height=side, skip_system_fonts=True)
+    with Image.open(io.BytesIO(bytes(png))) as img:
+        return img.convert("RGBA")
+
+
+# ---------------------------------------------------------------------------------------------------- clip art
+_NS = {
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "cc": "http://web.resource.org/cc/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+}
+
+
+@dataclass(frozen=True)
+class Clipart:
+    key: str  # path relative to the openclipart folder, without extension
+    png: str
+    title: str  # dc:title as written (the > 3 uses rule counts these)
+    caption: str
+    group: str  # the caption's name part, case-folded: pictures sharing it go to the same captioned split
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the PNG header (IHDR), without decoding anything."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def svg_metadata(path: Path) -> tuple[str, list[str]]:
+    """(dc:title, keywords) of an OpenClipart SVG's RDF block; ('', []) when unreadable or untitled."""
+    try:
+        work = ET.parse(path).getroot().find(".//cc:Work", _NS)
+    except (ET.ParseError, OSError):
+        return "", []
+    if work is None:
+        return "", []
+    title = work.find("dc:title", _NS)
+    words = [(li.text or "") for li in work.findall("dc:subject/rdf:Bag/rdf:li", _NS)]
+    return " ".join((title.text or "").split()) if title is not None else "", words
+
+
+def clean_keywords(words: Iterable[str], title: str) -> list[str]:
+    """Keywords as caption words: no empties, no Perl 'hash(0x…)' debris, no repeats of the title."""
+    kept: list[str] = []
+    for word in words:
+        w = " ".join(word.replace("_", " ").split()).lower()
+        if not w or w.startswith("hash") or w in ("unsorted", title.lower()) or w in kept:
+            continue
+        if "://" in w or w.startswith("www."):  # authors' web addresses
+            continue
+        kept.append(w)
+    return kept[:MAX_KEYWORDS]
+
+
+def index_clipart(root: Path) -> tuple[list[Clipart], Counter[str]]:
+    """Every OpenClipart SVG with a usable title and a PNG twin ≤ 16 MP; titles used > 3 times are skipped."""
+    skipped: Counter[str] = Counter()
+    entries = []
+    svgs = sorted((root / "svg").rglob("*.svg"))
+    for svg in tqdm(svgs, desc="openclipart metadata", unit="svg", leave=False, disable=None):
+        rel = svg.relative_to(root / "svg")
+        title, words = svg_metadata(svg)
+        title = " ".join(title.replace("_", " ").split())
+        if not title:
+            skipped["no_title"] += 1
+            continue
+        entries.append((rel, title, words))
+    uses = Counter(t.casefold() for _, t, _ in entries)
+    found = []
+    for rel, title, words in entries:
+        if uses[title.casefold()] > MAX_TITLE_USES:
+            skipped["repeated_title"] += 1
+            continue
+        png = root / "png" / rel.with_suffix(".png")
+        size = png_size(png) if png.is_file() else None
+        if size is None:
+            skipped["no_png"] += 1
+            continue
+        if size[0] * size[1] > MAX_CLIPART_PIXELS:
+            skipped["too_large"] += 1
+            continue
+        name = CREDIT_PREFIX.sub("", title) or title  # "Clipart by Nicu Buculei - fc23" → "fc23"
+        keywords = clean_keywords(words, name)
+        caption = f"{name}: {', '.join(keywords)}" if keywords else name
+        found.append(Clipart(rel.with_suffix("").as_posix(), str(png), title, caption, name.casefold()))
+    return found, skipped
+
+
+def clipart_picture(path: str, side: int) -> Image.Image:
+    """An OpenClipart PNG fitted into a white square (aspect kept), RGB."""
+    with Image.open(path) as img:
+        img = img.convert("RGBA")  # first: palette images would otherwise be downsampled without filtering
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    canvas.alpha_composite(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------- pictures
+def rng_for(*parts: object) -> np.random.Generator:
+    """An independent RNG per picture, from its identity: no dependence on processing order."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def unit_hash(*parts: object) -> float:
+    """A stable number in [0, 1) for hash-based assignment (adding an item never moves another)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def on_white(picture: Image.Image, size: int) -> Image.Image:
+    canvas = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+    canvas.alpha_composite(picture)
+    return canvas.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _colours(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Background colours with every channel ≥ 80, so black line art stays visible on any background."""
+    return rng.integers(80, 256, (*shape, 3))
+
+
+def _background(rng: np.random.Generator, side: int) -> Image.Image:
+    kind = rng.choice(["white", "solid", "gradient", "blobs"], p=[0.15, 0.25, 0.3, 0.3])
+    if kind == "white":
+        return Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    if kind == "solid":
+        return Image.new("RGBA", (side, side), (*map(int, _colours(rng)), 255))
+    if kind == "gradient":
+        a, b = _colours(rng), _colours(rng)
+        angle = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:side, 0:side] / max(side - 1, 1)
+        t = (xx * math.cos(angle) + yy * math.sin(angle)) / (abs(math.cos(angle)) + abs(math.sin(angle)))
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+        rgb = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
+        return Image.fromarray(rgb.astype(np.uint8), "RGB").convert("RGBA")
+    cells = int(rng.integers(2, 6))
+    blobs = Image.fromarray(_colours(rng, cells, cells).astype(np.uint8), "RGB")
+    return blobs.resize((side, side), Image.Resampling.BICUBIC).convert("RGBA")
+
+
+def scene(picture: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    """One deterministic variant of an emoji: colour jitter, rotation ±30°, scale 50–95 %, random position,
+    random background (white, solid, gradient or smooth colour blobs). No flips (some emoji have a side)."""
+    side = picture.width
+    rgb, alpha = picture.convert("RGB"), picture.getchannel("A")
+    rgb = ImageEnhance.Brightness(rgb).enhance(rng.uniform(0.8, 1.2))
+    rgb = ImageEnhance.Contrast(rgb).enhance(rng.uniform(0.8, 1.2))
+    rgb = ImageEnhance.Color(rgb).enhance(rng.uniform(0.7, 1.3))
+    art = rgb.convert("RGBA")
+    art.putalpha(alpha)
+    art = art.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BICUBIC, expand=True)
+    bbox = art.getbbox() or (0, 0, art.width, art.height)
+    art = art.crop(bbox)
+    scale = rng.uniform(0.5, 0.95) * side / max(art.size)
+    art = art.resize(
+        (max(1, round(art.width * scale)), max(1, round(art.height * scale))), Image.Resampling.LANCZOS
+    )
+    canvas = _background(rng, side)
+    x = int(rng.integers(0, side - art.width + 1))
+    y = int(rng.integers(0, side - art.height + 1))
+    canvas.alpha_composite(art, (x, y))
+    return canvas.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+def choose_classes(lib: Library, settings: Settings) -> tuple[list[Emoji], list[Emoji], list[Emoji]]:
+    """(ID, ZS, universe): the universe is every object-like emoji drawn in all six styles whose art is not
+    shared with another code point in any style, clock faces excepted; ID and ZS are disjoint, seeded draws
+    from it."""
+    seen: dict[tuple[str, str], str] = {}
+    universe = []
+    for e in lib.emoji:
+        if e.category not in OBJECT_CATEGORIES or any(s not in e.art for s in STYLES):
+            continue
+        if ROTATION_NAMED.search(e.name):
+            continue
+        keys = [(s, lib.art_hash(e.art[s])) for s in STYLES]
+        if any(k in seen for k in keys):
+            continue
+        seen.update((k, e.code) for k in keys)
+        universe.append(e)
+    need = settings.n_id + settings.n_zs
+    if need > len(universe):
+        raise SystemExit(f"--n-id + --n-zs = {need}, but only {len(universe)} classes exist in all styles")
+    order = np.random.default_rng(settings.seed).permutation(len(universe))
+    picked = [universe[i] for i in order[:need]]
+    return picked[: settings.n_id], picked[settings.n_id :], universe
+
+
+Row = tuple[str, Callable[[], Image.Image], dict[str, Any]]  # (key, render function, extra columns)
+
+
+class Writer:
+    """Wraps :class:`ShardWriter`: enforces that no image is written twice anywhere in the benchmark."""
+
+    def __init__(self, out: Path, manifest: Manifest, settings: Settings, seen: dict[str, str]) -> None:
+        self.name = out.name
+        self.writer = ShardWriter(out, manifest, settings.rows_per_shard, overwrite=True)
+        self.seen = seen
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, picture: Image.Image, key: str, **row: Any) -> bool:
+        data = encode_png(picture)
+        digest = sha(data)
+        if digest in self.seen:
+            self.writer.skip("duplicate")
+            return False
+        self.seen[digest] = self.name
+        self.writer.add({"image": data, "key": key, **row})
+        self.items.append((key, digest[:16]))
+        return True
+
+    def close(self) -> Manifest:
+        return self.writer.close()
+
+
+def _write(
+    cache: Path,
+    name: str,
+    manifest: Manifest,
+    rows: list[Row],
+    settings: Settings,
+    seen: dict[str, str],
+    splits: dict[str, Any],
+) -> Manifest:
+    """Render and write one split; ``rows`` are (key, render function, extra columns)."""
+    t0 = time.time()
+    for stale in cache.glob(f".{name}.*"):  # the temporary folder of an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    writer = Writer(cache / name, manifest, settings, seen)
+    try:
+        for key, render, extra in tqdm(rows, desc=name, unit="img", leave=False, disable=None):
+            writer.add(render(), key, **extra)
+    except BaseException:
+        writer.writer.abort()
+        raise
+    manifest = writer.close()
+    splits[name] = {
+        "kind": manifest.kind,
+        "rows": manifest.num_rows,
+        "classes": manifest.num_classes,
+        "fingerprint": manifest.fingerprint,
+        "skipped": manifest.skipped,
+        "items": writer.items,
+    }
+    log(f"{name}: {manifest.num_rows} rows ({time.time() - t0:.1f} s)")
+    return manifest
+
+
+def _shuffled(rows: list[Any], seed: int, name: str) -> list[Any]:
+    return [rows[i] for i in rng_for(seed, "order", name).permutation(len(rows))]
+
+
+def scene_rows(
+    lib: Library, classes: Sequence[Emoji], style: str, purpose: str, first: int, last: int, s: Settings
+) -> list[Row]:
+    """Scene variants ``first … last − 1`` of every class in one style, each from its own seed."""
+
+    def render(e: Emoji, i: int) -> Callable[[], Image.Image]:
+        return lambda: scene(
+            lib.picture(e.art[style], 2 * s.size), rng_for(s.seed, purpose, e.code, style, i), s.size
+        )
+
+    return [
+        (f"{e.code}/{style}/{purpose}/{i}", render(e, i), {"label": y})
+        for y, e in enumerate(classes)
+        for i in range(first, last)
+    ]
+
+
+def clean_row(lib: Library, e: Emoji, style: str, s: Settings, **extra: Any) -> Row:
+    render = lambda: on_white(lib.picture(e.art[style], 2 * s.size), s.size)  # noqa: E731
+    return f"{e.code}/{style}/clean", render, extra
+
+
+def captioned_rows(
+    lib: Library, s: Settings, eval_classes: Sequence[Emoji]
+) -> tuple[dict[str, list[Row]], dict[str, Any]]:
+    """``ref_val`` / ``reference`` / ``alignment`` rows: free emoji (clean, captioned with name and style) and
+    OpenClipart (title + keywords), split by caption group so that no caption is in two of them.
+
+    A free emoji is one of no eval class whose art is shared with no eval class; a picture drawn for several code
+    points (OpenMoji has one black outline for every country flag) names none of them, so it is left out."""
+    eval_codes = {e.code for e in eval_classes}
+    eval_art = {lib.art_hash(a) for e in eval_classes for a in e.art.values()}
+    art_uses = Counter(lib.art_hash(a) for e in lib.emoji for a in e.art.values())
+    free = [e for e in lib.emoji if e.code not in eval_codes]
+    free = [e for e in free if not any(lib.art_hash(a) in eval_art for a in e.art.values())]
+    free = sorted(free, key=lambda e: unit_hash(s.seed, "cap", e.code))[: s.max_free_classes or None]
+    clipart, skipped = index_clipart(lib.clipart)
+    usable = len(clipart)
+    clipart = sorted(clipart, key=lambda c: unit_hash(s.seed, "clip", c.key))[: s.max_clipart or None]
+
+    def bucket(group: str) -> str:
+        u = unit_hash(s.seed, "bucket", group)
+        if u < s.ref_val_fraction:
+            return "ref_val"
+        return "reference" if u < s.ref_val_fraction + s.ref_fraction else "alignment"
+
+    rows: dict[str, list[Row]] = {"ref_val": [], "reference": [], "alignment": []}
+    ambiguous = 0
+    for e in free:
+        for style, locator in sorted(e.art.items()):
+            if art_uses[lib.art_hash(locator)] > 1:
+                ambiguous += 1
+                continue
+            caption = f"{e.name}, {STYLE_CAPTION[style]}"
+            rows[bucket("emoji/" + e.code)].append(clean_row(lib, e, style, s, caption=caption))
+    for c in clipart:
+        render = lambda c=c: clipart_picture(c.png, s.size)  # noqa: E731
+        rows[bucket("clipart/" + c.group)].append((f"openclipart/{c.key}", render, {"caption": c.caption}))
+    stats = {
+        "free_emoji_classes": len(free),
+        "free_emoji_ambiguous_art": ambiguous,
+        "openclipart": {"usable": usable, "used": len(clipart), **dict(sorted(skipped.items()))},
+    }
+    return {name: _shuffled(r, s.seed, name) for name, r in rows.items()}, stats
+
+
+def build(
+    cache: Path, settings: Settings, rasterise: Callable[[str, int], Image.Image] | None = None
+) -> dict[str, Any]:
+    """Write every split into ``cache`` from the sources in ``cache/sources``; return the summary."""
+    t0 = time.time()
+    s = settings
+    lib = Library(cache, rasterise)
+    id_classes, zs_classes, universe = choose_classes(lib, s)
+
+    plan: list[tuple[str, Manifest, list[Row]]] = []
+
+    def labelled(name: str, classes: Sequence[Emoji], what: str, rows: list[Row]) -> None:
+        names = [e.name for e in classes]
+        manifest = Manifest(
+            name=name, kind=LABELLED, classnames=names, templates=list(TEMPLATES), source=what
+        )
+        plan.append((name, manifest, rows))
+
+    # Eval splits first, then the training side, which is written against their hashes.
+    labelled(
+        "id_val",
+        id_classes,
+        "ID (Google) validation scenes",
+        scene_rows(lib, id_classes, ID_STYLE, "val", 0, s.val_variants, s),
+    )
+    labelled(
+        "id_test",
+        id_classes,
+        "ID (Google) test scenes",
+        scene_rows(lib, id_classes, ID_STYLE, "test", 0, s.eval_variants, s),
+    )
+    for group, classes in (("ood", id_classes), ("zs", zs_classes)):
+        for style in STYLES:
+            if group == "zs" or style != ID_STYLE:
+                rows = scene_rows(lib, classes, style, "test", 0, s.eval_variants, s)
+                labelled(f"{group}_{style}", classes, f"{group.upper()} ({style}) test scenes", rows)
+    # ID train: the clean Google picture of each class + (train_variants − 1) scenes drawn from their own seeds.
+    rows = [clean_row(lib, e, ID_STYLE, s, label=y) for y, e in enumerate(id_classes)]
+    rows += scene_rows(lib, id_classes, ID_STYLE, "train", 1, s.train_variants, s)
+    labelled("id_train", id_classes, "ID (Google) clean + train scenes", _shuffled(rows, s.seed, "id_train"))
+    captioned, stats = captioned_rows(lib, s, id_classes + zs_classes)
+    for name, rows in captioned.items():
+        manifest = Manifest(name=name, kind=CAPTIONED, source=f"{name}: OpenClipart + emoji of no eval class")
+        plan.append((name, manifest, rows))
+
+    seen: dict[str, str] = {}  # content hash → split, over the whole benchmark
+    splits: dict[str, Any] = {}
+    for name, manifest, rows in plan:
+        manifest.source = f"EmojiShift {VERSION} {manifest.source}"
+        _write(cache, name, manifest, rows, s, seen, splits)
+    verify_disjoint(cache, list(splits))
+    write_metadata(cache, s, id_classes, zs_classes, universe, splits)
+    copy_licences(cache)
+    return {
+        "version": VERSION,
+        "settings": asdict(s),
+        "classes": {"universe": len(universe), "id": len(id_classes), "zs": len(zs_classes)},
+        **stats,
+        "rows": {name: split["rows"] for name, split in splits.items()},
+        "build_seconds": round(time.time() - t0, 1),
+    }
+
+
+def verify_disjoint(cache: Path, names: Sequence[str]) -> None:
+    """Re-read every written split and assert that no image (SHA-256 of its bytes) is in two places."""
+    owner: dict[str, str] = {}
+    for name in names:
+        for row in iter_rows(cache / name, columns=["image", "key"]):
+            digest = sha(row["image"])
+            if digest in owner:
+                raise AssertionError(
+                    f"image {row['key']} in {name} is also in {owner[digest]} (same bytes): splits must be disjoint"
+                )
+            owner[digest] = name
+
+
+def write_metadata(
+    cache: Path,
+    settings: Settings,
+    id_classes: list[Emoji],
+    zs_classes: list[Emoji],
+    universe: list[Emoji],
+    splits: dict[str, Any],
+) -> None:
+    def describe(classes: list[Emoji]) -> list[dict[str, Any]]:
+        return [
+            {"label": y, "name": e.name, "code": e.code, "category": e.category, "subcategory": e.subcategory}
+            for y, e in enumerate(classes)
+        ]
+
+    classes = {
+        "version": VERSION,
+        "seed": settings.seed,
+        "id_style": ID_STYLE,
+        "styles": list(STYLES),
+        "templates": list(TEMPLATES),
+        "universe": [e.code for e in universe],
+        "id": describe(id_classes),
+        "zs": describe(zs_classes),
+    }
+    (cache / "classes.json").write_text(json.dumps(classes, indent=1, ensure_ascii=False) + "\n")
+    body = {"version": VERSION, "settings": asdict(settings), "splits": splits}
+    (cache / "splits.json").write_text(
+        json.dumps(body, indent=None, separators=(",", ":"), ensure_ascii=False) + "\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- licences
+ATTRIBUTION = """# EmojiShift — sources, licences and attribution
+
+The images in this folder's datasets are derived (rasterised, resized, recoloured, rotated, placed on
+backgrounds) from the following works. The derived images keep each source's licence.
+
+| style / source | package (version) | licence | attribution |
+|---|---|---|---|
+| Google / Noto emoji | npm emoji-datasource-google ({google}) | Apache-2.0 (https://www.apache.org/licenses/LICENSE-2.0) | Noto Emoji © Google Inc., https://github.com/googlefonts/noto-emoji |
+| Twemoji | npm emoji-datasource-twitter ({twitter}) | CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/) | Twemoji graphics © Twitter, Inc. and other contributors, https://github.com/jdecked/twemoji |
+| OpenMoji colour + black | npm openmoji ({openmoji}) | CC-BY-SA-4.0 (https://creativecommons.org/licenses/by-sa/4.0/; full text: openmoji-LICENSE.txt) | OpenMoji – the open-source emoji and icon project, https://openmoji.org; derived images are shared alike under CC-BY-SA-4.0 |
+| Fluent 3D | npm @lobehub/fluent-emoji-3d ({fluent3d}) | MIT (fluent-emoji-MIT.txt) | Fluent Emoji © Microsoft Corporation, https://github.com/microsoft/fluentui-emoji; packaged by LobeHub |
+| Fluent flat | npm @iconify-json/fluent-emoji-flat ({flat}) | MIT (fluent-emoji-MIT.txt) | Fluent Emoji © Microsoft Corporation, https://github.com/microsoft/fluentui-emoji; packaged by Iconify |
+| emoji metadata (names, categories) | npm emoji-datasource ({datasource}) | MIT (emoji-datasource-LICENSE.txt) | © Cal Henderson (iamcal/emoji-data); CLDR names via OpenMoji's data |
+| OpenClipart | Debian openclipart-svg / openclipart-png ({openclipart}) | Public domain (openclipart-copyright.txt) | Open Clip Art Library, https://openclipart.org; authors per image in the SVG metadata |
+
+Not used: the Apple and Facebook emoji sets that emoji-datasource also ships (not openly licensed).
+"""
+
+FLUENT_MIT = """MIT License
+
+Copyright (c) Microsoft Corporation.
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
+
+
+def copy_licences(cache: Path) -> Path:
+    """``LICENSES/``: the attribution table, the licence texts the packages ship, and the Fluent MIT text."""
+    out = cache / "LICENSES"
+    out.mkdir(exist_ok=True)
+    npm = cache / "sources" / "npm" / "node_modules"
+    shipped = {
+        "emoji-datasource-LICENSE.txt": npm / "emoji-datasource" / "LICENSE",
+        "openmoji-LICENSE.txt": npm / "openmoji" / "LICENSE.txt",
+        "openclipart-copyright.txt": cache / "sources/apt/root/usr/share/doc/openclipart-svg/copyright",
+        "Apache-2.0.txt": Path(
+            "/usr/share/common-licenses/Apache-2.0"
+        ),  # Debian ships it; else the URL above
+    }
+    for name, src in shipped.items():
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+    (out / "fluent-emoji-MIT.txt").write_text(FLUENT_MIT)
+    (out / "ATTRIBUTION.md").write_text(
+        ATTRIBUTION.format(
+            google=NPM_PACKAGES["emoji-datasource-google"],
+            twitter=NPM_PACKAGES["emoji-datasource-twitter"],
+            openmoji=NPM_PACKAGES["openmoji"],
+            fluent3d=NPM_PACKAGES["@lobehub/fluent-emoji-3d"],
+            flat=NPM_PACKAGES["@iconify-json/fluent-emoji-flat"],
+            datasource=NPM_PACKAGES["emoji-datasource"],
+            openclipart=APT_PACKAGES["openclipart-svg"],
+        )
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cache", required=True, type=Path, help="folder for sources, datasets and metadata")
+    p.add_argument("--quick", action="store_true", help=f"small sets for smoke tests: {QUICK}")
+    p.add_argument("--offline", action="store_true", help="never download; fail if a source is missing")
+    defaults = Settings()
+    for f in ("size", "seed", "n_id", "n_zs", "train_variants", "val_variants", "eval_variants"):
+        p.add_argument(
+            "--" + f.replace("_", "-"),
+            type=int,
+            help=f"default {getattr(defaults, f)} (quick: {QUICK.get(f, getattr(defaults, f))})",
+        )
+    args = p.parse_args(argv)
+    settings = replace(defaults, **(QUICK if args.quick else {}))
+    for f in ("size", "seed", "n_id", "n_zs", "train_variants", "val_variants", "eval_variants"):
+        if getattr(args, f) is not None:
+            settings = replace(settings, **{f: getattr(args, f)})
+    if settings.size < 8 or settings.n_id < 2 or settings.n_zs < 2 or settings.train_variants < 1:
+        p.error("need --size >= 8, --n-id >= 2, --n-zs >= 2, --train-variants >= 1")
+    if min(settings.val_variants, settings.eval_variants) < 1:
+        p.error("need --val-variants >= 1 and --eval-variants >= 1")
+    return args, settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, settings = parse_args(argv)
+    t0 = time.time()
+    cache = args.cache.expanduser().resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    sources = install_sources(cache, offline=args.offline)
+    t_sources = time.time() - t0
+    summary = build(cache, settings)
+    summary["sources"] = sources
+    summary["sources_seconds"] = round(t_sources, 1)
+    summary["total_seconds"] = round(time.time() - t0, 1)
+    (cache / "emojishift.json").write_text(json.dumps(summary, indent=2) + "\n")
+    mb = 1 / 2**20
+    print(f"\nEmojiShift {VERSION} in {cache}")
+    print(
+        f"  sources: {', '.join(sources['actions'])}; npm {sources['npm_bytes'] * mb:.0f} MB, "
+        f".deb {sources['apt_deb_bytes'] * mb:.0f} MB (unpacked {sources['apt_unpacked_bytes'] * mb:.0f} MB)"
+    )
+    c = summary["classes"]
+    print(f"  classes: {c['universe']} object-like in all styles → ID {c['id']}, ZS {c['zs']}")
+    print(f"  free emoji classes (captioned): {summary['free_emoji_classes']}")
+    oc = summary["openclipart"]
+    print(f"  openclipart: {oc}")
+    width = max(map(len, summary["rows"]))
+    for name, rows in summary["rows"].items():
+        print(f"  {name:<{width}}  {rows:>6} rows")
+    print(
+        f"  seconds: sources {summary['sources_seconds']}, build {summary['build_seconds']}, total {summary['total_seconds']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
