@@ -1,0 +1,511 @@
+"""EmojiShift's "pre-trained CLIP" teacher: LiT-style alignment of ``lite-minilm`` (issue #6, item 2).
+
+``lite-minilm[-<px>]`` joins two pretrained towers (EfficientNet-Lite0 ImageNet, all-MiniLM-L6-v2) with
+seeded *random* linear projections into a 256-d space, so out of the box it has no zero-shot ability. This
+command trains only those two projections (and the logit scale) with the CLIP contrastive loss on the
+benchmark's captioned ``alignment`` split, with both towers frozen in eval mode (BatchNorm statistics
+included), as in LiT ("locked-image tuning", here with the text tower locked too).
+
+Because the towers never change, their outputs are computed once: the trunk's pooled image features (1280-d)
+and MiniLM's mean-pooled sentence features (384-d), i.e. the inputs of ``model.visual.head.proj`` and
+``model.text.proj``. They are cached under ``OUT/features/`` keyed by a fingerprint of the data, the tower
+weights and the transform, so reruns skip the extraction. Training is then a few small matmuls per step.
+
+Outputs in ``OUT``:
+
+* ``teacher.pt``: the full aligned state dict, loadable with
+  ``build_model(ModelConfig(name="lite-minilm-<px>", pretrained="OUT/teacher.pt"))``;
+* ``open_clip/``: the same weights as an open_clip ``local-dir:`` export (:func:`dive.export.export_model`);
+* ``align_report.json``: zero-shot top-1 on ``id_test``, every ``ood_*`` and ``zs_*`` set and image→caption
+  top-1 retrieval on ``ref_val``, before (random projections) and after alignment, the loss curve and wall
+  times.
+
+Usage::
+
+    python benchmarks/emojishift/align.py --data .cache/emojishift --out .cache/emojishift/teacher \
+        [--size 64] [--epochs 50] [--batch 256] [--lr 1e-3] [--seed 0]
+
+Same seed, data and options give the same weights (single process, CPU, deterministic ops only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from dive.config import ModelConfig  # noqa: E402
+from dive.export import export_model  # noqa: E402
+from dive.metrics import accuracy, retrieval_accuracy  # noqa: E402
+from dive.models import ModelBundle, build_model, clamp_logit_scale, fingerprint  # noqa: E402
+from dive.zeroshot import DEFAULT_TEMPLATES, build_head  # noqa: E402
+from pipeline.shards import decode_image, iter_rows, read_manifest  # noqa: E402
+
+FEATURES_VERSION = 1  # bump when the extraction changes, so stale caches are not reused
+MAX_PIXELS = 64_000_000
+TRAINABLE = ("visual.head.proj.weight", "text.proj.weight")
+LOGIT_SCALE = "logit_scale"
+
+
+# ------------------------------------------------------------------------------------------------ features
+@dataclass
+class Features:
+    """Frozen-tower outputs of one dataset split (before the projections)."""
+
+    image: torch.Tensor  # (N, 1280) trunk pooled features
+    text: torch.Tensor | None = None  # (N, 384) MiniLM mean-pooled features (captioned sets)
+    captions: list[str] = field(default_factory=list)
+    labels: torch.Tensor | None = None  # (N,) int64 (labelled sets)
+
+
+def image_trunk_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Pooled trunk features: ``model.visual`` minus its head (``visual.head(these) == encode_image``)."""
+    return model.visual.trunk(images)
+
+
+def text_pooled_features(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """MiniLM's mean-pooled features, as ``HFTextEncoder.forward`` computes them before ``text.proj``.
+
+    Padding columns that every row of the batch pads are dropped first: the pooler and the attention only see
+    masked tokens, so this changes nothing but the cost (captions are far shorter than the 77-token context).
+    """
+    text = model.text
+    pad = text.config.pad_token_id
+    mask = (ids != pad).long()
+    used = int(mask.sum(dim=1).max().item()) if ids.numel() else 0
+    if used and bool((mask[:, used:] == 0).all()):
+        ids, mask = ids[:, : max(used, 1)], mask[:, : max(used, 1)]
+    out = text.transformer(input_ids=ids, attention_mask=mask)
+    return text.pooler(out, mask)
+
+
+def _fingerprint_key(bundle: ModelBundle, manifest_fp: str, towers_fp: str) -> str:
+    h = hashlib.sha256()
+    for part in (
+        str(FEATURES_VERSION),
+        manifest_fp,
+        towers_fp,
+        json.dumps(bundle.preprocess_cfg, sort_keys=True, default=str),
+    ):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def towers_fingerprint(model: nn.Module) -> str:
+    """Hash of the frozen towers only (the projections are what changes)."""
+    return fingerprint(nn.ModuleDict({"trunk": model.visual.trunk, "text": model.text.transformer}))
+
+
+@torch.no_grad()
+def extract(
+    bundle: ModelBundle,
+    folder: Path,
+    batch_size: int = 128,
+    cache_dir: Path | None = None,
+    towers_fp: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Features, bool]:
+    """Frozen-tower features of every row of ``folder`` (cached); returns them and whether it was a cache hit."""
+    manifest = read_manifest(folder)
+    captioned = manifest.kind == "captioned"
+    path = None
+    if cache_dir is not None:
+        key = _fingerprint_key(bundle, manifest.fingerprint, towers_fp or towers_fingerprint(bundle.model))
+        path = cache_dir / f"{folder.name}-{key}.pt"
+        if path.is_file():
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return Features(**raw), True
+    model = bundle.model
+    model.eval()
+    columns = ["image", "caption"] if captioned else ["image", "label"]
+    images: list[torch.Tensor] = []
+    captions: list[str] = []
+    labels: list[int] = []
+    img_out: list[torch.Tensor] = []
+    txt_out: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if not images:
+            return
+        img_out.append(image_trunk_features(model, torch.stack(images)))
+        images.clear()
+
+    for i, row in enumerate(iter_rows(folder, columns)):
+        img, reason = decode_image(row["image"], MAX_PIXELS)
+        if img is None:
+            raise ValueError(f"{folder}: row {i} has an unusable image ({reason})")
+        images.append(bundle.preprocess_eval(img))
+        if captioned:
+            captions.append(str(row["caption"]))
+        else:
+            labels.append(int(row["label"]))
+        if len(images) >= batch_size:
+            flush()
+    flush()
+    feats = Features(image=torch.cat(img_out) if img_out else torch.empty(0, 0), captions=captions)
+    if captioned:
+        for start in range(0, len(captions), batch_size):
+            ids = bundle.tokenizer(captions[start : start + batch_size])
+            txt_out.append(text_pooled_features(model, ids))
+        feats.text = torch.cat(txt_out)
+    else:
+        feats.labels = torch.tensor(labels, dtype=torch.long)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {"image": feats.image, "text": feats.text, "captions": feats.captions, "labels": feats.labels},
+            tmp,
+        )
+        tmp.replace(path)
+    log(f"  features {folder.name}: {feats.image.shape[0]} rows")
+    return feats, False
+
+
+# ------------------------------------------------------------------------------------------------ training
+def set_trainable(model: nn.Module, learn_scale: bool = True) -> list[nn.Parameter]:
+    """Freeze everything but the projections (and the logit scale); eval mode keeps BN statistics fixed."""
+    model.eval()
+    model.requires_grad_(False)
+    named = dict(model.named_parameters())
+    params = [named[name] for name in TRAINABLE]
+    if learn_scale:
+        params.append(named[LOGIT_SCALE])
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def project(model: nn.Module, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit joint-space embeddings from precomputed tower features (what encode_image/text(normalize=True)
+    give for the same inputs)."""
+    return (
+        F.normalize(model.visual.head(image), dim=-1),
+        F.normalize(model.text.proj(text), dim=-1),
+    )
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # mean loss per epoch
+    monitored: list[tuple[int, float]]  # (epoch, monitor()) at the logged epochs, when a monitor is given
+    first_loss: float  # loss of the untrained projections over the whole set (eval pass)
+    last_loss: float  # same after training
+    steps: int
+    seconds: float
+
+
+def full_loss(model: nn.Module, feats: Features, batch_size: int) -> float:
+    """Mean contrastive loss over fixed consecutive batches (no shuffling): comparable before/after."""
+    loss_fn = ClipLoss()
+    n = feats.image.shape[0]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(n, start + batch_size))
+            if sl.stop - sl.start < 2:
+                continue
+            img, txt = project(model, feats.image[sl], feats.text[sl])
+            total += float(loss_fn(img, txt, model.logit_scale.exp())) * (sl.stop - sl.start)
+            count += sl.stop - sl.start
+    return total / max(count, 1)
+
+
+def train_projections(
+    model: nn.Module,
+    feats: Features,
+    epochs: int = 50,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    learn_scale: bool = True,
+    warmup_frac: float = 0.05,
+    log: Callable[[str], None] = print,
+    monitor: Callable[[], float] | None = None,
+) -> TrainResult:
+    """CLIP contrastive loss (open_clip ``ClipLoss``) on the projections only; AdamW, warmup + cosine."""
+    if feats.text is None:
+        raise ValueError("alignment features need captions (a captioned dataset)")
+    n = feats.image.shape[0]
+    if n < 2:
+        raise ValueError(f"alignment needs at least 2 pairs, got {n}")
+    params = set_trainable(model, learn_scale)
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+    total = per_epoch * epochs
+    warmup = max(1, int(round(warmup_frac * total)))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    loss_fn = ClipLoss()
+    gen = torch.Generator().manual_seed(seed)
+    first = full_loss(model, feats, batch_size)
+    losses: list[float] = []
+    monitored: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for b in range(per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]  # drop_last: equal-sized batches
+            img, txt = project(model, feats.image[idx], feats.text[idx])
+            loss = loss_fn(img, txt, model.logit_scale.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            clamp_logit_scale(model)
+            running += float(loss.detach())
+            step += 1
+        losses.append(running / per_epoch)
+        if epoch == 0 or (epoch + 1) % max(1, epochs // 10) == 0 or epoch == epochs - 1:
+            extra = ""
+            if monitor is not None:
+                with torch.no_grad():
+                    monitored.append((epoch + 1, monitor()))
+                extra = f"  ref_val retrieval {monitored[-1][1]:.3f}"
+            log(
+                f"  epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}  scale {model.logit_scale.exp():.1f}{extra}"
+            )
+    seconds = time.perf_counter() - t0
+    model.requires_grad_(False)
+    model.eval()
+    return TrainResult(losses, monitored, first, full_loss(model, feats, batch_size), step, seconds)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def eval_sets(data: Path) -> list[str]:
+    """Split folders evaluated zero-shot: id_test, every ood_* and zs_* (sorted)."""
+    names = ["id_test"] + sorted(p.name for p in data.glob("ood_*") if p.is_dir())
+    return names + sorted(p.name for p in data.glob("zs_*") if p.is_dir())
+
+
+@torch.no_grad()
+def evaluate(
+    bundle: ModelBundle, feats: dict[str, Features], data: Path, ref: Features | None
+) -> dict[str, float]:
+    """Zero-shot top-1 per labelled set (heads from each manifest's classnames/templates) and ref_val
+    image→caption top-1; with the model's current projections."""
+    model = bundle.model
+    model.eval()
+    heads: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
+    out: dict[str, float] = {}
+    for name, f in feats.items():
+        manifest = read_manifest(data / name)
+        key = (tuple(manifest.classnames), tuple(manifest.templates))
+        if key not in heads:
+            heads[key] = build_head(
+                model, bundle.tokenizer, manifest.classnames, manifest.templates or DEFAULT_TEMPLATES
+            )
+        img = F.normalize(model.visual.head(f.image), dim=-1)
+        out[name] = accuracy(img @ heads[key].T, f.labels)
+    if ref is not None:
+        img, txt = project(model, ref.image, ref.text)
+        out["ref_val_retrieval"] = retrieval_accuracy(img, txt, ref.captions)
+    return out
+
+
+def summarise(metrics: dict[str, float]) -> dict[str, float]:
+    """Means over the OOD and ZS sets (convenience columns)."""
+    summary: dict[str, float] = {}
+    for prefix in ("ood_", "zs_"):
+        vals = [v for k, v in metrics.items() if k.startswith(prefix)]
+        if vals:
+            summary[f"{prefix}mean"] = sum(vals) / len(vals)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ command
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="EmojiShift cache (holds alignment/, ref_val/, …)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (features cache, teacher, report)")
+    p.add_argument("--size", type=int, default=64, help="input size in px: model lite-minilm-<size> (64)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--wd", type=float, default=1e-4, help="AdamW weight decay on the projections")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed-scale", action="store_true", help="do not train the logit scale")
+    p.add_argument("--feature-batch", type=int, default=128, help="batch size of the feature extraction")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    p.add_argument("--no-export", action="store_true", help="skip the open_clip local-dir export")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[dict[str, Any], ModelBundle]:
+    """The whole command; returns the report (also written to ``OUT/align_report.json``) and the aligned model."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"lite-minilm-{args.size}"
+    t_build = time.perf_counter()
+    bundle = build_model(ModelConfig(name=name))
+    model = bundle.model
+    model.eval()
+    towers_fp = towers_fingerprint(model)
+    build_s = time.perf_counter() - t_build
+    cache = out / "features"
+
+    log(f"{name}: towers {towers_fp}; features -> {cache}")
+    t0 = time.perf_counter()
+    align, hit = extract(bundle, data / "alignment", args.feature_batch, cache, towers_fp, log)
+    align_s = time.perf_counter() - t0
+    timings: dict[str, Any] = {
+        "build_model_s": build_s,
+        "alignment_features_s": align_s,
+        "alignment_cached": hit,
+    }
+
+    labelled: dict[str, Features] = {}
+    ref: Features | None = None
+    if not args.no_eval:
+        t0 = time.perf_counter()
+        hits = []
+        for split in eval_sets(data):
+            labelled[split], h = extract(bundle, data / split, args.feature_batch, cache, towers_fp, log)
+            hits.append(h)
+        if (data / "ref_val").is_dir():
+            ref, h = extract(bundle, data / "ref_val", args.feature_batch, cache, towers_fp, log)
+            hits.append(h)
+        timings["eval_features_s"] = time.perf_counter() - t0
+        timings["eval_cached"] = all(hits)
+
+    before: dict[str, float] = {}
+    if not args.no_eval:
+        t0 = time.perf_counter()
+        before = evaluate(bundle, labelled, data, ref)
+        timings["eval_before_s"] = time.perf_counter() - t0
+        log("before: " + json.dumps({k: round(v, 4) for k, v in before.items()}))
+
+    torch.manual_seed(args.seed)
+    log(f"training projections: {align.image.shape[0]} pairs, {args.epochs} epochs, batch {args.batch}")
+    res = train_projections(
+        model,
+        align,
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        weight_decay=args.wd,
+        seed=args.seed,
+        learn_scale=not args.fixed_scale,
+        log=log,
+        monitor=None
+        if ref is None
+        else lambda: retrieval_accuracy(*project(model, ref.image, ref.text), ref.captions),
+    )
+    timings["train_s"] = res.seconds
+
+    after: dict[str, float] = {}
+    if not args.no_eval:
+        t0 = time.perf_counter()
+        after = evaluate(bundle, labelled, data, ref)
+        timings["eval_after_s"] = time.perf_counter() - t0
+        log("after:  " + json.dumps({k: round(v, 4) for k, v in after.items()}))
+
+    teacher = out / "teacher.pt"
+    tmp = teacher.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(teacher)
+    settings = {
+        "model": name,
+        "data": str(data),
+        "alignment_rows": int(align.image.shape[0]),
+        "alignment_fingerprint": read_manifest(data / "alignment").fingerprint,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "weight_decay": args.wd,
+        "seed": args.seed,
+        "learn_logit_scale": not args.fixed_scale,
+        "trained": list(TRAINABLE) + ([] if args.fixed_scale else [LOGIT_SCALE]),
+        "towers_fingerprint": towers_fp,
+        "threads": torch.get_num_threads(),
+    }
+    report: dict[str, Any] = {
+        "settings": settings,
+        "teacher": str(teacher),
+        "teacher_fingerprint": fingerprint(model),
+        "logit_scale": float(model.logit_scale.exp()),
+        "loss": {
+            "before": res.first_loss,
+            "after": res.last_loss,
+            "per_epoch": res.losses,
+            "steps": res.steps,
+        },
+        "ref_val_retrieval_curve": res.monitored,
+        "before": before,
+        "after": after,
+        "summary": {"before": summarise(before), "after": summarise(after)},
+        "timings": timings,
+    }
+    if not args.no_export:
+        card = {
+            "model": name,
+            "description": "EmojiShift teacher: lite-minilm with LiT-aligned projections (towers frozen)",
+            "settings": settings,
+            "zero_shot_after": after,
+        }
+        report["export"] = str(
+            export_model(
+                model, out / "open_clip", bundle.model_cfg, bundle.preprocess_cfg, card, bundle.tokenizer
+            )
+        )
+    (out / "align_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report, bundle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report, _ = run(args)
+    rows = [(k, report["before"].get(k), report["after"].get(k)) for k in report["after"]]
+    if rows:
+        print(f"{'set':<22}{'before':>8}{'after':>8}")
+        for k, b, a in rows:
+            print(f"{k:<22}{b:>8.3f}{a:>8.3f}")
+    for k, v in report["summary"]["after"].items():
+        print(f"{k:<22}{report['summary']['before'][k]:>8.3f}{v:>8.3f}")
+    t = report["timings"]
+    print(
+        f"loss {report['loss']['before']:.3f} -> {report['loss']['after']:.3f}; alignment features "
+        f"{t['alignment_features_s']:.1f} s (cached: {t['alignment_cached']}), training {t['train_s']:.1f} s"
+    )
+    print(f"wrote {report['teacher']} and {args.out / 'align_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
