@@ -208,9 +208,11 @@ def read_stream(
     column_map: Mapping[str, str] | None = None,
     counter: Any = None,
     use_teacher_cache: bool = False,
+    manifest: Manifest | None = None,
 ) -> tuple[ray.data.Dataset, Manifest]:
-    """A lazily executed Ray Dataset of preprocessed samples, plus the manifest (schema checked first)."""
-    manifest = check_dataset(folder, kind, column_map)
+    """A lazily executed Ray Dataset of preprocessed samples, plus the manifest (schema checked first, unless
+    the caller passes the ``manifest`` its own :func:`check_dataset` returned)."""
+    manifest = manifest or check_dataset(folder, kind, column_map)
     extra = list(TEACHER_COLUMNS) if kind == CAPTIONED and use_teacher_cache else []
     ds = open_dataset([folder], kind, column_map, columns=extra).map_batches(
         preprocess_batch,

@@ -29,6 +29,7 @@ from pipeline.data import normalize_images, open_dataset, preprocess_batch
 from pipeline.shards import (
     CAPTIONED,
     LABELLED,
+    Manifest,
     check_dataset,
     decode_image,
     iter_rows,
@@ -91,12 +92,9 @@ def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str,
     }
 
 
-def _heads(
-    bundle: ModelBundle, suites: Sequence[Suite], column_map: Mapping[str, str] | None = None
-) -> list[np.ndarray]:
+def _heads(bundle: ModelBundle, manifests: Sequence[Manifest]) -> list[np.ndarray]:
     heads = []
-    for suite in suites:
-        manifest = check_dataset(suite.folder, LABELLED, column_map)
+    for manifest in manifests:
         templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
         heads.append(
             zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy()
@@ -114,14 +112,15 @@ def evaluate_accuracy(
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
     column_map = cfg.data.column_map
-    heads = {name: _heads(b, suites, column_map) for name, b in bundles.items()}
+    manifests = [check_dataset(suite.folder, LABELLED, column_map) for suite in suites]
+    heads = {name: _heads(b, manifests) for name, b in bundles.items()}
     # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
     files = {
         str(f): i
         for i, suite in enumerate(suites)
         for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
     }
-    num_classes = max(check_dataset(suite.folder, LABELLED, column_map).num_classes for suite in suites)
+    num_classes = max(m.num_classes for m in manifests)
     ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
     ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
     ds = ds.map_batches(

@@ -159,10 +159,8 @@ def resolve_columns(
 ) -> dict[str, str]:
     """Schema name → source column for one dataset: a mapped source that exists, else the schema name itself,
     else a default source. One ``data.column_map`` can thus serve folders that use different names."""
-    merged = {s: t for s, t in (defaults or {}).items() if t not in (column_map or {}).values()}
-    merged |= dict(column_map or {})
     resolved: dict[str, str] = {}
-    for source, target in merged.items():
+    for source, target in _with_defaults(defaults, column_map).items():
         if source in available:
             resolved[target] = source
     for target in _EXPECTED:
@@ -171,10 +169,25 @@ def resolve_columns(
     return resolved
 
 
+def _with_defaults(
+    defaults: Mapping[str, str] | None, column_map: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Source → schema name: the defaults, each overridden by a map entry with the same target."""
+    user = dict(column_map or {})
+    return {s: t for s, t in (defaults or {}).items() if t not in user.values()} | user
+
+
 def wds_sources(column_map: Mapping[str, str] | None) -> dict[str, str]:
     """Member extension → schema name for webdataset folders: the defaults, overridden per target by the map."""
-    user = dict(column_map or {})
-    return {s: t for s, t in WDS_COLUMNS.items() if t not in user.values()} | user
+    return _with_defaults(WDS_COLUMNS, column_map)
+
+
+def _wds_columns(
+    samples: Mapping[str, Mapping[str, Any]], column_map: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """The member extensions a scanned tar holds, and schema name → extension for it."""
+    extensions = sorted({e for exts in samples.values() for e in exts})
+    return extensions, resolve_columns(extensions, column_map, WDS_COLUMNS)
 
 
 def split_member(name: str) -> tuple[str, str] | None:
@@ -241,8 +254,7 @@ def _check_webdataset(folder: Path, kind: str | None, column_map: Mapping[str, s
     rows, h = 0, hashlib.sha256()
     for tar in tar_files(folder):
         samples = scan_tar(tar, contiguous=True)
-        extensions = sorted({e for exts in samples.values() for e in exts})
-        columns = resolve_columns(extensions, column_map, WDS_COLUMNS)
+        extensions, columns = _wds_columns(samples, column_map)
         for column in required_columns(manifest.kind):
             if column not in columns:
                 sources = [k for k, v in wds_sources(column_map).items() if v == column]
@@ -440,8 +452,7 @@ def iter_rows(
     if is_webdataset(folder):
         for tar in tar_files(folder):
             samples = scan_tar(tar)
-            extensions = {e for exts in samples.values() for e in exts}
-            wanted = resolve_columns(extensions, column_map, WDS_COLUMNS)
+            _, wanted = _wds_columns(samples, column_map)
             with open(tar, "rb") as fh:
                 for members in samples.values():
                     row: dict[str, Any] = {}

@@ -224,6 +224,7 @@ def run(
                 column_map=cfg.data.column_map,
                 counter=counter,
                 use_teacher_cache=use_cache,
+                manifest=ref_manifest,
             )
         info = RunInfo(
             run_id=run_id,
