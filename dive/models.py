@@ -64,6 +64,14 @@ def _resolve_model_cfg(name: str, quick_gelu: bool) -> dict[str, Any]:
     return model_cfg
 
 
+def get_tokenizer(name: str) -> Any:
+    """The tokenizer of a model name, without building the model (Ray Data tokenises captions with it)."""
+    if litemini.is_litemini_name(name):
+        return litemini.litemini_tokenizer()
+    register_model_configs()
+    return open_clip.get_tokenizer(name)
+
+
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBundle:
     """Create the (student) model with its transforms and tokenizer.
 

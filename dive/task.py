@@ -39,9 +39,11 @@ class DiveTask(nn.Module):
         loss_cfg: LossConfig,
         embed_dim: int,
         head_weights: torch.Tensor | None = None,
+        freeze_batchnorm: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = loss_cfg
+        self.freeze_batchnorm = freeze_batchnorm
         self.method = Method(loss_cfg.method)
         self.student = student
         self.teacher = teacher
@@ -66,6 +68,10 @@ class DiveTask(nn.Module):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # the teacher never leaves eval mode
+        if self.freeze_batchnorm:  # ModelConfig.freeze_batchnorm: keep the pre-trained running statistics
+            for module in self.student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     @property

@@ -59,12 +59,9 @@ class SkipCounter:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_name: str) -> Any:
-    import open_clip
+    from dive.models import get_tokenizer
 
-    from dive.models import register_model_configs
-
-    register_model_configs()
-    return open_clip.get_tokenizer(model_name)
+    return get_tokenizer(model_name)
 
 
 @functools.lru_cache(maxsize=8)

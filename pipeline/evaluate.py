@@ -23,8 +23,9 @@ import torch
 
 from dive import zeroshot
 from dive.config import Config, ModelConfig, load_config
+from dive.export import LinearHead, load_linear_head
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
-from dive.models import ModelBundle, build_model
+from dive.models import LOCAL_DIR, ModelBundle, build_model
 from pipeline.data import normalize_images, open_dataset, preprocess_batch
 from pipeline.shards import (
     CAPTIONED,
@@ -77,8 +78,11 @@ class _Scorer:
             )
             correct = torch.zeros(len(labels), dtype=torch.bool)
             for s in suite.unique().tolist():
-                rows = suite == s
-                pred = (feats[rows] @ self.heads[name][s].T).argmax(dim=-1)
+                rows, head = suite == s, self.heads[name][s]
+                logits = feats[rows] @ head[:, : feats.shape[1]].T
+                if head.shape[1] > feats.shape[1]:  # a trained linear head: its last column is the bias
+                    logits = logits + head[:, -1]
+                pred = logits.argmax(dim=-1)
                 correct[rows] = pred == labels[rows]
             out[f"correct_{name}"] = correct.numpy()
         return out
@@ -92,14 +96,32 @@ def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str,
     }
 
 
-def _heads(bundle: ModelBundle, manifests: Sequence[Manifest]) -> list[np.ndarray]:
+def _heads(
+    bundle: ModelBundle, manifests: Sequence[Manifest], linear: LinearHead | None = None
+) -> list[np.ndarray]:
+    """One head per suite; suites with the same classes and templates (one task in several styles) share it.
+
+    A model exported with a trained linear head (FT / LP-FT) is scored with that head on suites of exactly its
+    classes (ID and OOD), as the paper scores FT; other suites (zero-shot) get text heads.
+    """
+    built: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
     heads = []
     for manifest in manifests:
+        if linear is not None and list(manifest.classnames) == linear.classnames:
+            heads.append(linear.augmented().numpy())
+            continue
         templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
-        heads.append(
-            zeroshot.build_head(bundle.model, bundle.tokenizer, manifest.classnames, templates).numpy()
-        )
+        key = (tuple(manifest.classnames), tuple(templates))
+        if key not in built:
+            built[key] = zeroshot.build_head(
+                bundle.model, bundle.tokenizer, manifest.classnames, templates
+            ).numpy()
+        heads.append(built[key])
     return heads
+
+
+def _linear_head(model: ModelConfig) -> LinearHead | None:
+    return load_linear_head(model.name.removeprefix(LOCAL_DIR)) if model.name.startswith(LOCAL_DIR) else None
 
 
 def evaluate_accuracy(
@@ -113,7 +135,7 @@ def evaluate_accuracy(
     size = first.preprocess_cfg["size"][0]
     column_map = cfg.data.column_map
     manifests = [check_dataset(suite.folder, LABELLED, column_map) for suite in suites]
-    heads = {name: _heads(b, manifests) for name, b in bundles.items()}
+    heads = {name: _heads(b, manifests, _linear_head(models[name])) for name, b in bundles.items()}
     # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
     files = {
         str(f): i
@@ -209,11 +231,12 @@ def evaluate_rsa(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dic
 def evaluate(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, Any]:
     """The full report: per-set rows for the teacher (zero-shot) and the fine-tuned model, averages, RSA."""
     suites = suites_from_config(cfg)
-    acc = evaluate_accuracy({"teacher": teacher, "finetuned": student}, suites, cfg)
+    models = {"teacher": teacher, "finetuned": student} if cfg.eval.with_teacher else {"finetuned": student}
+    acc = evaluate_accuracy(models, suites, cfg)
     rsa = evaluate_rsa(teacher, student, cfg)
     return {
         "rows": [{"model": name, **row} for name in acc for row in table_rows(acc[name])],
-        "teacher": summarize(acc["teacher"]),
+        "teacher": summarize(acc["teacher"]) if "teacher" in acc else {},
         "finetuned": {**summarize(acc["finetuned"]), **rsa},
     }
 

@@ -25,12 +25,14 @@ def write_table_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def accuracy_bars(report: Mapping[str, Any], path: Path) -> None:
-    """Grouped bars: every eval set, teacher (zero-shot) vs fine-tuned."""
+    """Grouped bars: every eval set, teacher (zero-shot, when it was scored) vs fine-tuned."""
     rows = report["rows"]
     sets = list(dict.fromkeys(f"{r['kind']}:{r['name']}" for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(sets)), 3.5))
-    width = 0.4
-    for offset, model in ((-width / 2, "teacher"), (width / 2, "finetuned")):
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        offset = (i - (len(models) - 1) / 2) * width
         acc = {f"{r['kind']}:{r['name']}": r["accuracy"] for r in rows if r["model"] == model}
         ax.bar([i + offset for i in range(len(sets))], [acc.get(s, 0.0) for s in sets], width, label=model)
     ax.set_xticks(range(len(sets)), sets, rotation=30, ha="right")

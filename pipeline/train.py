@@ -41,6 +41,9 @@ class RunResult:
     checkpoint: str  # the last Ray Train checkpoint (full training state)
     steps: int
     metrics: dict[str, Any] = field(default_factory=dict)  # rank 0's last report (step, epoch, val/*)
+    train_seconds: float = (
+        0.0  # TorchTrainer.fit() alone: workers, data streams and steps, not export or eval
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -253,11 +256,14 @@ def run(
             ),
             datasets=datasets,
         )
+        fit_start = time.perf_counter()
         result = trainer.fit()
+        train_seconds = time.perf_counter() - fit_start
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         export_dir = export_checkpoint(cfg, result.checkpoint, out_dir / "export", teacher_bundle, run_id)
         client.log_artifacts(run_id, str(export_dir), "export")
+        tracking.log_metrics(client, run_id, {"time/train_s": train_seconds}, step=0)
         report = finish(cfg, client, run_id, export_dir, out_dir)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
@@ -273,6 +279,7 @@ def run(
         result.checkpoint.path,
         int(result.metrics.get("step", 0)),
         dict(result.metrics),
+        train_seconds,
     )
 
 
@@ -280,8 +287,9 @@ def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, r
     """Load the student from the last checkpoint and write the open_clip ``local-dir:`` export with its card."""
     import torch
 
-    from dive.export import export_model
+    from dive.export import LinearHead, export_model
     from dive.models import build_model
+    from pipeline.shards import LABELLED, check_dataset
     from pipeline.worker import STATE_FILE
 
     with checkpoint.as_directory() as ckpt:
@@ -298,7 +306,20 @@ def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, r
         "mlflow_run_id": run_id,
         "git_sha": _git_sha(),
     }
-    return export_model(student, folder, bundle.model_cfg, bundle.preprocess_cfg, card=card)
+    head = None
+    if state.get("head"):  # FT / LP-FT: the trained classifier goes with the export
+        classnames = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map).classnames
+        head = LinearHead(state["head"]["weight"], state["head"]["bias"], list(classnames))
+        card["linear_head"] = f"{len(classnames)} classes of {cfg.data.id_train}"
+    return export_model(
+        student,
+        folder,
+        bundle.model_cfg,
+        bundle.preprocess_cfg,
+        card=card,
+        tokenizer=bundle.tokenizer,
+        linear_head=head,
+    )
 
 
 def finish(cfg: Config, client: Any, run_id: str, export_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -35,7 +35,12 @@ def wise_exports(cfg: Config, finetuned: str, alphas: Sequence[float], out: Path
         state = interpolate(pre.model.state_dict(), ft.model.state_dict(), alpha)
         card = {"base_model": pre.source, "finetuned": finetuned, "method": "wise-ft", "alpha": alpha}
         folders[alpha] = export_model(
-            state, out / f"alpha-{alpha:g}", ft.model_cfg, ft.preprocess_cfg, card=card
+            state,
+            out / f"alpha-{alpha:g}",
+            ft.model_cfg,
+            ft.preprocess_cfg,
+            card=card,
+            tokenizer=ft.tokenizer,
         )
     return folders
 

@@ -82,7 +82,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     head = None
     if method in (Method.ft, Method.lpft):
         head = zeroshot.build_head(student, bundle.tokenizer, info.classnames, info.templates)
-    task = DiveTask(student, teacher, cfg.loss, embed_dim(student), head_weights=head).to(device)
+    task = DiveTask(
+        student,
+        teacher,
+        cfg.loss,
+        embed_dim(student),
+        head_weights=head,
+        freeze_batchnorm=cfg.model.freeze_batchnorm,
+    ).to(device)
     prompts = PromptTable(bundle.tokenizer, info.classnames, info.templates)
     mean, std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 

@@ -59,3 +59,44 @@ def test_rsa_sample_reads_mapped_parquet_and_webdataset_alike(tiny_bundle, tmp_p
     a = reference_embeddings(tiny_bundle, str(i2d), 4, 10**6, cmap)
     b = reference_embeddings(tiny_bundle, str(wds), 4, 10**6)
     assert a[0].shape == (4, 64) and all(np.allclose(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.ray
+def test_trained_linear_head_scores_its_own_classes_only(ray_session, tiny_bundle, tmp_path):
+    """FT / LP-FT exports carry their classifier: suites of exactly its classes are scored with it (as the paper
+    scores FT), other suites with text heads, and the head survives the export round trip."""
+    import torch
+
+    from dive.export import LinearHead, export_model, load_linear_head
+
+    images, labels = _images(12), [i % 3 for i in range(12)]
+    suites = []
+    for name, classes in (("pets", ["cat", "dog", "cow"]), ("other", ["red", "green", "blue"])):
+        manifest = Manifest(name, LABELLED, classnames=classes, templates=["a photo of a {}."])
+        with ShardWriter(tmp_path / name, manifest, rows_per_shard=12) as writer:
+            for image, label in zip(images, labels, strict=True):
+                writer.add({"image": image, "label": label})
+        suites.append(Suite(name, "ood" if name == "pets" else "zs", str(tmp_path / name)))
+    dim = tiny_bundle.model_cfg["embed_dim"]
+    head = LinearHead(torch.zeros(3, dim), torch.tensor([0.0, 0.0, 5.0]), ["cat", "dog", "cow"])  # always "cow"
+    b = tiny_bundle
+    with_head = export_model(b.model, tmp_path / "ft", b.model_cfg, b.preprocess_cfg, linear_head=head)
+    plain = export_model(b.model, tmp_path / "plain", b.model_cfg, b.preprocess_cfg)
+    loaded = load_linear_head(with_head)
+    assert loaded.classnames == head.classnames and torch.equal(loaded.bias, head.bias)
+    assert load_linear_head(plain) is None
+
+    models = {"ft": ModelConfig(name=f"local-dir:{with_head}"), "plain": ModelConfig(name=f"local-dir:{plain}")}
+    results = evaluate_accuracy(models, suites, Config())
+    ft, base = ({r.name: r.accuracy for r in results[k]} for k in ("ft", "plain"))
+    assert ft["pets"] == pytest.approx(4 / 12)  # the head's constant answer, right for every third image
+    assert ft["other"] == base["other"]  # another class list: the text head, as without a linear head
+
+
+def test_linear_head_rejects_mismatched_shapes():
+    import torch
+
+    from dive.export import LinearHead
+
+    with pytest.raises(ValueError, match="C class names"):
+        LinearHead(torch.zeros(3, 4), torch.zeros(3), ["a", "b"])

@@ -224,3 +224,16 @@ def test_pretrained_file_and_export_roundtrip(bundle, photos, tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(image), aligned.model.encode_image(image))
         torch.testing.assert_close(model.encode_text(tokens), aligned.model.encode_text(tokens))
+
+
+def test_stream_tokenizer_is_minilm_wordpiece(bundle) -> None:
+    """Ray Data tokenises captions by model name: it must get MiniLM's WordPiece, not CLIP's BPE (whose ids run past
+    MiniLM's 30,522-row embedding and crashed the first EmojiShift run inside a worker)."""
+    from dive.models import get_tokenizer
+    from pipeline.data import _tokenizer
+
+    captions = ["red apple, black line art", "Fern: tree, frond, forest"]
+    for tok in (get_tokenizer("lite-minilm-64"), _tokenizer("lite-minilm-64")):
+        ids = tok(captions)
+        assert torch.equal(ids, bundle.tokenizer(captions))
+        assert int(ids.max()) < bundle.model.text.transformer.config.vocab_size

@@ -169,3 +169,21 @@ def test_temperature_knobs(tiny_bundle):
     task = DiveTask(model, frozen_teacher(model), LossConfig(method=Method.flyp), 64)
     terms = task.train()(make_batch(tiny_bundle))
     assert terms["temperature"].item() == pytest.approx(0.05, rel=1e-5)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_batchnorm_keeps_running_statistics(freeze: bool) -> None:
+    """ModelConfig.freeze_batchnorm: in train mode the student's BatchNorm layers stay in eval mode, so ID batches
+    do not rewrite the pre-trained statistics (the teacher is always eval); off, they update as usual."""
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    teacher = copy.deepcopy(student)
+    task = DiveTask(student, teacher, LossConfig(method=Method.flyp), 4, freeze_batchnorm=freeze)
+    task.train()
+    bn = student[1]
+    before = bn.running_mean.clone()
+    student(torch.randn(8, 3, 8, 8) + 5.0)
+    assert bn.training is not freeze
+    assert torch.equal(bn.running_mean, before) is freeze
+    assert not teacher[1].training
+    assert student[0].training  # only normalisation layers are held

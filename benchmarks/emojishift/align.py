@@ -102,6 +102,7 @@ def _fingerprint_key(bundle: ModelBundle, manifest_fp: str, towers_fp: str) -> s
         manifest_fp,
         towers_fp,
         json.dumps(bundle.preprocess_cfg, sort_keys=True, default=str),
+        str(bundle.tokenizer.context_length),  # captions longer than this are cut: other text features
     ):
         h.update(part.encode())
         h.update(b"\x00")

@@ -1,0 +1,431 @@
+"""EmojiShift benchmark: DiVE and its baselines fine-tuned through the pipeline, one report.
+
+    python benchmarks/emojishift/run.py --cache .cache/emojishift                       # full, ≤ 90 min on 2 cores
+    python benchmarks/emojishift/run.py --cache .cache/emojishift-quick --quick         # small, ≤ 10 min
+    python benchmarks/emojishift/run.py --cache … tracking.uri=http://mlflow:5000       # key=value: every run
+
+What it does, skipping any step whose output already exists (so an interrupted benchmark resumes):
+1. ``prepare.py`` builds the data into ``--cache`` and ``align.py`` the LiT teacher into ``--cache/teacher``.
+2. The teacher's embeddings are cached into the reference set (DiVE / SnD then skip the teacher's pass).
+3. One MLflow parent run; under it one child run per method and seed, each the same ``run()`` as
+   ``pipeline/train.py`` with ``benchmarks/emojishift/config.yaml`` plus the method's overrides.
+4. The teacher's zero-shot row and WiSE-FT (α = 0.5) of every FLYP and DiVE run are scored without training.
+5. ``report.md`` / ``report.json`` (mean ± std over seeds), ``bars.png``, ``scatter.png`` into ``--out`` and onto the
+   parent run; ``--update-readme`` writes the table into ``benchmarks/emojishift/README.md``.
+
+Hyper-parameters are the config's: chosen on ``id_val`` and ``ref_val`` (the README says how), never on eval sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(ROOT))
+
+CONFIG = HERE / "config.yaml"
+README = HERE / "README.md"
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How long each method trains and how much is scored. Every method gets the same steps and batch."""
+
+    epochs: int
+    batch: int
+    seeds: int  # FLYP and DiVE (and their WiSE-FT) run this many seeds; the other methods seed 0 only
+    rsa_samples: int
+    val_samples: int
+
+
+SIZES = {
+    "full": Size(epochs=3, batch=32, seeds=3, rsa_samples=500, val_samples=200),
+    "quick": Size(epochs=1, batch=8, seeds=1, rsa_samples=60, val_samples=60),
+}
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    key: str
+    label: str
+    overrides: tuple[str, ...]
+    seeded: bool = False  # runs Size.seeds seeds
+    wise: bool = False  # also scored as WiSE-FT α = 0.5
+
+
+METHODS = (
+    MethodRun("ft", "FT", ("loss.method=ft",)),
+    MethodRun("lpft", "LP-FT", ("loss.method=lpft",)),
+    MethodRun("flyp", "FLYP", ("loss.method=flyp",), seeded=True, wise=True),
+    MethodRun("flyp_replay", "FLYP + replay", ("loss.method=flyp_replay",)),
+    MethodRun("snd", "SnD", ("loss.method=snd",)),
+    MethodRun("dive", "DiVE", ("loss.method=dive",), seeded=True, wise=True),
+    MethodRun("dive_avl", "DiVE, AVL only", ("loss.method=dive", "loss.lambda_pvl=0")),
+    MethodRun("dive_pvl", "DiVE, PVL only", ("loss.method=dive", "loss.lambda_avl=0")),
+)
+LABELS = {
+    "teacher": "zero-shot teacher",
+    **{m.key: m.label for m in METHODS},
+    **{f"wise_{m.key}": f"WiSE-FT α=0.5 ({m.label})" for m in METHODS if m.wise},
+}
+WISE_ALPHA = 0.5
+OOD = ("twemoji", "openmoji", "openmoji_black", "fluent_3d", "fluent_flat")
+COLUMNS = ("id_acc", *(f"ood/{s}" for s in OOD), "ood_avg", "zs_avg", "rsa_mean", "train_s")
+HEADERS = ("ID", *OOD, "OOD avg", "ZS avg", "RSA", "train s")
+
+
+def log(msg: str) -> None:
+    print(f"[emojishift] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ preparation
+def ensure_data(cache: Path, quick: bool) -> None:
+    """Data and teacher, built by their own commands when missing (each is deterministic and cached)."""
+    if not (cache / "splits.json").is_file():
+        log(f"no data in {cache}: running prepare.py")
+        cmd = [
+            sys.executable,
+            str(HERE / "prepare.py"),
+            "--cache",
+            str(cache),
+            *(["--quick"] if quick else []),
+        ]
+        subprocess.run(cmd, check=True)
+    if not (cache / "teacher" / "teacher.pt").is_file():
+        log(f"no teacher in {cache / 'teacher'}: running align.py")
+        cmd = [sys.executable, str(HERE / "align.py"), "--data", str(cache), "--out", str(cache / "teacher")]
+        subprocess.run(cmd, check=True)
+
+
+def ensure_teacher_cache(cfg: Any) -> None:
+    """Teacher embeddings of the reference set: the frozen teacher's pass is then read, not recomputed."""
+    from dive.models import build_model, fingerprint
+    from pipeline.prepare import cache_teacher
+    from pipeline.shards import CAPTIONED, check_dataset, check_teacher_cache
+
+    manifest = check_dataset(cfg.data.reference, CAPTIONED)
+    if not check_teacher_cache(cfg.data.reference, manifest, fingerprint(build_model(cfg.model).model)):
+        log(f"caching the teacher's embeddings into {cfg.data.reference}")
+        cache_teacher(cfg.data.reference, cfg.model)
+
+
+def run_configs(size: Size, id_rows: int, extra: Sequence[str]) -> list[tuple[MethodRun, int, list[str]]]:
+    """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares."""
+    steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
+    common = [
+        f"optim.epochs={size.epochs}",
+        f"optim.global_batch={size.batch}",
+        f"eval.rsa_samples={size.rsa_samples}",
+        f"eval.val_samples={size.val_samples}",
+        "eval.with_teacher=false",
+        f"loss.lp_steps={steps // 2}",  # LP-FT: half the steps probe, half fine-tune
+    ]
+    plan = []
+    for seed in range(size.seeds):
+        for method in METHODS:
+            if seed == 0 or method.seeded:
+                plan.append((method, seed, [*common, *method.overrides, f"optim.seed={seed}", *extra]))
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def score(cfg: Any, model: Any, with_rsa: bool) -> dict[str, float]:
+    """Accuracy on every suite (and RSA against the teacher) of one model that needs no training."""
+    from dive.metrics import summarize
+    from pipeline.evaluate import evaluate_accuracy, evaluate_rsa, suites_from_config
+
+    row = summarize(evaluate_accuracy({"m": model}, suites_from_config(cfg), cfg)["m"])
+    if with_rsa:
+        row.update(evaluate_rsa(cfg.model, model, cfg))
+    return row
+
+
+def wise_row(cfg: Any, export_dir: str, out: Path) -> dict[str, float]:
+    from pipeline.wise import wise_exports
+
+    folder = wise_exports(cfg, f"local-dir:{export_dir}", [WISE_ALPHA], out)[WISE_ALPHA]
+    return score(cfg, replace(cfg.model, name=f"local-dir:{folder}", pretrained=""), with_rsa=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per method: mean, sample std (n > 1) and n of every metric over its seeds, in table order."""
+    keys = list(dict.fromkeys(r["key"] for r in rows))
+    order = {k: i for i, k in enumerate(LABELS)}
+    out = []
+    for key in sorted(keys, key=lambda k: order.get(k, len(order))):
+        runs = [r for r in rows if r["key"] == key]
+        metrics = sorted({m for r in runs for m in r["metrics"]})
+        stats = {}
+        for m in metrics:
+            values = [r["metrics"][m] for r in runs if m in r["metrics"]]
+            stats[m] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "n": len(values),
+            }
+        out.append({"key": key, "label": LABELS.get(key, key), "seeds": [r["seed"] for r in runs], **stats})
+    return out
+
+
+def _cell(stat: dict[str, float] | None, metric: str) -> str:
+    if stat is None:
+        return "—"
+    digits = 0 if metric == "train_s" else 3
+    text = f"{stat['mean']:.{digits}f}"
+    return text + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def markdown_table(table: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| method | seeds | " + " | ".join(HEADERS) + " |",
+        "|---|---|" + "---|" * len(HEADERS),
+    ]
+    for entry in table:
+        cells = [_cell(entry.get(m), m) for m in COLUMNS]
+        lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_bars(table: Sequence[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: ID, OOD avg and ZS avg per method, with the seeds' std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("id_acc", "ID"), ("ood_avg", "OOD avg"), ("zs_avg", "ZS avg"))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table)), 3.8))
+    width = 0.8 / len(metrics)
+    for i, (metric, label) in enumerate(metrics):
+        xs = [j + (i - 1) * width for j in range(len(table))]
+        means = [e[metric]["mean"] if metric in e else 0.0 for e in table]
+        stds = [e[metric]["std"] if metric in e else 0.0 for e in table]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
+    ax.set_xticks(range(len(table)), [e["label"] for e in table], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("EmojiShift: ID, OOD and zero-shot accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scatter(table: Sequence[dict[str, Any]], path: Path) -> None:
+    """ID vs OOD avg and ID vs ZS avg; WiSE-FT points joined to their fine-tune and to the teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_key = {e["key"]: e for e in table}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (metric, name) in zip(axes, (("ood_avg", "OOD avg"), ("zs_avg", "ZS avg")), strict=True):
+        for e in table:
+            if "id_acc" not in e or metric not in e:
+                continue
+            wise = e["key"].startswith("wise_")
+            ax.errorbar(
+                e["id_acc"]["mean"],
+                e[metric]["mean"],
+                xerr=e["id_acc"]["std"],
+                yerr=e[metric]["std"],
+                fmt="D" if wise else ("*" if e["key"] == "teacher" else "o"),
+                markersize=9 if e["key"] == "teacher" else 6,
+                label=e["label"],
+            )
+            source = by_key.get(e["key"].removeprefix("wise_")) if wise else None
+            teacher = by_key.get("teacher")
+            if source and teacher:
+                ends = (teacher, e, source)
+                ax.plot([p["id_acc"]["mean"] for p in ends], [p[metric]["mean"] for p in ends], "k:", lw=0.8)
+        ax.set_xlabel("ID accuracy")
+        ax.set_ylabel(name)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("EmojiShift: robustness vs ID accuracy (dotted: teacher – WiSE-FT α=0.5 – fine-tune)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text()
+    start, end = MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"{readme}: expected the markers {start} … {end} around the results table")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--cache", type=Path, required=True, help="EmojiShift cache (prepare.py --cache); built if empty"
+    )
+    p.add_argument("--quick", action="store_true", help="the small size: quick data, 1 seed, fewer steps")
+    p.add_argument("--out", type=Path, help="report folder (default: outputs/emojishift-<size>)")
+    p.add_argument("--seeds", type=int, help="seeds for FLYP and DiVE (default: 3 full, 1 quick)")
+    p.add_argument("--update-readme", action="store_true", help=f"write the table into {README.name}")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    size_name = "quick" if args.quick else "full"
+    size = SIZES[size_name]
+    if args.seeds is not None:
+        if args.seeds < 1:
+            print("error: --seeds must be >= 1", file=sys.stderr)
+            return 2
+        size = replace(size, seeds=args.seeds)
+    cache = args.cache.expanduser().resolve()
+    out = (args.out or Path("outputs") / f"emojishift-{size_name}").resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    ensure_data(cache, args.quick)
+    os.environ["EMOJISHIFT"] = str(cache)  # config.yaml's paths; set before any config is loaded
+    # Ray Train's controller polls its workers every 2 s by default: up to 2 s lost at the end of each of the runs.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+    from dive.config import ConfigError
+    from pipeline import tracking
+    from pipeline.shards import LABELLED, DataError, check_dataset
+    from pipeline.train import init_ray, prepare_config, run
+
+    try:
+        base = prepare_config(str(CONFIG), list(args.overrides))
+        plan = run_configs(size, check_dataset(base.data.id_train, LABELLED).num_rows, args.overrides)
+        configs = [(m, seed, prepare_config(str(CONFIG), o)) for m, seed, o in plan]
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ensure_teacher_cache(base)
+    init_ray(base)
+
+    state_file = out / "state.json"
+    if state_file.is_file():  # resume: same parent run, finished rows are kept
+        parent = json.loads(state_file.read_text())["parent_run_id"]
+        client = tracking.MlflowClient(tracking_uri=tracking.tracking_uri(base))
+        client.update_run(parent, status="RUNNING")
+        log(f"resuming into MLflow parent run {parent}")
+    else:
+        client, parent = tracking.start_run(
+            base, run_name=f"emojishift-{size_name}", tags={"dive.benchmark": "emojishift"}
+        )
+        state_file.write_text(json.dumps({"parent_run_id": parent}))
+        client.log_dict(parent, {"size": size_name, **size.__dict__}, "benchmark/size.json")
+
+    def done(name: str) -> dict[str, Any] | None:
+        path = out / "runs" / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record(name: str, row: dict[str, Any]) -> dict[str, Any]:
+        (out / "runs" / f"{name}.json").write_text(json.dumps(row, indent=2))
+        step = row["seed"]
+        tracking.log_metrics(
+            client, parent, {f"{row['key']}/{k}": v for k, v in row["metrics"].items()}, step
+        )
+        return row
+
+    rows = []
+    if (row := done("teacher")) is None:
+        log("scoring the zero-shot teacher")
+        t0 = time.perf_counter()
+        metrics = {**score(base, base.model, with_rsa=False), "rsa_mean": 1.0}  # RSA of a model with itself
+        row = record(
+            "teacher", {"key": "teacher", "seed": 0, "metrics": metrics, "seconds": time.perf_counter() - t0}
+        )
+    rows.append(row)
+    for method, seed, cfg in configs:
+        name = f"{method.key}-s{seed}"
+        if (row := done(name)) is None:
+            log(f"training {method.label}, seed {seed}")
+            result = run(cfg, parent_run_id=parent)
+            metrics = {**result.report["finetuned"], "train_s": result.train_seconds}
+            metrics.update({k: v for k, v in result.metrics.items() if k.startswith("val/")})  # last epoch's
+            row = record(name, {
+                "key": method.key, "seed": seed, "metrics": metrics, "run_id": result.run_id,
+                "export": result.export_dir, "steps": result.steps, "seconds": result.seconds,
+            })  # fmt: skip
+        rows.append(row)
+        if method.wise:
+            wise_name = f"wise_{name}"
+            if (wrow := done(wise_name)) is None:
+                log(f"scoring WiSE-FT α={WISE_ALPHA} of {method.label}, seed {seed}")
+                metrics = wise_row(cfg, row["export"], out / "wise" / name)
+                metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
+                wrow = record(wise_name, {"key": f"wise_{method.key}", "seed": seed, "metrics": metrics})
+            rows.append(wrow)
+
+    table = aggregate(rows)
+    wall = time.perf_counter() - started
+    command = "python benchmarks/emojishift/run.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "command": command,
+        "size": {"name": size_name, **size.__dict__},
+        "wall_s": wall,
+        "mlflow_parent_run": parent,
+        "tracking_uri": tracking.tracking_uri(base),
+    }
+    (out / "report.json").write_text(json.dumps({**meta, "table": table, "runs": rows}, indent=2))
+    block = (
+        f"Measured {meta['date']} on {meta['machine']}; `{command}`; {size.epochs} epochs of batch "
+        f"{size.batch} per method, {size.seeds} seed(s) for FLYP and DiVE; whole benchmark {wall / 60:.0f} min "
+        f"(MLflow parent run `{parent}`). Mean ± sample std over seeds; OOD/ZS avg are unweighted means over the "
+        f"styles; RSA = mean of image/text/cross-modal RSA against the teacher on `ref_val`; train s = "
+        f"`TorchTrainer.fit()` alone.\n\n{markdown_table(table)}"
+    )
+    (out / "report.md").write_text(f"# EmojiShift ({size_name})\n\n{block}\n")
+    plot_bars(table, out / "bars.png")
+    plot_scatter(table, out / "scatter.png")
+    for name in ("report.md", "report.json", "bars.png", "scatter.png"):
+        client.log_artifact(parent, str(out / name), "report")
+    client.log_metric(parent, "benchmark/wall_s", wall)
+    client.set_terminated(parent, "FINISHED")
+    if args.update_readme:
+        update_readme(README, block)
+    print(markdown_table(table))
+    log(f"done in {wall / 60:.1f} min: {out / 'report.md'} (MLflow parent run {parent})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""EmojiShift runner: the run plan, the seed statistics, the table and the README block (no training here;
+the runs themselves go through pipeline.train.run, which the pipeline tests cover)."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "emojishift" / "run.py"
+_spec = importlib.util.spec_from_file_location("emojishift_run", _PATH)
+er = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = er
+_spec.loader.exec_module(er)
+
+
+def test_plan_runs_every_method_with_equal_steps_and_seeds_first() -> None:
+    size = er.Size(epochs=3, batch=32, seeds=3, rsa_samples=10, val_samples=10)
+    plan = er.run_configs(size, id_rows=1600, extra=["tracking.uri=x"])
+    keys = [(m.key, seed) for m, seed, _ in plan]
+    first = [k for k, s in keys if s == 0]
+    assert first == [m.key for m in er.METHODS]  # seed 0 of every method before any extra seed
+    assert keys[len(first) :] == [("flyp", 1), ("dive", 1), ("flyp", 2), ("dive", 2)]
+    for _method, seed, overrides in plan:
+        assert "optim.epochs=3" in overrides and "optim.global_batch=32" in overrides
+        assert "loss.lp_steps=75" in overrides  # 3 × ⌈1600/32⌉ = 150 steps, half of them probing
+        assert f"optim.seed={seed}" in overrides
+        assert overrides[-1] == "tracking.uri=x"  # the user's overrides win
+        assert "eval.with_teacher=false" in overrides
+    ablations = {m.key: m.overrides for m in er.METHODS}
+    assert "loss.lambda_pvl=0" in ablations["dive_avl"] and "loss.lambda_avl=0" in ablations["dive_pvl"]
+
+
+def test_plan_overrides_are_valid_config() -> None:
+    from dive.config import load_config
+
+    size = er.SIZES["quick"]
+    for method, _, overrides in er.run_configs(size, id_rows=40, extra=[]):
+        cfg = load_config(str(er.CONFIG), overrides)
+        assert cfg.loss.method.value == method.overrides[0].split("=")[1]
+        assert cfg.eval.with_teacher is False
+
+
+def _row(key: str, seed: int, **metrics: float) -> dict:
+    return {"key": key, "seed": seed, "metrics": metrics}
+
+
+def test_aggregate_means_sample_std_and_table_order() -> None:
+    rows = [
+        _row("dive", 0, id_acc=0.5, ood_avg=0.2),
+        _row("teacher", 0, id_acc=0.1, rsa_mean=1.0),
+        _row("dive", 1, id_acc=0.7, ood_avg=0.4),
+        _row("flyp", 0, id_acc=0.6),
+    ]
+    table = er.aggregate(rows)
+    assert [e["key"] for e in table] == ["teacher", "flyp", "dive"]
+    dive = table[2]
+    assert dive["seeds"] == [0, 1] and dive["label"] == "DiVE"
+    assert dive["id_acc"]["mean"] == pytest.approx(0.6)
+    assert dive["id_acc"]["std"] == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert dive["id_acc"]["n"] == 2
+    assert table[1]["id_acc"]["std"] == 0.0
+
+
+def test_markdown_table_cells() -> None:
+    table = er.aggregate(
+        [
+            _row("flyp", 0, id_acc=0.5, train_s=100.4),
+            _row("flyp", 1, id_acc=0.7, train_s=120.6),
+            _row("teacher", 0, id_acc=0.25),
+        ]
+    )
+    lines = er.markdown_table(table).splitlines()
+    assert lines[0].startswith("| method | seeds | ID |") and lines[0].endswith("| train s |")
+    assert len(lines[1].split("|")) == len(lines[0].split("|"))
+    teacher, flyp = lines[2], lines[3]
+    assert teacher.startswith("| zero-shot teacher | 1 | 0.250 | —")
+    assert "| 0.600 ± 0.141 |" in flyp
+    assert flyp.endswith("| 110 ± 14 |")
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    start, end = er.MARKERS
+    readme.write_text(f"intro\n{start}\nold table\n{end}\noutro\n")
+    er.update_readme(readme, "new table")
+    assert readme.read_text() == f"intro\n{start}\nnew table\n{end}\noutro\n"
+    er.update_readme(readme, "newer")
+    assert readme.read_text().count("newer") == 1 and "new table" not in readme.read_text()
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        er.update_readme(bare, "x")
+    assert bare.read_text() == "no markers"  # nothing lost on bad input
