@@ -8,7 +8,8 @@ mode, so a head can be built in the middle of training. For ImageNet use open_cl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import open_clip
 import torch
@@ -43,6 +44,23 @@ def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
     return out
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside; afterwards every submodule gets back its *own* mode.
+
+    ``model.train(was_training)`` would also switch layers that were deliberately held in eval mode (frozen
+    BatchNorm, ModelConfig.freeze_batchnorm) back to training: on EmojiShift that silently unfroze them at the
+    first epoch-end validation and the fine-tune collapsed.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def build_head(
     model: nn.Module,
     tokenizer: Callable[..., torch.Tensor],
@@ -62,9 +80,7 @@ def build_head(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = _as_callables(templates)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         weights = open_clip.build_zero_shot_classifier(
             model,
             tokenizer,
@@ -73,8 +89,6 @@ def build_head(
             num_classes_per_batch=max(1, batch_size // len(prompts)),
             device=device,
         )
-    finally:
-        model.train(was_training)
     return weights.T.contiguous()
 
 

@@ -514,18 +514,13 @@ def zero_shot_accuracy(bundle: Any, folder: Path, batch_size: int = 512) -> floa
     images, labels = decode_split(folder, "label")
     model = bundle.model
     mean_std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            head = zeroshot.build_head(model, bundle.tokenizer, manifest.classnames, manifest.templates)
-            correct = 0
-            for i in range(0, len(images), batch_size):
-                x = _to_input(images[i : i + batch_size], *mean_std)
-                pred = zeroshot.logits(model, x, head).argmax(dim=-1)
-                correct += int((pred == torch.as_tensor(labels[i : i + batch_size])).sum())
-    finally:
-        model.train(was_training)
+    with zeroshot.eval_mode(model), torch.no_grad():
+        head = zeroshot.build_head(model, bundle.tokenizer, manifest.classnames, manifest.templates)
+        correct = 0
+        for i in range(0, len(images), batch_size):
+            x = _to_input(images[i : i + batch_size], *mean_std)
+            pred = zeroshot.logits(model, x, head).argmax(dim=-1)
+            correct += int((pred == torch.as_tensor(labels[i : i + batch_size])).sum())
     return correct / len(images)
 
 

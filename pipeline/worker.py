@@ -271,10 +271,8 @@ class _Validator:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         out: dict[str, float] = {}
-        try:
+        with zeroshot.eval_mode(model):
             if self.id_set is not None:
                 batch, manifest = self.id_set
                 head = zeroshot.build_head(
@@ -292,8 +290,6 @@ class _Validator:
                     torch.from_numpy(self.ref_set["text"]).to(self.device), normalize=True
                 )
                 out["val/ref_retrieval"] = retrieval_accuracy(image, text, list(self.ref_set["caption"]))
-        finally:
-            model.train(was_training)
         objective = val_objective(out, self.weight)
         if objective is not None:
             out["val/objective"] = objective

@@ -95,3 +95,24 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="markers"):
         er.update_readme(bare, "x")
     assert bare.read_text() == "no markers"  # nothing lost on bad input
+
+
+def test_missing_data_and_teacher_are_built_by_their_commands(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(er.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    er.ensure_data(tmp_path, quick=True)
+    assert [Path(c[1]).name for c in calls] == ["prepare.py", "align.py"]
+    assert calls[0][2:] == ["--cache", str(tmp_path), "--quick"]
+    assert calls[1][2:] == ["--data", str(tmp_path), "--out", str(tmp_path / "teacher")]
+    calls.clear()
+    (tmp_path / "splits.json").write_text("{}")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.pt").write_bytes(b"")
+    er.ensure_data(tmp_path, quick=False)
+    assert calls == []  # both present: nothing rebuilt
+
+
+def test_bad_seed_count_is_refused_before_anything_starts(tmp_path: Path, capsys) -> None:
+    assert er.main(["--cache", str(tmp_path), "--seeds", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -187,3 +187,19 @@ def test_freeze_batchnorm_keeps_running_statistics(freeze: bool) -> None:
     assert torch.equal(bn.running_mean, before) is freeze
     assert not teacher[1].training
     assert student[0].training  # only normalisation layers are held
+
+
+def test_eval_mode_gives_every_layer_back_its_own_mode() -> None:
+    """Epoch-end validation runs the student in eval mode and must hand it back with BatchNorm still frozen:
+    ``model.train(True)`` would unfreeze it (the EmojiShift fine-tunes collapsed after the first validation)."""
+    from dive.zeroshot import eval_mode
+
+    student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    task = DiveTask(student, None, LossConfig(method=Method.flyp), 4, freeze_batchnorm=True)
+    task.train()
+    with eval_mode(student):
+        assert not any(m.training for m in student.modules())
+    assert student.training and student[0].training and not student[1].training
+    with pytest.raises(RuntimeError), eval_mode(student):
+        raise RuntimeError("validation failed")
+    assert student[0].training and not student[1].training  # restored on errors too
