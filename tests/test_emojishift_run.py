@@ -116,3 +116,11 @@ def test_bad_seed_count_is_refused_before_anything_starts(tmp_path: Path, capsys
     assert er.main(["--cache", str(tmp_path), "--seeds", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_methods_subset_and_unknown_method(tmp_path: Path, capsys) -> None:
+    size = er.Size(epochs=1, batch=8, seeds=2, rsa_samples=10, val_samples=10)
+    plan = er.run_configs(size, id_rows=40, extra=[], methods=["dive", "snd"])
+    assert [(m.key, s) for m, s, _ in plan] == [("snd", 0), ("dive", 0), ("dive", 1)]
+    assert er.main(["--cache", str(tmp_path), "--methods", "dive,nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err

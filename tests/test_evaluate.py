@@ -78,7 +78,9 @@ def test_trained_linear_head_scores_its_own_classes_only(ray_session, tiny_bundl
                 writer.add({"image": image, "label": label})
         suites.append(Suite(name, "ood" if name == "pets" else "zs", str(tmp_path / name)))
     dim = tiny_bundle.model_cfg["embed_dim"]
-    head = LinearHead(torch.zeros(3, dim), torch.tensor([0.0, 0.0, 5.0]), ["cat", "dog", "cow"])  # always "cow"
+    head = LinearHead(
+        torch.zeros(3, dim), torch.tensor([0.0, 0.0, 5.0]), ["cat", "dog", "cow"]
+    )  # always "cow"
     b = tiny_bundle
     with_head = export_model(b.model, tmp_path / "ft", b.model_cfg, b.preprocess_cfg, linear_head=head)
     plain = export_model(b.model, tmp_path / "plain", b.model_cfg, b.preprocess_cfg)
@@ -86,7 +88,10 @@ def test_trained_linear_head_scores_its_own_classes_only(ray_session, tiny_bundl
     assert loaded.classnames == head.classnames and torch.equal(loaded.bias, head.bias)
     assert load_linear_head(plain) is None
 
-    models = {"ft": ModelConfig(name=f"local-dir:{with_head}"), "plain": ModelConfig(name=f"local-dir:{plain}")}
+    models = {
+        "ft": ModelConfig(name=f"local-dir:{with_head}"),
+        "plain": ModelConfig(name=f"local-dir:{plain}"),
+    }
     results = evaluate_accuracy(models, suites, Config())
     ft, base = ({r.name: r.accuracy for r in results[k]} for k in ("ft", "plain"))
     assert ft["pets"] == pytest.approx(4 / 12)  # the head's constant answer, right for every third image

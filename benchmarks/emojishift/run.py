@@ -125,8 +125,12 @@ def ensure_teacher_cache(cfg: Any) -> None:
         cache_teacher(cfg.data.reference, cfg.model)
 
 
-def run_configs(size: Size, id_rows: int, extra: Sequence[str]) -> list[tuple[MethodRun, int, list[str]]]:
-    """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares."""
+def run_configs(
+    size: Size, id_rows: int, extra: Sequence[str], methods: Sequence[str] = ()
+) -> list[tuple[MethodRun, int, list[str]]]:
+    """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares.
+
+    ``methods`` keeps only those keys (all when empty)."""
     steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
     common = [
         f"optim.epochs={size.epochs}",
@@ -139,6 +143,8 @@ def run_configs(size: Size, id_rows: int, extra: Sequence[str]) -> list[tuple[Me
     plan = []
     for seed in range(size.seeds):
         for method in METHODS:
+            if methods and method.key not in methods:
+                continue
             if seed == 0 or method.seeded:
                 plan.append((method, seed, [*common, *method.overrides, f"optim.seed={seed}", *extra]))
     return plan
@@ -298,6 +304,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the small size: quick data, 1 seed, fewer steps")
     p.add_argument("--out", type=Path, help="report folder (default: outputs/emojishift-<size>)")
     p.add_argument("--seeds", type=int, help="seeds for FLYP and DiVE (default: 3 full, 1 quick)")
+    p.add_argument(
+        "--methods",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=[],
+        help=f"comma-separated subset of {','.join(m.key for m in METHODS)} (default: all)",
+    )
     p.add_argument("--update-readme", action="store_true", help=f"write the table into {README.name}")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     return p.parse_args(argv)
@@ -312,6 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --seeds must be >= 1", file=sys.stderr)
             return 2
         size = replace(size, seeds=args.seeds)
+    unknown = sorted(set(args.methods) - {m.key for m in METHODS})
+    if unknown:
+        print(
+            f"error: --methods: unknown {unknown}; expected some of {[m.key for m in METHODS]}",
+            file=sys.stderr,
+        )
+        return 2
     cache = args.cache.expanduser().resolve()
     out = (args.out or Path("outputs") / f"emojishift-{size_name}").resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -328,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         base = prepare_config(str(CONFIG), list(args.overrides))
-        plan = run_configs(size, check_dataset(base.data.id_train, LABELLED).num_rows, args.overrides)
+        id_rows = check_dataset(base.data.id_train, LABELLED).num_rows
+        plan = run_configs(size, id_rows, args.overrides, args.methods)
         configs = [(m, seed, prepare_config(str(CONFIG), o)) for m, seed, o in plan]
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
