@@ -224,9 +224,11 @@ def ray_session(workers: int) -> Iterator[None]:
     """
     import ray
 
+    from pipeline.local_ray import start_local_ray
+
     started = False
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=max(4, workers + 2), include_dashboard=False, log_to_driver=False)
+        start_local_ray(max(4, workers + 2), log_to_driver=False, dashboard=False)  # no Train fit here
         started = True
     try:
         yield

@@ -125,6 +125,8 @@ def init_ray(cfg: Config, min_cpus: float = 0) -> None:
     import ray
     import ray.data
 
+    from pipeline.local_ray import start_local_ray
+
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ctx = ray.data.DataContext.get_current()
     if os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1":  # bars are for humans at a terminal, not job logs
@@ -139,7 +141,7 @@ def init_ray(cfg: Config, min_cpus: float = 0) -> None:
     need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2, min_cpus)
     # address="local": always a fresh local instance (a stale `ray start` on this machine is not joined by accident;
     # set RAY_ADDRESS=auto to use a running one).
-    ray.init(address="local", num_cpus=max(4, int(need + 0.999)), include_dashboard=False, log_to_driver=True)
+    start_local_ray(max(4, int(need + 0.999)), log_to_driver=True)
 
 
 def _git_sha() -> str:

@@ -8,6 +8,7 @@ is wrapped in DDP; the teacher stays a plain frozen module on every rank.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -29,6 +30,8 @@ from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import USES_REFERENCE, DiveTask
 from pipeline.data import PromptTable, cycle_batches, load_val_set, normalize_images
 from pipeline.shards import CAPTIONED, LABELLED
+
+_log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 
@@ -350,4 +353,6 @@ class _RankZeroLogger:
         terms = "  ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if "loss" in k or k.startswith("val/")
         )
-        print(f"[dive] step {step}  {terms}  ({time.perf_counter() - self.t0:.1f} s)", flush=True)
+        # A logger, not print: Train V2 patches print to log *and* echo it whenever stdout is wrapped, so every
+        # line reached the driver twice.
+        _log.info("[dive] step %d  %s  (%.1f s)", step, terms, time.perf_counter() - self.t0)

@@ -45,9 +45,11 @@ def ray_session():
 
     import ray
 
+    from pipeline.local_ray import start_local_ray
+
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        start_local_ray(4, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -97,11 +97,20 @@ def _registered_checkpoints(storage: Path) -> int:
     return count
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # exited meanwhile
+        return []
+
+
 def _kill_first_worker_after_checkpoint(storage: Path, killed: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
         if _registered_checkpoints(storage) >= 1:
-            for proc in psutil.process_iter(["cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            # Only this session's workers: the local Ray instance (and so its workers) descends from this process;
+            # another Ray job on the machine keeps its own.
+            for proc in psutil.Process().children(recursive=True):
+                if "RayTrainWorker" in " ".join(_cmdline(proc)):
                     proc.kill()
                     killed.append(proc.pid)
                     return
