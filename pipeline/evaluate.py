@@ -63,7 +63,8 @@ class _Scorer:
         self.models = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
         for b in self.models.values():
             b.model.eval()
-        self.heads = {name: [torch.from_numpy(h) for h in hs] for name, hs in heads.items()}
+        # Copies: arrays from the object store are read-only, which torch.from_numpy warns about in every actor.
+        self.heads = {name: [torch.tensor(h) for h in hs] for name, hs in heads.items()}
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
