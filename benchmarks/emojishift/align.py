@@ -405,12 +405,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         timings["eval_features_s"] = time.perf_counter() - t0
         timings["eval_cached"] = all(hits)
 
-    before: dict[str, float] = {}
-    if not args.no_eval:
+    def scored(when: str) -> dict[str, float]:
+        """The teacher's eval scores now (none with --no-eval), timed into ``timings``."""
+        if args.no_eval:
+            return {}
         t0 = time.perf_counter()
-        before = evaluate(bundle, labelled, data, ref)
-        timings["eval_before_s"] = time.perf_counter() - t0
-        log("before: " + json.dumps({k: round(v, 4) for k, v in before.items()}))
+        scores = evaluate(bundle, labelled, data, ref)
+        timings[f"eval_{when}_s"] = time.perf_counter() - t0
+        log(f"{when}: " + json.dumps({k: round(v, 4) for k, v in scores.items()}))
+        return scores
+
+    before = scored("before")
 
     torch.manual_seed(args.seed)
     log(f"training projections: {align.image.shape[0]} pairs, {args.epochs} epochs, batch {args.batch}")
@@ -430,12 +435,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
     )
     timings["train_s"] = res.seconds
 
-    after: dict[str, float] = {}
-    if not args.no_eval:
-        t0 = time.perf_counter()
-        after = evaluate(bundle, labelled, data, ref)
-        timings["eval_after_s"] = time.perf_counter() - t0
-        log("after:  " + json.dumps({k: round(v, 4) for k, v in after.items()}))
+    after = scored("after")
 
     teacher = out / "teacher.pt"
     tmp = teacher.with_suffix(".pt.tmp")
