@@ -117,6 +117,10 @@ class OptimConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- eval
+# eval.val_objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
+VAL_OBJECTIVES = {"id_ref": "val/ref_retrieval", "id_zs": "val/zs_acc"}
+
+
 @dataclass
 class EvalConfig:
     # Labelled shard folders. ID test set, and named OOD / zero-shot suites.
@@ -134,10 +138,15 @@ class EvalConfig:
     # val_id: a labelled split held out from the ID training data → val/id_acc (zero-shot head, its templates).
     # val_ref: captioned pairs the fine-tune never trains on → val/ref_retrieval (image→caption top-1 among
     # val_samples pairs), a proxy for kept zero-shot ability.
+    # val_zs: a labelled split of classes neither ID nor any zs suite has → val/zs_acc (zero-shot head): kept
+    # zero-shot skill measured directly, on data no test set shares.
     val_id: str = ""
     val_ref: str = ""
+    val_zs: str = ""
     val_samples: int = 256
-    # val/objective = w · val/id_acc + (1 − w) · val/ref_retrieval (the one that exists when only one does).
+    # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref") or
+    # val/zs_acc ("id_zs"); the one that exists when only one does.
+    val_objective: str = "id_ref"
     val_id_weight: float = 0.5
 
 
@@ -340,6 +349,14 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
     need(ev.val_samples >= 3, "eval.val_samples", "at least 3 samples", ev.val_samples)
     need(0.0 <= ev.val_id_weight <= 1.0, "eval.val_id_weight", "a weight in [0, 1]", ev.val_id_weight)
+    need(
+        ev.val_objective in VAL_OBJECTIVES,
+        "eval.val_objective",
+        " or ".join(repr(k) for k in VAL_OBJECTIVES),
+        ev.val_objective,
+    )
+    if ev.val_objective == "id_zs" and check_paths:
+        need(bool(ev.val_zs), "eval.val_zs", "a labelled folder (eval.val_objective is 'id_zs')", ev.val_zs)
 
     needs_ref = loss.method in (Method.dive, Method.flyp_replay, Method.snd)
     if check_paths:
@@ -353,7 +370,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
             )
         paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
         paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
-        paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref)]
+        paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref), ("eval.val_zs", ev.val_zs)]
         paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
         paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
         for key, value in paths:

@@ -49,9 +49,12 @@ def retrieval_accuracy(image: torch.Tensor, text: torch.Tensor, captions: Sequen
     return sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
 
 
-def val_objective(metrics: dict[str, float], id_weight: float) -> float | None:
-    """w · val/id_acc + (1 − w) · val/ref_retrieval; the one present if only one is; None if neither."""
-    acc, ret = metrics.get("val/id_acc"), metrics.get("val/ref_retrieval")
+def val_objective(
+    metrics: dict[str, float], id_weight: float, kept: str = "val/ref_retrieval"
+) -> float | None:
+    """w · val/id_acc + (1 − w) · ``kept`` (what stands for kept zero-shot skill: ``val/ref_retrieval`` or
+    ``val/zs_acc``); the one present if only one is; None if neither."""
+    acc, ret = metrics.get("val/id_acc"), metrics.get(kept)
     if acc is not None and ret is not None:
         return id_weight * acc + (1.0 - id_weight) * ret
     return acc if acc is not None else ret

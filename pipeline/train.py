@@ -65,6 +65,7 @@ def resolve_paths(cfg: Config) -> Config:
         rsa_set=_absolute(cfg.eval.rsa_set),
         val_id=_absolute(cfg.eval.val_id),
         val_ref=_absolute(cfg.eval.val_ref),
+        val_zs=_absolute(cfg.eval.val_zs),
         ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
         zs={k: _absolute(v) for k, v in cfg.eval.zs.items()},
     )
@@ -113,6 +114,8 @@ def check_datasets(cfg: Config) -> None:
         check_dataset(cfg.eval.val_id, LABELLED, cfg.data.column_map)
     if cfg.eval.val_ref:
         check_dataset(cfg.eval.val_ref, CAPTIONED, cfg.data.column_map)
+    if cfg.eval.val_zs:
+        check_dataset(cfg.eval.val_zs, LABELLED, cfg.data.column_map)
 
 
 # ---------------------------------------------------------------------------------------------------- ray

@@ -46,7 +46,12 @@ from pipeline.shards import DataError
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 ALGORITHMS = ("optuna", "random")
 SCHEDULERS = ("asha", "none")
-VAL_METRICS = {"val/objective": "", "val/id_acc": "eval.val_id", "val/ref_retrieval": "eval.val_ref"}
+VAL_METRICS = {
+    "val/objective": "",
+    "val/id_acc": "eval.val_id",
+    "val/ref_retrieval": "eval.val_ref",
+    "val/zs_acc": "eval.val_zs",
+}
 
 
 # ------------------------------------------------------------------------------------------------ the space file
@@ -152,9 +157,9 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
     needed = VAL_METRICS[spec.objective.metric]
     if needed and not getattr(base.eval, needed.split(".")[1]):
         raise ConfigError(f"{path}: objective {spec.objective.metric} needs {needed} set in the run config")
-    if not (base.eval.val_id or base.eval.val_ref):
+    if not (base.eval.val_id or base.eval.val_ref or base.eval.val_zs):
         raise ConfigError(
-            f"{path}: the run config sets neither eval.val_id nor eval.val_ref; nothing to optimise"
+            f"{path}: the run config sets none of eval.val_id, eval.val_ref, eval.val_zs; nothing to optimise"
         )
     if spec.search.algorithm not in ALGORITHMS:
         raise ConfigError(

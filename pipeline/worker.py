@@ -22,7 +22,7 @@ import ray.train.torch
 import torch
 
 from dive import zeroshot
-from dive.config import Config, Method, from_dict
+from dive.config import VAL_OBJECTIVES, Config, Method, from_dict
 from dive.distributed import mean_across_ranks
 from dive.metrics import accuracy, retrieval_accuracy, val_objective
 from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
@@ -260,11 +260,13 @@ class _Validator:
         )
         self.id_set = load_val_set(cfg.eval.val_id, LABELLED, **common) if cfg.eval.val_id else None
         self.ref_set = load_val_set(cfg.eval.val_ref, CAPTIONED, **common)[0] if cfg.eval.val_ref else None
+        self.zs_set = load_val_set(cfg.eval.val_zs, LABELLED, **common) if cfg.eval.val_zs else None
         self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.eval.val_id_weight
+        self.kept = VAL_OBJECTIVES[cfg.eval.val_objective]
         self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
     def __bool__(self) -> bool:
-        return self.id_set is not None or self.ref_set is not None
+        return any(s is not None for s in (self.id_set, self.ref_set, self.zs_set))
 
     def _images(self, model: torch.nn.Module, pixels: np.ndarray) -> torch.Tensor:
         chunks = [torch.from_numpy(pixels[i : i + 256]).to(self.device) for i in range(0, len(pixels), 256)]
@@ -272,28 +274,27 @@ class _Validator:
             [model.encode_image(normalize_images(c, self.mean, self.std), normalize=True) for c in chunks]
         )
 
+    def _zero_shot(self, model: torch.nn.Module, batch: dict[str, np.ndarray], manifest: Any) -> float:
+        """Top-1 of a zero-shot head built from the set's own class names and templates."""
+        templates = manifest.templates or zeroshot.DEFAULT_TEMPLATES
+        head = zeroshot.build_head(model, self.tokenizer, manifest.classnames, templates, device=self.device)
+        feats = self._images(model, batch["image"])
+        return accuracy(feats @ head.T, torch.from_numpy(batch["label"]).to(self.device))
+
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         with zeroshot.eval_mode(model):
-            if self.id_set is not None:
-                batch, manifest = self.id_set
-                head = zeroshot.build_head(
-                    model,
-                    self.tokenizer,
-                    manifest.classnames,
-                    manifest.templates or zeroshot.DEFAULT_TEMPLATES,
-                    device=self.device,
-                )
-                feats = self._images(model, batch["image"])
-                out["val/id_acc"] = accuracy(feats @ head.T, torch.from_numpy(batch["label"]).to(self.device))
+            for name, labelled in (("val/id_acc", self.id_set), ("val/zs_acc", self.zs_set)):
+                if labelled is not None:
+                    out[name] = self._zero_shot(model, *labelled)
             if self.ref_set is not None:
                 image = self._images(model, self.ref_set["image"])
                 text = model.encode_text(
                     torch.from_numpy(self.ref_set["text"]).to(self.device), normalize=True
                 )
                 out["val/ref_retrieval"] = retrieval_accuracy(image, text, list(self.ref_set["caption"]))
-        objective = val_objective(out, self.weight)
+        objective = val_objective(out, self.weight, self.kept)
         if objective is not None:
             out["val/objective"] = objective
         return out

@@ -116,6 +116,24 @@ CLIPART = [  # (relative path, title, keywords)
 ]
 
 
+# Icon-set slugs, as the real sets spell them: CLDR slugs, Unicode names, fxemoji's hyphen-free names.
+ICON_SLUGS = ["red-apple", "snake", "rocket", "electric-light-bulb", "kiwifruit", "grinning-face", "guitar"]
+ICON_SLUGS += ["thumbs-up-sign"]  # the Unicode name; its CLDR name (OpenMoji annotation) is "thumbs up"
+ICON_SLUGS += ["apple", "person-light-skin-tone"]  # "apple" names two code points: ambiguous; no code point
+
+
+def _iconset(style: str) -> dict:
+    slugs = [s.replace("-", "") for s in ICON_SLUGS] if style == "fxemoji" else ICON_SLUGS
+    body = lambda slug: _svg(_colour(style, slug), 32).split(">", 1)[1].rsplit("<", 1)[0]  # noqa: E731
+    icons = {"prefix": style, "icons": {slug: {"body": body(slug)} for slug in slugs}, "width": 32, "height": 32}
+    if style == "emojione":
+        icons["aliases"] = {
+            "soccer-ball": {"parent": "snake"},  # an alias whose name matches another emoji
+            "redapple": {"parent": "red-apple"},  # a second slug for the red apple: a duplicate
+        }
+    return icons
+
+
 def make_sources(cache: Path) -> Path:
     """A fake ``CACHE/sources`` tree in the installed packages' layout, with the 'already installed' markers."""
     npm = cache / "sources" / "npm" / "node_modules"
@@ -133,6 +151,8 @@ def make_sources(cache: Path) -> Path:
         image = code.lower() + ".png"
         bare = "-".join(p for p in code.split("-") if p != "FE0F")
         entry = {"unified": code, "name": name, "category": category, "subcategory": "sub", "image": image}
+        if code in ("1F34E", "1F34F"):
+            entry["short_names"] = [name.lower().replace(" ", "_"), "apple"]
         entry |= {"has_img_google": "google" in styles, "has_img_twitter": "twemoji" in styles}
         if (code, name, category) == OBSOLETE:
             entry["obsoleted_by"] = "1F3C3-200D-2642-FE0F"
@@ -169,6 +189,9 @@ def make_sources(cache: Path) -> Path:
     flat = npm / "@iconify-json/fluent-emoji-flat"
     (flat / "icons.json").write_text(json.dumps(icons))
     (flat / "chars.json").write_text(json.dumps(chars))
+    for style, (package, _) in es.ICON_STYLES.items():
+        (npm / package / "icons.json").write_text(json.dumps(_iconset(style)))
+        (npm / package / "chars.json").write_text("{}")  # as the real sets ship: no code-point table
 
     root = cache / "sources" / "apt" / "root"
     clip = root / "usr/share/openclipart"
@@ -195,7 +218,10 @@ SETTINGS = es.Settings(
     size=16,
     n_id=3,
     n_zs=2,
+    n_zs_val=2,
     train_variants=3,
+    free_scene_variants=1,
+    icon_scene_variants=1,
     val_variants=1,
     eval_variants=2,
     ref_fraction=0.4,
@@ -204,6 +230,7 @@ SETTINGS = es.Settings(
 EVAL_SETS = (
     ["id_val", "id_test"] + [f"ood_{s}" for s in es.STYLES if s != "google"] + [f"zs_{s}" for s in es.STYLES]
 )
+EVAL_SETS += ["zs_val"]
 ALL_SETS = EVAL_SETS + ["id_train", "ref_val", "reference", "alignment"]
 
 
@@ -224,6 +251,8 @@ def test_every_split_is_written_with_the_expected_rows(built):
     for name in EVAL_SETS:
         n = 3 if name.startswith(("id_", "ood_")) else 2
         variants = SETTINGS.val_variants if name == "id_val" else SETTINGS.eval_variants
+        if name == "zs_val":  # 2 classes × every style × the validation variants
+            n, variants = 2 * len(es.STYLES), SETTINGS.val_variants
         assert read_manifest(cache / name).num_rows == n * variants == len(_hashes(cache / name))
     assert read_manifest(cache / "id_train").num_rows == 3 * SETTINGS.train_variants
     captioned = [read_manifest(cache / name) for name in ("ref_val", "reference", "alignment")]
@@ -250,18 +279,68 @@ def test_verify_disjoint_fails_on_a_shared_image(tmp_path):
         es.verify_disjoint(tmp_path, ["a", "b"])
 
 
-def test_eval_classes_never_reach_captioned_data(built):
-    cache, _ = built
+def _captioned_keys(cache: Path, *names: str) -> list[str]:
+    return [r["key"] for n in names for r in iter_rows(cache / n, columns=["key"])]
+
+
+def test_eval_classes_reach_captioned_data_only_as_icons_in_alignment(built):
+    cache, summary = built
     classes = json.loads((cache / "classes.json").read_text())
-    eval_names = {c["name"] for c in classes["id"] + classes["zs"]}
-    captions = [r["caption"] for n in ("ref_val", "reference", "alignment") for r in iter_rows(cache / n)]
-    assert not [c for c in captions if c.split(",")[0] in eval_names]
-    keys = [r["key"] for n in ("ref_val", "reference", "alignment") for r in iter_rows(cache / n)]
-    eval_codes = {c["code"] for c in classes["id"] + classes["zs"]}
-    assert not [k for k in keys if k.split("/")[0] in eval_codes]
+    eval_classes = classes["id"] + classes["zs"] + classes["zs_val"]
+    eval_codes = {c["code"] for c in eval_classes}
+    fine_tune_side = _captioned_keys(cache, "ref_val", "reference")
+    assert not [k for k in fine_tune_side if k.split("/")[0] in eval_codes]
+    captions = [r["caption"] for n in ("ref_val", "reference") for r in iter_rows(cache / n)]
+    assert not [c for c in captions if c.split(",")[0] in {c["name"] for c in eval_classes}]
+    in_alignment = [k for k in _captioned_keys(cache, "alignment") if k.split("/")[0] in eval_codes]
+    assert in_alignment, "eval-class icons in icon styles are kept"
+    assert {k.split("/")[1] for k in in_alignment} <= set(es.ICON_STYLES)  # never a benchmark style
+    assert "1f34e/fxemoji/clean" in in_alignment and "1f34e/fxemoji/cap/0" in in_alignment  # clean + scene
+    assert summary["eval_class_icon_rows"] == len(in_alignment)
+    keys = _captioned_keys(cache, "ref_val", "reference", "alignment")
     assert not [k for k in keys if k.startswith(("1f1eb-1f1f7/openmoji_black", "1f1ee-1f1f9/openmoji_black"))]
     assert "1f1eb-1f1f7/google/clean" in keys  # the flag's unambiguous art is still used
     assert not [k for k in keys if k.startswith(("1f3fb/", "1f3c3/"))]  # component, obsoleted
+
+
+def test_an_eval_class_outside_the_icon_styles_is_refused():
+    row = lambda key: (key, lambda: None, {"caption": "x"})  # noqa: E731
+    es.check_captioned({"alignment": [row("1f34e/noto_v1/clean"), row("1f40d/google/clean")]}, {"1f34e"})
+    for split, key in (("alignment", "1f34e/google/clean"), ("alignment", "1f34e/openmoji_black/cap/0")):
+        with pytest.raises(AssertionError, match="eval class"):
+            es.check_captioned({split: [row(key)]}, {"1f34e"})
+    with pytest.raises(AssertionError, match="only appear in `alignment`"):
+        es.check_captioned({"reference": [row("1f34e/fxemoji/clean")]}, {"1f34e"})
+
+
+def test_icons_are_matched_to_code_points_by_name(built):
+    cache, _ = built
+    lib = es.Library(cache, RASTERISE)
+    art = {e.code: e.art for e in lib.emoji}
+    pkg = es.ICON_STYLES["fxemoji"][0]
+    assert art["1f34e"]["fxemoji"] == f"icon:{pkg}:redapple"  # hyphen-free slug → the CLDR name
+    assert art["1f4a1"]["noto_v1"].endswith(":electric-light-bulb")
+    assert art["1f44d"]["fxemoji"].endswith(":thumbsupsign")  # via the Unicode name
+    assert art["1f95d"]["streamline"].endswith(":kiwifruit")
+    assert art["1f600"]["emojione"].endswith(":grinning-face")  # a free class gets icons too
+    for style, counts in lib.icon_matches.items():
+        assert counts["ambiguous"] == 1 and counts["unmatched"] == 1, style  # "apple"; the skin tone
+    assert lib.icon_matches["emojione"]["duplicate"] == 1  # "redapple" after "red-apple"
+    assert art["1f34e"]["emojione"].endswith(":red-apple")
+    assert art["26bd"]["emojione"].endswith(":soccer-ball")  # an alias is matched by its own name
+    alias = lib.picture(art["26bd"]["emojione"], 16).tobytes()
+    assert alias == lib.picture(art["1f40d"]["emojione"], 16).tobytes()
+
+
+def test_zs_val_classes_are_new_and_drawn_in_every_style(built):
+    cache, _ = built
+    classes = json.loads((cache / "classes.json").read_text())
+    zs_val = {c["code"] for c in classes["zs_val"]}
+    assert len(zs_val) == 2 and not zs_val & {c["code"] for c in classes["id"] + classes["zs"]}
+    keys = _captioned_keys(cache, "zs_val")
+    assert {k.split("/")[1] for k in keys} == set(es.STYLES)
+    assert {k.split("/")[2] for k in keys} == {"zsval"}  # its own scene seeds
+    assert read_manifest(cache / "zs_val").classnames == [c["name"] for c in classes["zs_val"]]
 
 
 def test_art_shared_with_an_eval_class_is_not_captioned(built):
@@ -271,7 +350,7 @@ def test_art_shared_with_an_eval_class_is_not_captioned(built):
     rows, _ = es.captioned_rows(lib, SETTINGS, [apple])
     keys = [key for split in rows.values() for key, _, _ in split]
     assert not [k for k in keys if k.startswith("1f34f/")]  # green apple: shares the red apple's Google art
-    assert not [k for k in keys if k.startswith("1f34e/")]
+    assert {k.split("/")[1] for k in keys if k.startswith("1f34e/")} <= set(es.ICON_STYLES)
     assert "1f40d/google/clean" in keys  # the snake is not an eval class here
 
 
@@ -302,6 +381,8 @@ def test_classes_and_manifests_agree(built):
     for name in EVAL_SETS + ["id_train"]:
         manifest = read_manifest(cache / name)
         assert manifest.kind == LABELLED
+        if name == "zs_val":
+            continue  # test_zs_val_classes_are_new_and_drawn_in_every_style
         assert manifest.classnames == (zs_names if name.startswith("zs_") else id_names)
         assert manifest.templates and all("{}" in t for t in manifest.templates)
         labels = {r["label"] for r in iter_rows(cache / name, columns=["label"])}
@@ -373,9 +454,10 @@ def test_fluent_flat_alias_is_its_parent_mirrored(built):
     cache, _ = built
     lib = es.Library(cache, RASTERISE)
     thumbs = next(e for e in lib.emoji if e.code == "1f44d")
-    assert thumbs.art["fluent_flat"] == "icon:thumbs-up-sign"
-    mirrored = lib.picture("icon:thumbs-up-sign", 32)
-    parent = lib.picture("icon:thumbs-down", 32)
+    flat = "icon:@iconify-json/fluent-emoji-flat:"
+    assert thumbs.art["fluent_flat"] == flat + "thumbs-up-sign"
+    mirrored = lib.picture(flat + "thumbs-up-sign", 32)
+    parent = lib.picture(flat + "thumbs-down", 32)
     assert mirrored.tobytes() == parent.transpose(Image.Transpose.FLIP_LEFT_RIGHT).tobytes()
     assert mirrored.tobytes() != parent.tobytes()
 
@@ -443,12 +525,20 @@ def test_command_line_quick_offline(tmp_path, capsys):
     pytest.importorskip("resvg_py", reason="the command renders SVG with resvg-py")
     cache = make_sources(tmp_path)
     argv = ["--cache", str(cache), "--quick", "--offline", "--size", "16", "--n-id", "3", "--n-zs", "2"]
+    argv += ["--n-zs-val", "2"]
     assert es.main(argv) == 0
     summary = json.loads((cache / "emojishift.json").read_text())
-    assert summary["classes"] == {"universe": 7, "id": 3, "zs": 2}
+    assert summary["classes"] == {"universe": 7, "id": 3, "zs": 2, "zs_val": 2}
     assert summary["sources"]["actions"] == ["reused"]
     out = capsys.readouterr().out
     assert "id_train" in out and "seconds:" in out
     shutil.rmtree(cache / "sources")
     with pytest.raises(SystemExit):
         es.main(argv)
+
+
+def test_icon_slugs_are_keyed_like_names():
+    assert es.icon_key("flag-for-flag-japan") == es.icon_key("flag-for-japan") == es.name_key("flag: Japan")
+    assert es.icon_key("bird-1") == es.icon_key("bird-2") == es.name_key("bird")
+    assert es.icon_key("1st-place-medal") == es.name_key("1st place medal")
+    assert es.name_key("admissiontickets") == es.name_key("Admission Tickets") == es.name_key("admission_tickets")

@@ -128,3 +128,12 @@ def test_retrieval_counts_a_repeated_caption_as_a_hit_and_objective_mixes_val_me
         retrieval_accuracy(image, text, ["a"])
     assert val_objective({"val/id_acc": 0.8, "val/ref_retrieval": 0.4}, 0.25) == pytest.approx(0.5)
     assert val_objective({"val/ref_retrieval": 0.4}, 0.25) == 0.4 and val_objective({}, 0.5) is None
+
+
+def test_objective_can_weigh_id_against_zero_shot_validation():
+    from dive.metrics import val_objective
+
+    metrics = {"val/id_acc": 0.8, "val/ref_retrieval": 0.4, "val/zs_acc": 0.2}
+    assert val_objective(metrics, 0.5, "val/zs_acc") == pytest.approx(0.5)
+    assert val_objective(metrics, 0.5) == pytest.approx(0.6)  # the default still mixes in retrieval
+    assert val_objective({"val/zs_acc": 0.3}, 0.5, "val/zs_acc") == 0.3

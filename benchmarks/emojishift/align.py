@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -302,10 +303,20 @@ def train_projections(
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+VAL_SETS = ("id_val", "zs_val")  # what the alignment settings are chosen on (with ref_val retrieval)
+
+
 def eval_sets(data: Path) -> list[str]:
-    """Split folders evaluated zero-shot: id_test, every ood_* and zs_* (sorted)."""
+    """Split folders evaluated zero-shot: id_test, every ood_* and zs_* (sorted; zs_val is validation)."""
     names = ["id_test"] + sorted(p.name for p in data.glob("ood_*") if p.is_dir())
-    return names + sorted(p.name for p in data.glob("zs_*") if p.is_dir())
+    return names + sorted(p.name for p in data.glob("zs_*") if p.is_dir() and p.name != "zs_val")
+
+
+def val_objective(scores: dict[str, float]) -> float:
+    """What the alignment settings are chosen on — validation only, never a test set: the mean of zero-shot
+    top-1 on id_val and zs_val (the benchmark's own val/objective), ref_val retrieval where neither exists."""
+    vals = [scores[k] for k in VAL_SETS if k in scores]
+    return sum(vals) / len(vals) if vals else scores.get("ref_val_retrieval", 0.0)
 
 
 @torch.no_grad()
@@ -344,6 +355,14 @@ def summarise(metrics: dict[str, float]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ command
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -353,10 +372,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (features cache, teacher, report)")
     p.add_argument("--size", type=int, default=64, help="input size in px: model lite-minilm-<size> (64)")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=_ints, default=[10], help="epochs; a comma list is searched (10)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--wd", type=float, default=1e-4, help="AdamW weight decay on the projections")
+    p.add_argument("--lr", type=_floats, default=[1e-3], help="learning rate; a comma list is searched (1e-3)")
+    p.add_argument(
+        "--wd", type=_floats, default=[1e-4], help="AdamW weight decay on the projections; a comma list is searched"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fixed-scale", action="store_true", help="do not train the logit scale")
     p.add_argument("--feature-batch", type=int, default=128, help="batch size of the feature extraction")
@@ -364,6 +385,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     p.add_argument("--no-export", action="store_true", help="skip the open_clip local-dir export")
     return p.parse_args(argv)
+
+
+def select(
+    args: argparse.Namespace,
+    bundle: ModelBundle,
+    align: Features,
+    val: dict[str, Features],
+    ref: Features | None,
+    data: Path,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], TrainResult]:
+    """Train the projections once per (epochs, lr, weight decay) of the search, each from the same seeded
+    start, and keep the one with the best validation objective (:func:`val_objective`): the model ends holding
+    it. Returns every trial's record and the chosen one's training result."""
+    model = bundle.model
+    start = {k: v.detach().clone() for k, v in model.state_dict().items() if k in (*TRAINABLE, LOGIT_SCALE)}
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, torch.Tensor], TrainResult] | None = None
+    for epochs, lr, wd in itertools.product(args.epochs, args.lr, args.wd):
+        model.load_state_dict(start, strict=False)
+        torch.manual_seed(args.seed)
+        log(f"training projections: {align.image.shape[0]} pairs, {epochs} epochs, lr {lr:g}, wd {wd:g}")
+        res = train_projections(
+            model,
+            align,
+            epochs=epochs,
+            batch_size=args.batch,
+            lr=lr,
+            weight_decay=wd,
+            seed=args.seed,
+            learn_scale=not args.fixed_scale,
+            log=log,
+            monitor=None
+            if ref is None
+            else lambda: retrieval_accuracy(*project(model, ref.image, ref.text), ref.captions),
+        )
+        scores = evaluate(bundle, val, data, ref)
+        objective = val_objective(scores)
+        log(f"  validation: {json.dumps({k: round(v, 4) for k, v in scores.items()})} → {objective:.4f}")
+        trials.append(
+            {"epochs": epochs, "lr": lr, "weight_decay": wd, "val": scores, "val_objective": objective}
+            | {"train_s": res.seconds, "loss_after": res.last_loss}
+        )
+        if best is None or objective > best[0]:
+            best = (objective, {k: v.detach().clone() for k, v in model.state_dict().items()}, res)
+    assert best is not None, "the search is empty"
+    model.load_state_dict(best[1])
+    return trials, best[2]
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[dict[str, Any], ModelBundle]:
@@ -391,22 +460,26 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         "alignment_cached": hit,
     }
 
-    labelled: dict[str, Features] = {}
-    ref: Features | None = None
-    if not args.no_eval:
-        t0 = time.perf_counter()
-        hits = []
-        for split in eval_sets(data):
-            labelled[split], h = extract(bundle, data / split, args.feature_batch, cache, towers_fp, log)
-            hits.append(h)
-        if (data / "ref_val").is_dir():
-            ref, h = extract(bundle, data / "ref_val", args.feature_batch, cache, towers_fp, log)
-            hits.append(h)
-        timings["eval_features_s"] = time.perf_counter() - t0
-        timings["eval_cached"] = all(hits)
+    hits: list[bool] = []
+
+    def features(splits: Sequence[str]) -> dict[str, Features]:
+        out: dict[str, Features] = {}
+        for split in splits:
+            if (data / split).is_dir():
+                out[split], hit = extract(bundle, data / split, args.feature_batch, cache, towers_fp, log)
+                hits.append(hit)
+        return out
+
+    t0 = time.perf_counter()
+    val = features(VAL_SETS)  # always: the settings are chosen on these
+    ref = features(["ref_val"]).get("ref_val")
+    labelled = {} if args.no_eval else features(eval_sets(data))
+    timings["eval_features_s"] = time.perf_counter() - t0
+    timings["eval_cached"] = all(hits)
 
     def scored(when: str) -> dict[str, float]:
-        """The teacher's eval scores now (none with --no-eval), timed into ``timings``."""
+        """The teacher's test-set scores now (none with --no-eval), timed into ``timings``; reported, never
+        used to choose anything."""
         if args.no_eval:
             return {}
         t0 = time.perf_counter()
@@ -416,25 +489,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         return scores
 
     before = scored("before")
-
-    torch.manual_seed(args.seed)
-    log(f"training projections: {align.image.shape[0]} pairs, {args.epochs} epochs, batch {args.batch}")
-    res = train_projections(
-        model,
-        align,
-        epochs=args.epochs,
-        batch_size=args.batch,
-        lr=args.lr,
-        weight_decay=args.wd,
-        seed=args.seed,
-        learn_scale=not args.fixed_scale,
-        log=log,
-        monitor=None
-        if ref is None
-        else lambda: retrieval_accuracy(*project(model, ref.image, ref.text), ref.captions),
-    )
-    timings["train_s"] = res.seconds
-
+    trials, res = select(args, bundle, align, val, ref, data, log)
+    timings["train_s"] = sum(t["train_s"] for t in trials)
+    chosen = max(trials, key=lambda t: t["val_objective"])
     after = scored("after")
 
     teacher = out / "teacher.pt"
@@ -446,10 +503,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         "data": str(data),
         "alignment_rows": int(align.image.shape[0]),
         "alignment_fingerprint": read_manifest(data / "alignment").fingerprint,
-        "epochs": args.epochs,
+        "epochs": chosen["epochs"],
         "batch": args.batch,
-        "lr": args.lr,
-        "weight_decay": args.wd,
+        "lr": chosen["lr"],
+        "weight_decay": chosen["weight_decay"],
+        "searched": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.wd},
         "seed": args.seed,
         "learn_logit_scale": not args.fixed_scale,
         "trained": list(TRAINABLE) + ([] if args.fixed_scale else [LOGIT_SCALE]),
@@ -468,6 +526,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
             "steps": res.steps,
         },
         "ref_val_retrieval_curve": res.monitored,
+        "selection": {"objective": "mean of zero-shot top-1 on id_val and zs_val", "trials": trials},
+        "val": chosen["val"],
         "before": before,
         "after": after,
         "summary": {"before": summarise(before), "after": summarise(after)},

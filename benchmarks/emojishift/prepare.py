@@ -55,7 +55,7 @@ except ImportError:  # run as a plain script from a checkout without `pip instal
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
 
-VERSION = "emojishift-v1"  # bump when the rules change, so old caches are recognisable
+VERSION = "emojishift-v2"  # bump when the rules change, so old caches are recognisable (v2: icon sets, zs_val)
 
 # ---------------------------------------------------------------------------------------------------- sources
 # Exact versions: the benchmark is only comparable across machines if every byte of its sources is the same.
@@ -66,6 +66,14 @@ NPM_PACKAGES = {
     "openmoji": "17.0.0",  # colour + black line-art SVG, data/openmoji.json (CC-BY-SA-4.0)
     "@lobehub/fluent-emoji-3d": "1.1.0",  # Fluent 3D WebP 256 px (MIT)
     "@iconify-json/fluent-emoji-flat": "1.2.6",  # Fluent flat SVG bodies in JSON (MIT)
+    # Icon sets used only as captioned alignment / reference data, never as an eval style. Their art is their
+    # own (no eval style derives from them), so these alone may also draw the eval classes (see ICON_STYLES).
+    "@iconify-json/emojione": "1.2.3",  # EmojiOne 2 (CC-BY-4.0)
+    "@iconify-json/emojione-v1": "1.2.3",  # EmojiOne 1 (CC-BY-SA-4.0)
+    "@iconify-json/emojione-monotone": "1.2.1",  # EmojiOne monotone line art (CC-BY-4.0)
+    "@iconify-json/fxemoji": "1.2.2",  # Mozilla Firefox OS emoji (Apache-2.0)
+    "@iconify-json/noto-v1": "1.2.5",  # Noto emoji, 2016 design (Apache-2.0)
+    "@iconify-json/streamline-emojis": "1.2.4",  # Streamline emoji (CC-BY-4.0)
 }
 APT_PACKAGES = {"openclipart-svg": "1:0.18+dfsg-19", "openclipart-png": "1:0.18+dfsg-19"}  # public domain
 
@@ -81,6 +89,18 @@ STYLE_CAPTION = {  # how a caption names the style of an emoji picture
     "fluent_3d": "3D render",
     "fluent_flat": "Fluent flat style",
 }
+# Icon styles: style → (iconify package, caption). They appear in captioned data only. The eval classes (ID, ZS,
+# zs_val) may be drawn in these styles — as CLIP's pre-training saw apples but never ImageNet's test images — and
+# in no other: the build refuses an eval-class picture in any style outside this table.
+ICON_STYLES = {
+    "emojione": ("@iconify-json/emojione", "EmojiOne style"),
+    "emojione_v1": ("@iconify-json/emojione-v1", "EmojiOne v1 style"),
+    "emojione_monotone": ("@iconify-json/emojione-monotone", "EmojiOne monotone line art"),
+    "fxemoji": ("@iconify-json/fxemoji", "Firefox OS emoji style"),
+    "noto_v1": ("@iconify-json/noto-v1", "old Noto emoji style"),
+    "streamline": ("@iconify-json/streamline-emojis", "Streamline emoji style"),
+}
+FLAT_ICONS = "@iconify-json/fluent-emoji-flat"
 TEMPLATES = (
     "a {} emoji.",
     "an emoji of the {}.",
@@ -104,9 +124,12 @@ class Settings:
     seed: int = 0
     n_id: int = 100  # ID classes (also the OOD classes)
     n_zs: int = 100  # zero-shot classes, disjoint from ID
+    n_zs_val: int = 100  # zero-shot *validation* classes (zs_val), disjoint from ID and ZS: model selection
     train_variants: int = 16  # id_train pictures per class: the clean one + (n − 1) scene variants
     val_variants: int = 2  # id_val scene variants per class
     eval_variants: int = 2  # id_test / ood_* / zs_* scene variants per class
+    free_scene_variants: int = 2  # scenes per free emoji picture (benchmark styles), besides the clean one
+    icon_scene_variants: int = 2  # scenes per icon-set picture (free and eval classes), besides the clean one
     ref_fraction: float = 0.3  # caption groups going to `reference` (the rest: ref_val, alignment)
     ref_val_fraction: float = 0.05  # caption groups going to `ref_val`
     max_free_classes: int = 0  # >0: cap on emoji classes in captioned sets (quick builds)
@@ -115,7 +138,16 @@ class Settings:
 
 
 QUICK = dict(
-    n_id=10, n_zs=10, train_variants=4, val_variants=1, eval_variants=1, max_free_classes=120, max_clipart=300
+    n_id=10,
+    n_zs=10,
+    n_zs_val=10,
+    train_variants=4,
+    val_variants=1,
+    eval_variants=1,
+    free_scene_variants=1,
+    icon_scene_variants=1,
+    max_free_classes=120,
+    max_clipart=300,
 )
 
 
@@ -213,18 +245,35 @@ class Emoji:
     art: dict[str, str]  # style → source locator (a file path, or "icon:<slug>" for Fluent flat)
 
 
+def name_key(name: str) -> str:
+    """'Admission Tickets' / 'admission-tickets' / 'admissiontickets' → 'admissiontickets': the one spelling
+    that CLDR names, Unicode names, short names and every icon set's slugs (fxemoji drops the hyphens) share."""
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("&", "and").replace("’", "").replace("'", ""))
+
+
+def icon_key(slug: str) -> str:
+    """:func:`name_key` of an icon slug after the sets' own spellings: EmojiOne's 'flag-for-flag-japan' is CLDR's
+    'flag: Japan'; Streamline numbers its variants ('bird-1', 'bird-2')."""
+    slug = re.sub(r"^flag-for-(flag-)?", "flag-", slug)
+    return name_key(re.sub(r"-\d+$", "", slug))
+
+
 class Library:
     """The installed sources: emoji metadata, where each style's picture of each code point is, and the
-    renderer. Pictures come back as RGBA at a requested side (SVGs rasterised at that side)."""
+    renderer. Pictures come back as RGBA at a requested side (SVGs rasterised at that side).
+
+    Icon-set pictures are located as ``icon:<package>:<slug>``; the icon sets have no code-point table, so their
+    slugs are matched to code points by name (:meth:`_match_icons`, counted in ``icon_matches``)."""
 
     def __init__(self, cache: Path, rasterise: Callable[[str, int], Image.Image] | None = None) -> None:
         self.npm = cache / "sources" / "npm" / "node_modules"
         self.clipart = cache / "sources" / "apt" / "root" / "usr" / "share" / "openclipart"
         self.rasterise = rasterise or resvg_rasterise
-        icons = json.loads((self.npm / "@iconify-json/fluent-emoji-flat/icons.json").read_text())
-        self.icon_size = (icons.get("width", 16), icons.get("height", 16))
-        self.icons, self.aliases = icons["icons"], icons.get("aliases", {})
+        self.iconsets: dict[str, dict[str, Any]] = {}
+        for package in [FLAT_ICONS] + [pkg for pkg, _ in ICON_STYLES.values()]:
+            self.iconsets[package] = json.loads((self.npm / package / "icons.json").read_text())
         self._art_hash: dict[str, str] = {}
+        self.icon_matches: dict[str, dict[str, int]] = {}
         self.emoji = self._index()
 
     def _index(self) -> list[Emoji]:
@@ -233,8 +282,13 @@ class Library:
             norm_code(e["hexcode"]): e
             for e in json.loads((self.npm / "openmoji/data/openmoji.json").read_text())
         }
-        chars = json.loads((self.npm / "@iconify-json/fluent-emoji-flat/chars.json").read_text())
-        flat = {norm_code(k): v for k, v in chars.items() if v in self.icons or v in self.aliases}
+        chars = json.loads((self.npm / FLAT_ICONS / "chars.json").read_text())
+        flat_icons = self.iconsets[FLAT_ICONS]
+        flat = {
+            norm_code(k): v
+            for k, v in chars.items()
+            if v in flat_icons["icons"] or v in flat_icons.get("aliases", {})
+        }
         fluent3d = {
             norm_code(f.stem): f
             for f in sorted((self.npm / "@lobehub/fluent-emoji-3d/assets").glob("*.webp"))
@@ -242,6 +296,9 @@ class Library:
         google = self.npm / "emoji-datasource-google/img/google/64"
         twitter = self.npm / "emoji-datasource-twitter/img/twitter/64"
         found = []
+        # name_key → code points, per tier: CLDR names first, then Unicode names, then short names / slugs (a
+        # short name such as "pig" is PIG FACE's while the CLDR "pig" is PIG: the first tier that knows a key wins)
+        names: list[dict[str, set[str]]] = [{}, {}, {}]
         for e in sorted(meta, key=lambda e: norm_code(e["unified"])):
             # An obsoleted code point has its successor's art; Component = skin-tone swatches and hair parts.
             if e.get("obsoleted_by") or e["category"] == "Component":
@@ -261,16 +318,45 @@ class Library:
             if code in fluent3d:
                 art["fluent_3d"] = str(fluent3d[code])
             if code in flat:
-                art["fluent_flat"] = "icon:" + flat[code]
-            if not art:
-                continue
+                art["fluent_flat"] = f"icon:{FLAT_ICONS}:{flat[code]}"
             name = om["annotation"] if om is not None and om.get("annotation") else e["name"].lower()
+            tiers = [[name], [e.get("name") or ""], [*(e.get("short_names") or []), flat.get(code, "")]]
+            for tier, aliases in zip(names, tiers, strict=True):
+                for alias in aliases:
+                    if name_key(alias):
+                        tier.setdefault(name_key(alias), set()).add(code)
             found.append(Emoji(code, " ".join(name.split()), e["category"], e["subcategory"], art))
-        return found
+        self._match_icons(found, names)
+        return [e for e in found if e.art]
+
+    def _match_icons(self, emoji: list[Emoji], names: list[dict[str, set[str]]]) -> None:
+        """Give each emoji its picture in every icon set, matching slugs to code points by :func:`icon_key`
+        against the name tiers (CLDR, Unicode, short names), the first tier that knows the key deciding.
+
+        A slug whose key names no code point (skin tones, set-specific names) is *unmatched*; one whose key
+        names several in its tier is *ambiguous* and left out; a second slug for an already matched code point
+        (an alias, a numbered variant) is a *duplicate* and left out. All three are counted per set."""
+        by_code = {e.code: e for e in emoji}
+        for style, (package, _) in ICON_STYLES.items():
+            icons = self.iconsets[package]
+            counts = Counter()
+            for slug in sorted([*icons["icons"], *icons.get("aliases", {})]):
+                key = icon_key(slug)
+                codes = next((tier[key] for tier in names if key in tier), set())
+                if not codes:
+                    counts["unmatched"] += 1
+                elif len(codes) > 1:
+                    counts["ambiguous"] += 1
+                elif style in by_code[next(iter(codes))].art:
+                    counts["duplicate"] += 1
+                else:
+                    by_code[next(iter(codes))].art[style] = f"icon:{package}:{slug}"
+                    counts["matched"] += 1
+            self.icon_matches[style] = dict(sorted(counts.items()))
 
     def source_bytes(self, locator: str) -> bytes:
         if locator.startswith("icon:"):
-            return json.dumps(self._icon(locator[5:]), sort_keys=True).encode()
+            return json.dumps(self._icon(locator), sort_keys=True).encode()
         return Path(locator).read_bytes()
 
     def art_hash(self, locator: str) -> str:
@@ -279,22 +365,27 @@ class Library:
             self._art_hash[locator] = sha(self.source_bytes(locator))
         return self._art_hash[locator]
 
-    def _icon(self, slug: str) -> dict[str, Any]:
-        """An iconify icon with its alias chain resolved (flips and quarter turns composed)."""
+    def _icon(self, locator: str) -> dict[str, Any]:
+        """An iconify icon (``icon:<package>:<slug>``) with its alias chain resolved (flips and quarter turns
+        composed) and its set's default size filled in."""
+        _, package, slug = locator.split(":", 2)
+        iconset = self.iconsets[package]
+        aliases = iconset.get("aliases", {})
         transform = {"hFlip": False, "vFlip": False, "rotate": 0}
-        while slug in self.aliases:
-            alias = self.aliases[slug]
+        while slug in aliases:
+            alias = aliases[slug]
             transform["hFlip"] ^= bool(alias.get("hFlip", False))
             transform["vFlip"] ^= bool(alias.get("vFlip", False))
             transform["rotate"] += int(alias.get("rotate", 0))
             slug = alias["parent"]
-        return {**self.icons[slug], **transform}
+        size = {"width": iconset.get("width", 16), "height": iconset.get("height", 16)}
+        return {**size, **iconset["icons"][slug], **transform}
 
     def picture(self, locator: str, side: int) -> Image.Image:
         """RGBA picture of one source at ``side`` × ``side``."""
         if locator.startswith("icon:"):
-            icon = self._icon(locator[5:])
-            w, h = icon.get("width", self.icon_size[0]), icon.get("height", self.icon_size[1])
+            icon = self._icon(locator)
+            w, h = icon["width"], icon["height"]
             box = f"{icon.get('left', 0)} {icon.get('top', 0)} {w} {h}"
             svg = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{box}" width="{w}" height="{h}">'
             svg += icon["body"] + "</svg>"
@@ -491,10 +582,12 @@ def sha(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- splits
-def choose_classes(lib: Library, settings: Settings) -> tuple[list[Emoji], list[Emoji], list[Emoji]]:
-    """(ID, ZS, universe): the universe is every object-like emoji drawn in all six styles whose art is not
-    shared with another code point in any style, clock faces excepted; ID and ZS are disjoint, seeded draws
-    from it."""
+def choose_classes(
+    lib: Library, settings: Settings
+) -> tuple[list[Emoji], list[Emoji], list[Emoji], list[Emoji]]:
+    """(ID, ZS, zs_val, universe): the universe is every object-like emoji drawn in all six styles whose art is
+    not shared with another code point in any style, clock faces excepted; ID, ZS and zs_val are disjoint,
+    seeded draws from it (one permutation: adding zs_val moves no ID or ZS class)."""
     seen: dict[tuple[str, str], str] = {}
     universe = []
     for e in lib.emoji:
@@ -507,12 +600,15 @@ def choose_classes(lib: Library, settings: Settings) -> tuple[list[Emoji], list[
             continue
         seen.update((k, e.code) for k in keys)
         universe.append(e)
-    need = settings.n_id + settings.n_zs
+    need = settings.n_id + settings.n_zs + settings.n_zs_val
     if need > len(universe):
-        raise SystemExit(f"--n-id + --n-zs = {need}, but only {len(universe)} classes exist in all styles")
+        raise SystemExit(
+            f"--n-id + --n-zs + --n-zs-val = {need}, but only {len(universe)} classes exist in all styles"
+        )
     order = np.random.default_rng(settings.seed).permutation(len(universe))
     picked = [universe[i] for i in order[:need]]
-    return picked[: settings.n_id], picked[settings.n_id :], universe
+    n_id, n_zs = settings.n_id, settings.n_zs
+    return picked[:n_id], picked[n_id : n_id + n_zs], picked[n_id + n_zs :], universe
 
 
 Row = tuple[str, Callable[[], Image.Image], dict[str, Any]]  # (key, render function, extra columns)
@@ -601,14 +697,47 @@ def clean_row(lib: Library, e: Emoji, style: str, s: Settings, **extra: Any) -> 
     return f"{e.code}/{style}/clean", render, extra
 
 
+def icon_rows(lib: Library, e: Emoji, styles: Iterable[str], variants: int, s: Settings) -> list[Row]:
+    """Captioned rows of one emoji in ``styles``: the clean picture on white and ``variants`` scenes of each,
+    captioned "name, style" (scenes from their own seeds, purpose "cap")."""
+    rows: list[Row] = []
+    for style in styles:
+        caption = f"{e.name}, {STYLE_CAPTION.get(style) or ICON_STYLES[style][1]}"
+        rows.append(clean_row(lib, e, style, s, caption=caption))
+        for i in range(variants):
+            render = lambda style=style, i=i: scene(  # noqa: E731
+                lib.picture(e.art[style], 2 * s.size), rng_for(s.seed, "cap", e.code, style, i), s.size
+            )
+            rows.append((f"{e.code}/{style}/cap/{i}", render, {"caption": caption}))
+    return rows
+
+
+def check_captioned(rows: dict[str, list[Row]], eval_codes: set[str]) -> None:
+    """The rule change of v2, enforced: an eval class (ID, ZS, zs_val) may appear in captioned data only in an
+    icon style, and only in ``alignment`` (the teacher's pre-training data); never in a benchmark style, and
+    never in ``reference`` / ``ref_val``, which the fine-tunes and their validation see."""
+    for split, split_rows in rows.items():
+        for key, _, _ in split_rows:
+            code, style = key.split("/")[:2]
+            if code in eval_codes and (style not in ICON_STYLES or split != "alignment"):
+                raise AssertionError(
+                    f"{split}: {key} draws an eval class in style {style!r}; eval classes may only appear in "
+                    f"`alignment`, in an icon style ({', '.join(ICON_STYLES)})"
+                )
+
+
 def captioned_rows(
     lib: Library, s: Settings, eval_classes: Sequence[Emoji]
 ) -> tuple[dict[str, list[Row]], dict[str, Any]]:
-    """``ref_val`` / ``reference`` / ``alignment`` rows: free emoji (clean, captioned with name and style) and
-    OpenClipart (title + keywords), split by caption group so that no caption is in two of them.
+    """``ref_val`` / ``reference`` / ``alignment`` rows, split by caption group so that no caption is in two:
 
-    A free emoji is one of no eval class whose art is shared with no eval class; a picture drawn for several code
-    points (OpenMoji has one black outline for every country flag) names none of them, so it is left out."""
+    * free emoji (no eval class, no art shared with one): clean + scenes in every style they have — the six
+      benchmark styles and the icon sets — captioned "name, style";
+    * eval classes: clean + scenes in the **icon styles only**, all in ``alignment`` (see :func:`check_captioned`);
+    * OpenClipart (title + keywords).
+
+    A picture drawn for several code points (OpenMoji has one black outline for every country flag) names none
+    of them, so it is left out."""
     eval_codes = {e.code for e in eval_classes}
     eval_art = {lib.art_hash(a) for e in eval_classes for a in e.art.values()}
     art_uses = Counter(lib.art_hash(a) for e in lib.emoji for a in e.art.values())
@@ -625,21 +754,31 @@ def captioned_rows(
             return "ref_val"
         return "reference" if u < s.ref_val_fraction + s.ref_fraction else "alignment"
 
+    def unambiguous(e: Emoji, styles: Iterable[str]) -> list[str]:
+        return [st for st in styles if st in e.art and art_uses[lib.art_hash(e.art[st])] == 1]
+
     rows: dict[str, list[Row]] = {"ref_val": [], "reference": [], "alignment": []}
     ambiguous = 0
     for e in free:
-        for style, locator in sorted(e.art.items()):
-            if art_uses[lib.art_hash(locator)] > 1:
-                ambiguous += 1
-                continue
-            caption = f"{e.name}, {STYLE_CAPTION[style]}"
-            rows[bucket("emoji/" + e.code)].append(clean_row(lib, e, style, s, caption=caption))
+        ok = unambiguous(e, STYLES)
+        ambiguous += sum(st in e.art for st in STYLES) - len(ok)
+        rows[bucket("emoji/" + e.code)] += icon_rows(lib, e, ok, s.free_scene_variants, s)
+        rows[bucket("emoji/" + e.code)] += icon_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
+    eval_icons = 0
+    for e in sorted(eval_classes, key=lambda e: e.code):
+        found = icon_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
+        rows["alignment"] += found
+        eval_icons += len(found)
     for c in clipart:
         render = lambda c=c: clipart_picture(c.png, s.size)  # noqa: E731
         rows[bucket("clipart/" + c.group)].append((f"openclipart/{c.key}", render, {"caption": c.caption}))
+    check_captioned(rows, eval_codes)
     stats = {
         "free_emoji_classes": len(free),
         "free_emoji_ambiguous_art": ambiguous,
+        "eval_class_icon_rows": eval_icons,
+        "eval_classes_with_icons": sum(bool(unambiguous(e, ICON_STYLES)) for e in eval_classes),
+        "icon_matches": lib.icon_matches,
         "openclipart": {"usable": usable, "used": len(clipart), **dict(sorted(skipped.items()))},
     }
     return {name: _shuffled(r, s.seed, name) for name, r in rows.items()}, stats
@@ -652,7 +791,7 @@ def build(
     t0 = time.time()
     s = settings
     lib = Library(cache, rasterise)
-    id_classes, zs_classes, universe = choose_classes(lib, s)
+    id_classes, zs_classes, zs_val_classes, universe = choose_classes(lib, s)
 
     plan: list[tuple[str, Manifest, list[Row]]] = []
 
@@ -676,6 +815,10 @@ def build(
         "ID (Google) test scenes",
         scene_rows(lib, id_classes, ID_STYLE, "test", 0, s.eval_variants, s),
     )
+    # zs_val: other classes than ID and ZS, in all six styles, from their own seeds: what model selection reads
+    # for "zero-shot kept", so that no test set is ever used to choose anything.
+    zs_val = [r for style in STYLES for r in scene_rows(lib, zs_val_classes, style, "zsval", 0, s.val_variants, s)]
+    labelled("zs_val", zs_val_classes, "ZS validation classes, all six styles", zs_val)
     for group, classes in (("ood", id_classes), ("zs", zs_classes)):
         for style in STYLES:
             if group == "zs" or style != ID_STYLE:
@@ -685,9 +828,10 @@ def build(
     rows = [clean_row(lib, e, ID_STYLE, s, label=y) for y, e in enumerate(id_classes)]
     rows += scene_rows(lib, id_classes, ID_STYLE, "train", 1, s.train_variants, s)
     labelled("id_train", id_classes, "ID (Google) clean + train scenes", _shuffled(rows, s.seed, "id_train"))
-    captioned, stats = captioned_rows(lib, s, id_classes + zs_classes)
+    captioned, stats = captioned_rows(lib, s, id_classes + zs_classes + zs_val_classes)
     for name, rows in captioned.items():
-        manifest = Manifest(name=name, kind=CAPTIONED, source=f"{name}: OpenClipart + emoji of no eval class")
+        what = "eval classes in icon styles only" if name == "alignment" else "emoji of no eval class"
+        manifest = Manifest(name=name, kind=CAPTIONED, source=f"{name}: OpenClipart + emoji ({what})")
         plan.append((name, manifest, rows))
 
     seen: dict[str, str] = {}  # content hash → split, over the whole benchmark
@@ -696,12 +840,17 @@ def build(
         manifest.source = f"EmojiShift {VERSION} {manifest.source}"
         _write(cache, name, manifest, rows, s, seen, splits)
     verify_disjoint(cache, list(splits))
-    write_metadata(cache, s, id_classes, zs_classes, universe, splits)
+    write_metadata(cache, s, id_classes, zs_classes, zs_val_classes, universe, splits)
     copy_licences(cache)
     return {
         "version": VERSION,
         "settings": asdict(s),
-        "classes": {"universe": len(universe), "id": len(id_classes), "zs": len(zs_classes)},
+        "classes": {
+            "universe": len(universe),
+            "id": len(id_classes),
+            "zs": len(zs_classes),
+            "zs_val": len(zs_val_classes),
+        },
         **stats,
         "rows": {name: split["rows"] for name, split in splits.items()},
         "build_seconds": round(time.time() - t0, 1),
@@ -726,6 +875,7 @@ def write_metadata(
     settings: Settings,
     id_classes: list[Emoji],
     zs_classes: list[Emoji],
+    zs_val_classes: list[Emoji],
     universe: list[Emoji],
     splits: dict[str, Any],
 ) -> None:
@@ -744,6 +894,8 @@ def write_metadata(
         "universe": [e.code for e in universe],
         "id": describe(id_classes),
         "zs": describe(zs_classes),
+        "zs_val": describe(zs_val_classes),
+        "icon_styles": {style: pkg for style, (pkg, _) in ICON_STYLES.items()},
     }
     (cache / "classes.json").write_text(json.dumps(classes, indent=1, ensure_ascii=False) + "\n")
     body = {"version": VERSION, "settings": asdict(settings), "splits": splits}
@@ -767,6 +919,12 @@ backgrounds) from the following works. The derived images keep each source's lic
 | Fluent flat | npm @iconify-json/fluent-emoji-flat ({flat}) | MIT (fluent-emoji-MIT.txt) | Fluent Emoji © Microsoft Corporation, https://github.com/microsoft/fluentui-emoji; packaged by Iconify |
 | emoji metadata (names, categories) | npm emoji-datasource ({datasource}) | MIT (emoji-datasource-LICENSE.txt) | © Cal Henderson (iamcal/emoji-data); CLDR names via OpenMoji's data |
 | OpenClipart | Debian openclipart-svg / openclipart-png ({openclipart}) | Public domain (openclipart-copyright.txt) | Open Clip Art Library, https://openclipart.org; authors per image in the SVG metadata |
+| EmojiOne 2 (captioned data only) | npm @iconify-json/emojione ({emojione}) | CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/) | Emoji One, https://github.com/EmojiTwo/emojitwo; packaged by Iconify |
+| EmojiOne 1 (captioned data only) | npm @iconify-json/emojione-v1 ({emojione_v1}) | CC-BY-SA-4.0 (https://creativecommons.org/licenses/by-sa/4.0/) | Emoji One, https://github.com/joypixels/emojione-legacy; packaged by Iconify; derived images are shared alike under CC-BY-SA-4.0 |
+| EmojiOne monotone (captioned data only) | npm @iconify-json/emojione-monotone ({emojione_monotone}) | CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/) | Emoji One, https://github.com/EmojiTwo/emojitwo; packaged by Iconify |
+| Firefox OS emoji (captioned data only) | npm @iconify-json/fxemoji ({fxemoji}) | Apache-2.0 (https://mozilla.github.io/fxemoji/LICENSE.md) | © Mozilla, https://github.com/mozilla/fxemoji; packaged by Iconify |
+| Noto emoji 2016 (captioned data only) | npm @iconify-json/noto-v1 ({noto_v1}) | Apache-2.0 | Noto Emoji © Google Inc., https://github.com/googlefonts/noto-emoji; packaged by Iconify |
+| Streamline emoji (captioned data only) | npm @iconify-json/streamline-emojis ({streamline}) | CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/) | Streamline, https://github.com/webalys-hq/streamline-vectors; packaged by Iconify |
 
 Not used: the Apple and Facebook emoji sets that emoji-datasource also ships (not openly licensed).
 """
@@ -821,12 +979,27 @@ def copy_licences(cache: Path) -> Path:
             flat=NPM_PACKAGES["@iconify-json/fluent-emoji-flat"],
             datasource=NPM_PACKAGES["emoji-datasource"],
             openclipart=APT_PACKAGES["openclipart-svg"],
+            **{style: NPM_PACKAGES[pkg] for style, (pkg, _) in ICON_STYLES.items()},
         )
     )
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- main
+INT_OPTIONS = (
+    "size",
+    "seed",
+    "n_id",
+    "n_zs",
+    "n_zs_val",
+    "train_variants",
+    "val_variants",
+    "eval_variants",
+    "free_scene_variants",
+    "icon_scene_variants",
+)
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -835,7 +1008,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     p.add_argument("--quick", action="store_true", help=f"small sets for smoke tests: {QUICK}")
     p.add_argument("--offline", action="store_true", help="never download; fail if a source is missing")
     defaults = Settings()
-    for f in ("size", "seed", "n_id", "n_zs", "train_variants", "val_variants", "eval_variants"):
+    for f in INT_OPTIONS:
         p.add_argument(
             "--" + f.replace("_", "-"),
             type=int,
@@ -843,11 +1016,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         )
     args = p.parse_args(argv)
     settings = replace(defaults, **(QUICK if args.quick else {}))
-    for f in ("size", "seed", "n_id", "n_zs", "train_variants", "val_variants", "eval_variants"):
+    for f in INT_OPTIONS:
         if getattr(args, f) is not None:
             settings = replace(settings, **{f: getattr(args, f)})
-    if settings.size < 8 or settings.n_id < 2 or settings.n_zs < 2 or settings.train_variants < 1:
-        p.error("need --size >= 8, --n-id >= 2, --n-zs >= 2, --train-variants >= 1")
+    if settings.size < 8 or min(settings.n_id, settings.n_zs, settings.n_zs_val) < 2 or settings.train_variants < 1:
+        p.error("need --size >= 8, --n-id / --n-zs / --n-zs-val >= 2, --train-variants >= 1")
+    if min(settings.free_scene_variants, settings.icon_scene_variants) < 0:
+        p.error("need --free-scene-variants >= 0 and --icon-scene-variants >= 0")
     if min(settings.val_variants, settings.eval_variants) < 1:
         p.error("need --val-variants >= 1 and --eval-variants >= 1")
     return args, settings
@@ -872,8 +1047,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f".deb {sources['apt_deb_bytes'] * mb:.0f} MB (unpacked {sources['apt_unpacked_bytes'] * mb:.0f} MB)"
     )
     c = summary["classes"]
-    print(f"  classes: {c['universe']} object-like in all styles → ID {c['id']}, ZS {c['zs']}")
+    print(
+        f"  classes: {c['universe']} object-like in all styles → ID {c['id']}, ZS {c['zs']}, zs_val {c['zs_val']}"
+    )
     print(f"  free emoji classes (captioned): {summary['free_emoji_classes']}")
+    print(
+        f"  eval classes in icon styles (alignment only): {summary['eval_classes_with_icons']} classes, "
+        f"{summary['eval_class_icon_rows']} rows"
+    )
+    for style, counts in summary["icon_matches"].items():
+        print(f"  icons {style}: {counts}")
     oc = summary["openclipart"]
     print(f"  openclipart: {oc}")
     width = max(map(len, summary["rows"]))

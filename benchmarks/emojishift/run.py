@@ -13,7 +13,8 @@ What it does, skipping any step whose output already exists (so an interrupted b
 5. ``report.md`` / ``report.json`` (mean ± std over seeds), ``bars.png``, ``scatter.png`` into ``--out`` and onto the
    parent run; ``--update-readme`` writes the table into ``benchmarks/emojishift/README.md``.
 
-Hyper-parameters are the config's: chosen on ``id_val`` and ``ref_val`` (the README says how), never on eval sets.
+Hyper-parameters are the config's: chosen on ``id_val``, ``zs_val`` and ``ref_val`` (the README says how), never
+on eval sets.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Size:
 
 
 SIZES = {
-    "full": Size(epochs=2, batch=32, seeds=3, rsa_samples=500, val_samples=200),
+    "full": Size(epochs=2, batch=32, seeds=3, rsa_samples=500, val_samples=400),
     "quick": Size(epochs=1, batch=8, seeds=1, rsa_samples=60, val_samples=60),
 }
 

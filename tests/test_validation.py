@@ -1,0 +1,36 @@
+"""Rank 0's epoch-end validation (pipeline.worker._Validator) in-process on the tiny demo: no Ray."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dive.config import ConfigError, load_config, validate
+from dive.models import build_model
+from pipeline.worker import _Validator
+
+
+def _cfg(demo, tmp_path, *extra):
+    paths, teacher = demo
+    overrides = [*paths.config_overrides(), f"model.pretrained={teacher}", "eval.val_samples=40", *extra]
+    return load_config(None, [*overrides, f"tracking.output_dir={tmp_path}"])
+
+
+def test_zero_shot_validation_set_enters_the_objective(demo, tmp_path):
+    paths, _ = demo
+    cfg = _cfg(demo, tmp_path, f"eval.val_zs={paths.zs['color']}", "eval.val_objective=id_zs")
+    bundle = build_model(cfg.model)
+    metrics = _Validator(cfg, bundle, torch.device("cpu"))(bundle.model)
+    assert {"val/id_acc", "val/zs_acc", "val/ref_retrieval", "val/objective"} <= set(metrics)
+    assert metrics["val/zs_acc"] != metrics["val/id_acc"]  # a different set, scored with its own head
+    assert metrics["val/objective"] == pytest.approx((metrics["val/id_acc"] + metrics["val/zs_acc"]) / 2)
+    default = _Validator(_cfg(demo, tmp_path), bundle, torch.device("cpu"))(bundle.model)
+    assert "val/zs_acc" not in default
+    assert default["val/objective"] == pytest.approx((default["val/id_acc"] + default["val/ref_retrieval"]) / 2)
+
+
+def test_objective_names_are_checked(demo, tmp_path):
+    with pytest.raises(ConfigError, match="eval.val_objective"):
+        validate(_cfg(demo, tmp_path, "eval.val_objective=zs_only"))
+    with pytest.raises(ConfigError, match="eval.val_zs"):
+        validate(_cfg(demo, tmp_path, "eval.val_objective=id_zs"))
