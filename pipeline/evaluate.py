@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from pipeline.train import init_ray
+    from pipeline.ray_env import init_ray
 
     init_ray(cfg)
     report = evaluate(cfg.model, replace(cfg.model, name=args.model, pretrained=args.pretrained), cfg)

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from dive.config import ModelConfig
 from pipeline.data import stream_image_transform
+from pipeline.ray_env import ray_session
 from pipeline.shards import (
     BAD_LABEL,
     CAPTIONED,
@@ -215,28 +216,6 @@ def _load_batch(batch: pa.Table, **kwargs: Any) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def ray_session(workers: int) -> Iterator[None]:
-    """Use the running Ray instance, or start a local one for this conversion (and shut it down after).
-
-    Ray Data's read and listing tasks each need a whole logical CPU, so at least 4 are declared even on small
-    machines (logical CPUs are a scheduling budget, not cores).
-    """
-    import ray
-
-    from pipeline.local_ray import start_local_ray
-
-    started = False
-    if not ray.is_initialized():
-        start_local_ray(max(4, workers + 2), log_to_driver=False, dashboard=False)  # no Train fit here
-        started = True
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def _progress(total: int, desc: str) -> tqdm:
     disable = os.environ.get("DIVE_NO_PROGRESS") == "1" or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=disable, dynamic_ncols=True)

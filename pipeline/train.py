@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
+from pipeline.ray_env import init_ray
 from pipeline.shards import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -119,34 +120,6 @@ def check_datasets(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- ray
-def init_ray(cfg: Config, min_cpus: float = 0) -> None:
-    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local one.
-
-    Locally we declare at least 4 logical CPUs: Ray Data's file listing always asks for one whole CPU, and with
-    2 real cores and two Train workers the pipeline would otherwise wait forever.
-    """
-    import ray
-    import ray.data
-
-    from pipeline.local_ray import start_local_ray
-
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ctx = ray.data.DataContext.get_current()
-    if os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1":  # bars are for humans at a terminal, not job logs
-        ctx.enable_progress_bars = False
-        ctx.enable_operator_progress_bars = False
-        ctx.print_on_execution_start = False
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2, min_cpus)
-    # address="local": always a fresh local instance (a stale `ray start` on this machine is not joined by accident;
-    # set RAY_ADDRESS=auto to use a running one).
-    start_local_ray(max(4, int(need + 0.999)), log_to_driver=True)
-
-
 def _git_sha() -> str:
     try:
         out = subprocess.run(

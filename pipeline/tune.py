@@ -89,6 +89,9 @@ class SweepSpec:
     scheduler: Scheduler = field(default_factory=Scheduler)
     # a.b → {uniform|loguniform|randint: [low, high]} or {choice: [v1, v2, …]}
     space: dict[str, Any] = field(default_factory=dict)
+    # a.b → c.d: key a.b takes the value sampled for the space key c.d (the paper's one shared λ:
+    # loss.lambda_pvl: loss.lambda_avl).
+    tie: dict[str, str] = field(default_factory=dict)
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepSpec:
@@ -114,6 +117,7 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Sw
         search=Search(**plain["search"]),
         scheduler=Scheduler(**plain["scheduler"]),
         space=dict(plain["space"]),
+        tie=dict(plain["tie"]),
     )
 
 
@@ -182,10 +186,17 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
     if not spec.space:
         raise ConfigError(f"{path}: key 'space': expected at least one dotted config key to search")
     dists = {key: _distribution(path, key, value) for key, value in spec.space.items()}
+    for target, source in spec.tie.items():
+        if source not in dists or target in dists:
+            raise ConfigError(
+                f"{path}: tie '{target}: {source}': expected a key outside the space tied to a space key "
+                f"({', '.join(dists)})"
+            )
     for key, (_, values) in dists.items():
         for value in values:  # both bounds (or every choice) must make a valid run config
+            tied = [override(t, value) for t, s in spec.tie.items() if s == key]
             try:
-                validate(apply_overrides(base, [override(key, value)]), check_paths=False)
+                validate(apply_overrides(base, [override(key, value), *tied]), check_paths=False)
             except ConfigError as err:
                 detail = str(err).replace("invalid config:\n  ", "").replace("\n  ", "; ")
                 raise ConfigError(f"{path}: space key '{key}' = {value!r}: {detail}") from None
@@ -202,9 +213,11 @@ def to_tune_space(dists: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     }
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
-    """The complete run config of one trial: base (already holding the sweep's fixed overrides) + sampled values."""
+def trial_config(base: dict[str, Any], params: dict[str, Any], tie: dict[str, str] | None = None) -> Config:
+    """The complete run config of one trial: base (already holding the sweep's fixed overrides) + sampled values
+    (+ the keys tied to them)."""
     values = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+    values |= {target: values[source] for target, source in (tie or {}).items()}
     return apply_overrides(from_dict(base), [override(k, v) for k, v in values.items()])
 
 
@@ -230,7 +243,14 @@ def pruned(sweep_dir: Path) -> set[str]:
     return set(record.read_text().split()) if record.is_file() else set()
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str, sweep_dir: str) -> None:
+def _trial(
+    params: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    parent_run_id: str,
+    sweep_dir: str,
+    tie: dict[str, str] | None = None,
+) -> None:
     """One Tune trial: a complete run through pipeline.train.run; restarts reuse its MLflow run and checkpoint."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -238,7 +258,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str, 
     from pipeline.train import run
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(base, params)
+    cfg = trial_config(base, params, tie)
     cfg = replace(cfg, tracking=replace(cfg.tracking, run_name=f"{Path(sweep_dir).name}-{trial_id}"))
     marker = Path(sweep_dir) / "trials" / f"{trial_id}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +308,7 @@ def sweep(
     from ray.tune.search.optuna import OptunaSearch
 
     from pipeline import tracking
-    from pipeline.train import init_ray
+    from pipeline.ray_env import init_ray
 
     # Trials report every epoch, but only rank 0's epoch-end reports carry val/*; mid-epoch checkpoint reports
     # do not, and Tune's strict check would reject them. ASHA and Optuna skip results without the metric.
@@ -318,7 +338,7 @@ def sweep(
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial, base=to_dict(base), parent_run_id=parent_run_id, sweep_dir=str(sweep_dir)
+            _trial, base=to_dict(base), parent_run_id=parent_run_id, sweep_dir=str(sweep_dir), tie=spec.tie
         ),
         {"cpu": 0.1},
     )
@@ -430,7 +450,7 @@ def summarize(
     if not done:
         raise RuntimeError(f"sweep {name}: no trial completed; see {sweep_dir / 'tune'} for the trial logs")
     best = max(done, key=lambda r: sign * r[metric])
-    best_cfg = trial_config(to_dict(base), {k: best[k] for k in dists})
+    best_cfg = trial_config(to_dict(base), {k: best[k] for k in dists}, spec.tie)
     best_cfg = replace(best_cfg, tracking=replace(best_cfg.tracking, run_name=""))
     best_path = sweep_dir / "best_config.yaml"
     best_path.write_text(

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline import tracking
-    from pipeline.train import init_ray
+    from pipeline.ray_env import init_ray
 
     init_ray(cfg)
     out = Path(args.out).resolve()

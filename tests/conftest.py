@@ -45,7 +45,7 @@ def ray_session():
 
     import ray
 
-    from pipeline.local_ray import start_local_ray
+    from pipeline.ray_env import start_local_ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():

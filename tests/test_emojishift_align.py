@@ -138,3 +138,30 @@ def test_same_seed_same_weights_and_feature_cache(aligned) -> None:
     assert again["timings"]["eval_cached"] is True
     assert again["teacher_fingerprint"] == report["teacher_fingerprint"]
     assert again["loss"]["per_epoch"] == report["loss"]["per_epoch"]
+
+
+def test_unfreezing_trains_only_the_last_blocks_and_the_feature_path_matches(tmp_path, one_thread) -> None:
+    _write_sets(tmp_path)
+    args = al.parse_args(
+        ["--data", str(tmp_path), "--out", str(tmp_path / "teacher"), "--size", str(SIZE), "--epochs", "4"]
+        + ["--batch", "8", "--lr", "3e-3", "--unfreeze", "1", "--no-export"]
+    )
+    report, bundle = al.run(args, log=lambda _: None)
+    packaged = build_model(ModelConfig(name=NAME)).model.state_dict()
+    trained = bundle.model.state_dict()
+    changed = {k for k in packaged if not torch.equal(packaged[k], trained[k])}
+    last = f"visual.trunk.blocks.{len(bundle.model.visual.trunk.blocks) - 1}."
+    assert any(k.startswith(last) for k in changed) and "visual.trunk.conv_head.weight" in changed
+    assert all(
+        k.startswith((last, "visual.trunk.conv_head.", "visual.trunk.bn2."))
+        or k in al.TRAINABLE
+        or k == al.LOGIT_SCALE
+        for k in changed
+    )
+    assert not [k for k in changed if "running_" in k]  # BatchNorm statistics stay the packaged ones
+    assert report["settings"]["unfreeze"] == 1
+    images = torch.stack([bundle.preprocess_eval(_draw(s, COLOURS["red"], 1)) for s in SHAPES])
+    model = bundle.model.eval()
+    with torch.no_grad():
+        via_features = al.embed_images(model, al.image_trunk_features(model, images, 1), 1)
+        torch.testing.assert_close(via_features, model.encode_image(images), atol=1e-5, rtol=1e-5)

@@ -125,7 +125,12 @@ ICON_SLUGS += ["apple", "person-light-skin-tone"]  # "apple" names two code poin
 def _iconset(style: str) -> dict:
     slugs = [s.replace("-", "") for s in ICON_SLUGS] if style == "fxemoji" else ICON_SLUGS
     body = lambda slug: _svg(_colour(style, slug), 32).split(">", 1)[1].rsplit("<", 1)[0]  # noqa: E731
-    icons = {"prefix": style, "icons": {slug: {"body": body(slug)} for slug in slugs}, "width": 32, "height": 32}
+    icons = {
+        "prefix": style,
+        "icons": {slug: {"body": body(slug)} for slug in slugs},
+        "width": 32,
+        "height": 32,
+    }
     if style == "emojione":
         icons["aliases"] = {
             "soccer-ball": {"parent": "snake"},  # an alias whose name matches another emoji
@@ -541,4 +546,8 @@ def test_icon_slugs_are_keyed_like_names():
     assert es.icon_key("flag-for-flag-japan") == es.icon_key("flag-for-japan") == es.name_key("flag: Japan")
     assert es.icon_key("bird-1") == es.icon_key("bird-2") == es.name_key("bird")
     assert es.icon_key("1st-place-medal") == es.name_key("1st place medal")
-    assert es.name_key("admissiontickets") == es.name_key("Admission Tickets") == es.name_key("admission_tickets")
+    assert (
+        es.name_key("admissiontickets")
+        == es.name_key("Admission Tickets")
+        == es.name_key("admission_tickets")
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from pipeline.ray_env import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,12 +32,6 @@ def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120.
         except OSError:
             time.sleep(1)
     raise AssertionError(f"the Ray dashboard on port {port} did not come up in {timeout:.0f} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.ray
@@ -63,7 +58,7 @@ def test_job_submitted_to_a_local_head_succeeds(tmp_path):
     env.pop("RAY_ADDRESS", None)
     # Own ports throughout: another Ray instance on this machine (the test session's) holds the defaults, and a
     # job agent that cannot bind its port answers "No available agent to submit job" forever.
-    gcs, dashboard, agent = _free_port(), _free_port(), _free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     # --block keeps the head in the foreground: terminating it stops exactly this cluster. (`ray stop` would stop
     # every Ray instance on the machine, the test session's own included.)
     head = subprocess.Popen(

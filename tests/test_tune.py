@@ -14,9 +14,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dive.config import Config, ConfigError, load_config, to_dict, to_yaml
+from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
-from pipeline.tune import check_spec, load_spec, sweep_name, trial_config
+from pipeline.tune import check_spec, load_spec, override, sweep_name, trial_config
 from tests.conftest import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,6 +106,23 @@ def test_trial_config_is_a_complete_replayable_run_config():
     assert load_config(base=None, overrides=[]) != cfg
     replay = load_config(base=yaml.safe_load(to_yaml(cfg)))
     assert to_dict(replay) == to_dict(cfg)
+
+
+def test_tied_key_takes_the_sampled_value_and_is_checked(tmp_path):
+    path = _space(
+        tmp_path,
+        space={"loss.lambda_avl": {"loguniform": [1.0, 100.0]}},
+        tie={"loss.lambda_pvl": "loss.lambda_avl"},
+    )
+    spec = load_spec(path)
+    assert set(check_spec(spec, _base(), str(path))) == {"loss.lambda_avl"}
+    cfg = trial_config(to_dict(_base()), {"loss.lambda_avl": 7.5}, spec.tie)
+    assert cfg.loss.lambda_avl == cfg.loss.lambda_pvl == 7.5
+    bad = _space(
+        tmp_path, space={"loss.lambda_avl": {"loguniform": [1.0, 100.0]}}, tie={"loss.lambda_pvl": "optim.lr"}
+    )
+    with pytest.raises(ConfigError, match="tie 'loss.lambda_pvl: optim.lr'"):
+        check_spec(load_spec(bad), _base(), str(bad))
 
 
 def test_finished_sweep_names_move_on_and_unfinished_ones_resume(tmp_path):
@@ -211,3 +228,34 @@ def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_confi
         and replayed[0].data.params["loss.lambda_avl"] == best.data.params["loss.lambda_avl"]
     )
     assert replayed[0].data.params["loss.lambda_pvl"] == best.data.params["loss.lambda_pvl"]
+
+
+EMOJISHIFT_SPACES = sorted((REPO / "tune_configs" / "emojishift").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("space", EMOJISHIFT_SPACES, ids=[p.stem for p in EMOJISHIFT_SPACES])
+def test_emojishift_methods_are_tuned_the_same_way(space):
+    """One space file per benchmark method: same trial budget, scheduler, objective, schedule and validation."""
+    text = space.read_text()
+    assert text.startswith("#") and f"--space tune_configs/emojishift/{space.name}" in text
+    spec = load_spec(space)
+    base = apply_overrides(
+        load_config(REPO / spec.config), [override(k, v) for k, v in spec.overrides.items()]
+    )
+    dists = check_spec(spec, base, str(space))
+    assert base.eval.val_objective == "id_zs" and base.eval.val_zs.endswith("zs_val")
+    assert (spec.search.num_samples, spec.search.algorithm, spec.scheduler.name) == (8, "optuna", "asha")
+    assert spec.objective.metric == "val/objective"
+    assert (base.optim.global_batch, base.optim.epochs) == (32, 4)
+    assert "optim.lr" in dists
+    method = base.loss.method.value
+    expected = {"flyp": set(), "ft": set(), "lpft": set(), "snd": {"loss.lambda_snd"}}
+    expected |= {"flyp_replay": {"loss.lambda_replay"}}
+    if method == "dive":
+        shared = space.stem == "dive_shared"
+        assert spec.tie == ({"loss.lambda_pvl": "loss.lambda_avl"} if shared else {})
+        assert {"loss.lambda_avl", "data.ref_batch"} <= set(dists) and (
+            ("loss.lambda_pvl" in dists) != shared
+        )
+    else:
+        assert set(dists) - {"optim.lr"} == expected[method]

@@ -26,7 +26,9 @@ def test_zero_shot_validation_set_enters_the_objective(demo, tmp_path):
     assert metrics["val/objective"] == pytest.approx((metrics["val/id_acc"] + metrics["val/zs_acc"]) / 2)
     default = _Validator(_cfg(demo, tmp_path), bundle, torch.device("cpu"))(bundle.model)
     assert "val/zs_acc" not in default
-    assert default["val/objective"] == pytest.approx((default["val/id_acc"] + default["val/ref_retrieval"]) / 2)
+    assert default["val/objective"] == pytest.approx(
+        (default["val/id_acc"] + default["val/ref_retrieval"]) / 2
+    )
 
 
 def test_objective_names_are_checked(demo, tmp_path):

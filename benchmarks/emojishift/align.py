@@ -69,15 +69,46 @@ LOGIT_SCALE = "logit_scale"
 class Features:
     """Frozen-tower outputs of one dataset split (before the projections)."""
 
-    image: torch.Tensor  # (N, 1280) trunk pooled features
+    image: torch.Tensor  # (N, 1280) trunk pooled features, or (N, C, H, W) before the unfrozen blocks
     text: torch.Tensor | None = None  # (N, 384) MiniLM mean-pooled features (captioned sets)
     captions: list[str] = field(default_factory=list)
     labels: torch.Tensor | None = None  # (N,) int64 (labelled sets)
+    unfreeze: int = (
+        0  # trailing EfficientNet blocks that train (0: projections only); ``image`` is their input
+    )
 
 
-def image_trunk_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Pooled trunk features: ``model.visual`` minus its head (``visual.head(these) == encode_image``)."""
-    return model.visual.trunk(images)
+def image_trunk_features(model: nn.Module, images: torch.Tensor, unfreeze: int = 0) -> torch.Tensor:
+    """What the frozen part of the image tower computes: the pooled trunk features (``visual.head(these) ==
+    encode_image``), or with ``unfreeze`` = n the input of the last n blocks."""
+    trunk = model.visual.trunk
+    if not unfreeze:
+        return trunk(images)
+    x = trunk.bn1(trunk.conv_stem(images))
+    for block in trunk.blocks[: len(trunk.blocks) - unfreeze]:
+        x = block(x)
+    return x
+
+
+def unfrozen_prefixes(model: nn.Module, unfreeze: int) -> tuple[str, ...]:
+    """State-dict prefixes of the image tower's trained part: the last ``unfreeze`` blocks and the head conv."""
+    if not unfreeze:
+        return ()
+    n = len(model.visual.trunk.blocks)
+    if not 0 < unfreeze <= n:
+        raise ValueError(f"--unfreeze: expected 0..{n} blocks, got {unfreeze}")
+    blocks = tuple(f"visual.trunk.blocks.{i}." for i in range(n - unfreeze, n))
+    return (*blocks, "visual.trunk.conv_head.", "visual.trunk.bn2.")
+
+
+def embed_images(model: nn.Module, feats: torch.Tensor, unfreeze: int = 0) -> torch.Tensor:
+    """Joint-space (unnormalised) image embeddings from :func:`image_trunk_features`' output."""
+    if unfreeze:
+        trunk = model.visual.trunk
+        for block in trunk.blocks[len(trunk.blocks) - unfreeze :]:
+            feats = block(feats)
+        feats = trunk.global_pool(trunk.bn2(trunk.conv_head(feats)))
+    return model.visual.head(feats)
 
 
 def text_pooled_features(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -96,10 +127,10 @@ def text_pooled_features(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return text.pooler(out, mask)
 
 
-def _fingerprint_key(bundle: ModelBundle, manifest_fp: str, towers_fp: str) -> str:
+def _fingerprint_key(bundle: ModelBundle, manifest_fp: str, towers_fp: str, unfreeze: int = 0) -> str:
     h = hashlib.sha256()
     for part in (
-        str(FEATURES_VERSION),
+        str(FEATURES_VERSION) + (f"/unfreeze={unfreeze}" if unfreeze else ""),
         manifest_fp,
         towers_fp,
         json.dumps(bundle.preprocess_cfg, sort_keys=True, default=str),
@@ -123,17 +154,24 @@ def extract(
     cache_dir: Path | None = None,
     towers_fp: str | None = None,
     log: Callable[[str], None] = print,
+    unfreeze: int = 0,
 ) -> tuple[Features, bool]:
-    """Frozen-tower features of every row of ``folder`` (cached); returns them and whether it was a cache hit."""
+    """Frozen-tower features of every row of ``folder`` (cached); returns them and whether it was a cache hit.
+
+    With ``unfreeze`` > 0 the image features are the input of the last ``unfreeze`` blocks; the text side
+    (and labels) are then read from the ``unfreeze`` = 0 cache when it exists, since only images differ."""
     manifest = read_manifest(folder)
     captioned = manifest.kind == "captioned"
-    path = None
+    path = plain = None
     if cache_dir is not None:
-        key = _fingerprint_key(bundle, manifest.fingerprint, towers_fp or towers_fingerprint(bundle.model))
+        towers_fp = towers_fp or towers_fingerprint(bundle.model)
+        key = _fingerprint_key(bundle, manifest.fingerprint, towers_fp, unfreeze)
         path = cache_dir / f"{folder.name}-{key}.pt"
+        plain = cache_dir / f"{folder.name}-{_fingerprint_key(bundle, manifest.fingerprint, towers_fp)}.pt"
         if path.is_file():
             raw = torch.load(path, map_location="cpu", weights_only=True)
-            return Features(**raw), True
+            return Features(**raw, unfreeze=unfreeze), True
+    known = torch.load(plain, map_location="cpu", weights_only=True) if unfreeze and plain.is_file() else None
     model = bundle.model
     model.eval()
     columns = ["image", "caption"] if captioned else ["image", "label"]
@@ -146,7 +184,7 @@ def extract(
     def flush() -> None:
         if not images:
             return
-        img_out.append(image_trunk_features(model, torch.stack(images)))
+        img_out.append(image_trunk_features(model, torch.stack(images), unfreeze))
         images.clear()
 
     for i, row in enumerate(iter_rows(folder, columns)):
@@ -161,8 +199,11 @@ def extract(
         if len(images) >= batch_size:
             flush()
     flush()
-    feats = Features(image=torch.cat(img_out) if img_out else torch.empty(0, 0), captions=captions)
-    if captioned:
+    image = torch.cat(img_out) if img_out else torch.empty(0, 0)
+    feats = Features(image=image, captions=captions, unfreeze=unfreeze)
+    if known is not None:  # the text side does not depend on the image split point
+        feats.text, feats.labels = known["text"], known["labels"]
+    elif captioned:
         for start in range(0, len(captions), batch_size):
             ids = bundle.tokenizer(captions[start : start + batch_size])
             txt_out.append(text_pooled_features(model, ids))
@@ -182,12 +223,19 @@ def extract(
 
 
 # ------------------------------------------------------------------------------------------------ training
-def set_trainable(model: nn.Module, learn_scale: bool = True) -> list[nn.Parameter]:
-    """Freeze everything but the projections (and the logit scale); eval mode keeps BN statistics fixed."""
+def trainable_names(model: nn.Module, learn_scale: bool = True, unfreeze: int = 0) -> list[str]:
+    """Parameter names the alignment trains: the projections, the logit scale, the unfrozen image blocks."""
+    prefixes = unfrozen_prefixes(model, unfreeze)
+    names = list(TRAINABLE) + ([LOGIT_SCALE] if learn_scale else [])
+    return names + [n for n, _ in model.named_parameters() if n.startswith(prefixes or ("\0",))]
+
+
+def set_trainable(model: nn.Module, learn_scale: bool = True, unfreeze: int = 0) -> list[nn.Parameter]:
+    """Freeze everything but :func:`trainable_names`; eval mode keeps every BN statistic fixed."""
     model.eval()
     model.requires_grad_(False)
     named = dict(model.named_parameters())
-    params = [named[name] for name in TRAINABLE]
+    params = [named[name] for name in trainable_names(model, False, unfreeze)]
     if learn_scale:
         params.append(named[LOGIT_SCALE])
     for p in params:
@@ -195,11 +243,13 @@ def set_trainable(model: nn.Module, learn_scale: bool = True) -> list[nn.Paramet
     return params
 
 
-def project(model: nn.Module, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project(
+    model: nn.Module, image: torch.Tensor, text: torch.Tensor, unfreeze: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit joint-space embeddings from precomputed tower features (what encode_image/text(normalize=True)
     give for the same inputs)."""
     return (
-        F.normalize(model.visual.head(image), dim=-1),
+        F.normalize(embed_images(model, image, unfreeze), dim=-1),
         F.normalize(model.text.proj(text), dim=-1),
     )
 
@@ -224,7 +274,7 @@ def full_loss(model: nn.Module, feats: Features, batch_size: int) -> float:
             sl = slice(start, min(n, start + batch_size))
             if sl.stop - sl.start < 2:
                 continue
-            img, txt = project(model, feats.image[sl], feats.text[sl])
+            img, txt = project(model, feats.image[sl], feats.text[sl], feats.unfreeze)
             total += float(loss_fn(img, txt, model.logit_scale.exp())) * (sl.stop - sl.start)
             count += sl.stop - sl.start
     return total / max(count, 1)
@@ -249,7 +299,7 @@ def train_projections(
     n = feats.image.shape[0]
     if n < 2:
         raise ValueError(f"alignment needs at least 2 pairs, got {n}")
-    params = set_trainable(model, learn_scale)
+    params = set_trainable(model, learn_scale, feats.unfreeze)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -277,7 +327,7 @@ def train_projections(
         running = 0.0
         for b in range(per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]  # drop_last: equal-sized batches
-            img, txt = project(model, feats.image[idx], feats.text[idx])
+            img, txt = project(model, feats.image[idx], feats.text[idx], feats.unfreeze)
             loss = loss_fn(img, txt, model.logit_scale.exp())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -336,10 +386,10 @@ def evaluate(
             heads[key] = build_head(
                 model, bundle.tokenizer, manifest.classnames, manifest.templates or DEFAULT_TEMPLATES
             )
-        img = F.normalize(model.visual.head(f.image), dim=-1)
+        img = F.normalize(embed_images(model, f.image, f.unfreeze), dim=-1)
         out[name] = accuracy(img @ heads[key].T, f.labels)
     if ref is not None:
-        img, txt = project(model, ref.image, ref.text)
+        img, txt = project(model, ref.image, ref.text, ref.unfreeze)
         out["ref_val_retrieval"] = retrieval_accuracy(img, txt, ref.captions)
     return out
 
@@ -374,12 +424,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=64, help="input size in px: model lite-minilm-<size> (64)")
     p.add_argument("--epochs", type=_ints, default=[10], help="epochs; a comma list is searched (10)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=_floats, default=[1e-3], help="learning rate; a comma list is searched (1e-3)")
     p.add_argument(
-        "--wd", type=_floats, default=[1e-4], help="AdamW weight decay on the projections; a comma list is searched"
+        "--lr", type=_floats, default=[1e-3], help="learning rate; a comma list is searched (1e-3)"
+    )
+    p.add_argument(
+        "--wd",
+        type=_floats,
+        default=[1e-4],
+        help="AdamW weight decay on the projections; a comma list is searched",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fixed-scale", action="store_true", help="do not train the logit scale")
+    p.add_argument(
+        "--unfreeze",
+        type=int,
+        default=0,
+        help="also train the last N EfficientNet blocks + head conv (BN statistics stay frozen); 0: projections only",
+    )
     p.add_argument("--feature-batch", type=int, default=128, help="batch size of the feature extraction")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
@@ -400,7 +461,8 @@ def select(
     start, and keep the one with the best validation objective (:func:`val_objective`): the model ends holding
     it. Returns every trial's record and the chosen one's training result."""
     model = bundle.model
-    start = {k: v.detach().clone() for k, v in model.state_dict().items() if k in (*TRAINABLE, LOGIT_SCALE)}
+    names = set(trainable_names(model, True, args.unfreeze))
+    start = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
     trials: list[dict[str, Any]] = []
     best: tuple[float, dict[str, torch.Tensor], TrainResult] | None = None
     for epochs, lr, wd in itertools.product(args.epochs, args.lr, args.wd):
@@ -419,7 +481,7 @@ def select(
             log=log,
             monitor=None
             if ref is None
-            else lambda: retrieval_accuracy(*project(model, ref.image, ref.text), ref.captions),
+            else lambda: retrieval_accuracy(*project(model, ref.image, ref.text, ref.unfreeze), ref.captions),
         )
         scores = evaluate(bundle, val, data, ref)
         objective = val_objective(scores)
@@ -452,7 +514,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
 
     log(f"{name}: towers {towers_fp}; features -> {cache}")
     t0 = time.perf_counter()
-    align, hit = extract(bundle, data / "alignment", args.feature_batch, cache, towers_fp, log)
+    align, hit = extract(bundle, data / "alignment", args.feature_batch, cache, towers_fp, log, args.unfreeze)
     align_s = time.perf_counter() - t0
     timings: dict[str, Any] = {
         "build_model_s": build_s,
@@ -466,7 +528,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         out: dict[str, Features] = {}
         for split in splits:
             if (data / split).is_dir():
-                out[split], hit = extract(bundle, data / split, args.feature_batch, cache, towers_fp, log)
+                out[split], hit = extract(
+                    bundle, data / split, args.feature_batch, cache, towers_fp, log, args.unfreeze
+                )
                 hits.append(hit)
         return out
 
@@ -510,7 +574,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         "searched": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.wd},
         "seed": args.seed,
         "learn_logit_scale": not args.fixed_scale,
-        "trained": list(TRAINABLE) + ([] if args.fixed_scale else [LOGIT_SCALE]),
+        "unfreeze": args.unfreeze,
+        "trained": [*TRAINABLE, *([] if args.fixed_scale else [LOGIT_SCALE])]
+        + [f"{p}*" for p in unfrozen_prefixes(model, args.unfreeze)],
         "towers_fingerprint": towers_fp,
         "threads": torch.get_num_threads(),
     }
@@ -536,7 +602,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
     if not args.no_export:
         card = {
             "model": name,
-            "description": "EmojiShift teacher: lite-minilm with LiT-aligned projections (towers frozen)",
+            "description": "EmojiShift teacher: lite-minilm, LiT-aligned (projections; --unfreeze: last image blocks)",
             "settings": settings,
             "zero_shot_after": after,
         }

@@ -55,7 +55,8 @@ except ImportError:  # run as a plain script from a checkout without `pip instal
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
 
-VERSION = "emojishift-v2"  # bump when the rules change, so old caches are recognisable (v2: icon sets, zs_val)
+# Bump when the rules change, so old caches are recognisable (v2: icon sets, eval classes as icons, zs_val).
+VERSION = "emojishift-v2"
 
 # ---------------------------------------------------------------------------------------------------- sources
 # Exact versions: the benchmark is only comparable across machines if every byte of its sources is the same.
@@ -763,7 +764,9 @@ def captioned_rows(
         ok = unambiguous(e, STYLES)
         ambiguous += sum(st in e.art for st in STYLES) - len(ok)
         rows[bucket("emoji/" + e.code)] += icon_rows(lib, e, ok, s.free_scene_variants, s)
-        rows[bucket("emoji/" + e.code)] += icon_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
+        rows[bucket("emoji/" + e.code)] += icon_rows(
+            lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s
+        )
     eval_icons = 0
     for e in sorted(eval_classes, key=lambda e: e.code):
         found = icon_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
@@ -817,7 +820,9 @@ def build(
     )
     # zs_val: other classes than ID and ZS, in all six styles, from their own seeds: what model selection reads
     # for "zero-shot kept", so that no test set is ever used to choose anything.
-    zs_val = [r for style in STYLES for r in scene_rows(lib, zs_val_classes, style, "zsval", 0, s.val_variants, s)]
+    zs_val = [
+        r for style in STYLES for r in scene_rows(lib, zs_val_classes, style, "zsval", 0, s.val_variants, s)
+    ]
     labelled("zs_val", zs_val_classes, "ZS validation classes, all six styles", zs_val)
     for group, classes in (("ood", id_classes), ("zs", zs_classes)):
         for style in STYLES:
@@ -1019,7 +1024,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     for f in INT_OPTIONS:
         if getattr(args, f) is not None:
             settings = replace(settings, **{f: getattr(args, f)})
-    if settings.size < 8 or min(settings.n_id, settings.n_zs, settings.n_zs_val) < 2 or settings.train_variants < 1:
+    if (
+        settings.size < 8
+        or min(settings.n_id, settings.n_zs, settings.n_zs_val) < 2
+        or settings.train_variants < 1
+    ):
         p.error("need --size >= 8, --n-id / --n-zs / --n-zs-val >= 2, --train-variants >= 1")
     if min(settings.free_scene_variants, settings.icon_scene_variants) < 0:
         p.error("need --free-scene-variants >= 0 and --icon-scene-variants >= 0")

@@ -343,8 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from dive.config import ConfigError
     from pipeline import tracking
+    from pipeline.ray_env import init_ray
     from pipeline.shards import LABELLED, DataError, check_dataset
-    from pipeline.train import init_ray, prepare_config, run
+    from pipeline.train import prepare_config, run
 
     try:
         base = prepare_config(str(CONFIG), list(args.overrides))

@@ -11,7 +11,7 @@ def test_state_api_inside_a_worker_reaches_this_instance(ray_session):
 
     import ray
 
-    from pipeline.local_ray import API_SERVER_ENV
+    from pipeline.ray_env import API_SERVER_ENV
 
     # The driver's own environment is left as it was: a `ray job submit` it spawns must reach the cluster it names.
     assert API_SERVER_ENV not in os.environ

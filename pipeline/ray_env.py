@@ -1,0 +1,114 @@
+"""The one way any entry point starts or joins Ray: :func:`init_ray` for runs, sweeps and evaluation,
+:func:`ray_session` for converters that use Ray Data only, :func:`start_local_ray` beneath both.
+
+**Why the local instance has a dashboard.** In Ray 2.60, every ``TorchTrainer.fit`` starts a ``PlacementGroupCleaner`` actor that asks the state API (the
+dashboard's HTTP server) once a second whether the Train controller still lives. With no dashboard the question
+fails: a warning every second, and if ``/tmp/ray/ray_current_cluster`` names a cluster that is gone (``ray start``
+ended without ``ray stop``), each poll waits 40 s for that dead GCS, every fit ends with a 12 s stall and a
+GCS-timeout traceback. Measured here, it cost 12 s of a 61 s EmojiShift quick run. So the local instance runs its
+dashboard on 127.0.0.1, and ``RAY_API_SERVER_ADDRESS``, which this instance's Ray processes inherit, points
+their state API at that dashboard and not at whatever cluster the file names.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dive.config import Config
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = True) -> None:
+    """A fresh local instance with ``num_cpus`` logical CPUs; ``dashboard=False`` for work that runs no Train fit."""
+    import ray
+
+    if not dashboard:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        return
+    port = free_port()
+    # Set only while init spawns the raylet (its workers inherit it from there), then restored: left in this
+    # process, it would redirect every later `ray job submit` or state query that inherits it to this instance.
+    previous = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+    try:
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",  # never exposed beyond this machine
+            dashboard_port=port,
+            log_to_driver=log_to_driver,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = previous
+    url = context.dashboard_url or ""
+    # Another process may have taken the port between our check and the dashboard's bind.
+    if not url.endswith(f":{port}"):
+        print(
+            f"[dive] Ray dashboard is at {url or 'no address'}, not port {port}: Train's placement-group cleaner "
+            "may log state-API warnings (harmless).",
+            file=sys.stderr,
+        )
+
+
+def init_ray(cfg: Config, min_cpus: float = 0) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local one.
+
+    Locally we declare at least 4 logical CPUs: Ray Data's file listing always asks for one whole CPU, and with
+    2 real cores and two Train workers the pipeline would otherwise wait forever.
+    """
+    import ray
+    import ray.data
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ctx = ray.data.DataContext.get_current()
+    if os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1":  # bars are for humans at a terminal, not job logs
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        ctx.print_on_execution_start = False
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2, min_cpus)
+    # address="local": always a fresh local instance (a stale `ray start` on this machine is not joined by accident;
+    # set RAY_ADDRESS=auto to use a running one).
+    start_local_ray(max(4, int(need + 0.999)), log_to_driver=True)
+
+
+@contextmanager
+def ray_session(workers: int) -> Iterator[None]:
+    """Use the running Ray instance, or start a local one for this conversion (and shut it down after).
+
+    Ray Data's read and listing tasks each need a whole logical CPU, so at least 4 are declared even on small
+    machines (logical CPUs are a scheduling budget, not cores).
+    """
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        start_local_ray(max(4, workers + 2), log_to_driver=False, dashboard=False)  # no Train fit here
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
