@@ -263,15 +263,13 @@ def run(
 
 def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, run_id: str) -> Path:
     """Load the student from the last checkpoint and write the open_clip ``local-dir:`` export with its card."""
-    import torch
 
     from dive.export import LinearHead, export_model
     from dive.models import build_model
+    from pipeline.checkpoint import load_checkpoint
     from pipeline.shards import LABELLED, check_dataset
-    from pipeline.worker import STATE_FILE
 
-    with checkpoint.as_directory() as ckpt:
-        state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     student = build_model(cfg.model).model
     student.load_state_dict(state["student"])
     card = {

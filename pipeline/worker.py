@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +27,11 @@ from dive.metrics import accuracy, retrieval_accuracy, val_objective
 from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import USES_REFERENCE, DiveTask
+from pipeline import checkpoint as training_state
 from pipeline.data import PromptTable, cycle_batches, load_val_set, normalize_images
 from pipeline.shards import CAPTIONED, LABELLED
 
 _log = logging.getLogger(__name__)
-
-STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -103,16 +101,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        task.student.load_state_dict(state["student"])
-        if task.head is not None:
-            task.head.load_state_dict(state["head"])
-        task.center.copy_(state["center"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, done_in_epoch = state["step"], state["epoch"], state["done_in_epoch"]
-        torch.set_rng_state(state["rng"])
+        state = training_state.load_checkpoint(checkpoint, device)
+        step, epoch, done_in_epoch = training_state.restore(state, task, optimizer, scheduler)
 
     # Only the student (and the FT head) is data-parallel; LP-FT leaves the tower unused while probing.
     ddp_kwargs = {"find_unused_parameters": method is Method.lpft}
@@ -317,21 +307,9 @@ def _report(
     if rank != 0:
         ray.train.report(metrics)
         return
-    head = task.head
-    state = {
-        "student": task.student_model.state_dict(),
-        "head": getattr(head, "module", head).state_dict() if head is not None else {},
-        "center": task.center.detach().cpu(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "done_in_epoch": done_in_epoch,
-        "rng": torch.get_rng_state(),
-        "run_id": info.run_id,
-    }
+    state = training_state.capture(task, optimizer, scheduler, (step, epoch, done_in_epoch), info.run_id)
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / STATE_FILE)
+        training_state.save(state, folder)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 

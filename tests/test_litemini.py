@@ -237,3 +237,22 @@ def test_stream_tokenizer_is_minilm_wordpiece(bundle) -> None:
         ids = tok(captions)
         assert torch.equal(ids, bundle.tokenizer(captions))
         assert int(ids.max()) < bundle.model.text.transformer.config.vocab_size
+
+
+def test_text_tower_skips_shared_padding_with_the_same_embeddings(bundle) -> None:
+    """The trimmed forward (padding columns every row pads are cut) equals open_clip's full-context one."""
+    from open_clip.hf_model import HFTextEncoder
+
+    tokens = bundle.tokenizer(["a red apple emoji.", "an icon of the snake, drawn in black line art."])
+    text = bundle.model.text
+    assert isinstance(text, litemini.TrimmedTextEncoder) and int((tokens != 0).sum(1).max()) < tokens.shape[1]
+    calls: list[int] = []
+    hook = text.transformer.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    with torch.no_grad():
+        trimmed = text(tokens)
+        full = HFTextEncoder.forward(text, tokens)
+    hook.remove()
+    assert calls == [int((tokens != 0).sum(1).max()), tokens.shape[1]]  # the trimmed pass saw fewer columns
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)

@@ -14,8 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dive.models import register_model_configs
+from pipeline.checkpoint import STATE_FILE
 from pipeline.train import main, prepare_config, run
-from pipeline.worker import STATE_FILE
 from tests.conftest import tiny_run_overrides
 
 
