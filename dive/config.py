@@ -34,6 +34,14 @@ class Method(str, enum.Enum):
     lpft = "lpft"  # linear probe for loss.lp_steps, then ft
 
 
+# Which methods use what: one definition, read by validation, the task and the worker.
+USES_REFERENCE = frozenset({Method.dive, Method.flyp_replay, Method.snd})
+USES_TEACHER = frozenset({Method.dive, Method.snd})
+USES_HEAD = frozenset({Method.ft, Method.lpft})
+# Images with more pixels than this are skipped and counted (decompression-bomb guard), unless configured.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 # ---------------------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
@@ -69,7 +77,7 @@ class DataConfig:
     # teacher embeddings of the reference set can be cached.
     augment: bool = True
     # Images with more pixels than this are skipped and counted (decompression-bomb guard).
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     # If set, the built-in demo data and demo teacher are generated into this folder when missing.
     demo: str = ""
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
@@ -358,7 +366,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     if ev.val_objective == "id_zs" and check_paths:
         need(bool(ev.val_zs), "eval.val_zs", "a labelled folder (eval.val_objective is 'id_zs')", ev.val_zs)
 
-    needs_ref = loss.method in (Method.dive, Method.flyp_replay, Method.snd)
+    needs_ref = loss.method in USES_REFERENCE
     if check_paths:
         need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
         if needs_ref:

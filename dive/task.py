@@ -19,12 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dive import losses
-from dive.config import LossConfig, Method
+from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, LossConfig, Method
 from dive.distributed import gather_cat
-
-USES_REFERENCE = frozenset({Method.dive, Method.flyp_replay, Method.snd})
-USES_TEACHER = frozenset({Method.dive, Method.snd})
-USES_HEAD = frozenset({Method.ft, Method.lpft})
 
 
 class DiveTask(nn.Module):

@@ -42,7 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from dive.config import ModelConfig
+from dive.config import MAX_IMAGE_PIXELS, ModelConfig
+from dive.zeroshot import DEFAULT_TEMPLATES
 from pipeline.data import stream_image_transform
 from pipeline.ray_env import ray_session
 from pipeline.shards import (
@@ -67,14 +68,7 @@ from pipeline.shards import (
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a bad photo of a {}.",
-    "a close-up photo of a {}.",
-    "itap of a {}.",
-)
-DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 DEFAULT_ROWS_PER_SHARD = 2048
 DEFAULT_IMAGE_EXTS = ("jpg", "png", "webp")
 _RAY_BATCH = 32  # source records per Ray Data batch (reading + decoding a few dozen images per task call)

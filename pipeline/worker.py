@@ -21,12 +21,12 @@ import ray.train.torch
 import torch
 
 from dive import zeroshot
-from dive.config import VAL_OBJECTIVES, Config, Method, from_dict
+from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, VAL_OBJECTIVES, Config, Method, from_dict
 from dive.distributed import mean_across_ranks
 from dive.metrics import accuracy, retrieval_accuracy, val_objective
 from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
-from dive.task import USES_REFERENCE, DiveTask
+from dive.task import DiveTask
 from pipeline import checkpoint as training_state
 from pipeline.data import PromptTable, cycle_batches, load_val_set, normalize_images
 from pipeline.shards import CAPTIONED, LABELLED
@@ -76,12 +76,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     student = bundle.model
     configure_temperature(student, cfg.loss.temperature, cfg.loss.learn_temperature)
     method = cfg.loss.method
-    needs_teacher = method in (Method.dive, Method.snd) and not info.use_teacher_cache
+    needs_teacher = method in USES_TEACHER and not info.use_teacher_cache
     teacher = (
         frozen_teacher(student) if needs_teacher else None
     )  # from the pre-trained weights, before restore
     head = None
-    if method in (Method.ft, Method.lpft):
+    if method in USES_HEAD:
         head = zeroshot.build_head(student, bundle.tokenizer, info.classnames, info.templates)
     task = DiveTask(
         student,

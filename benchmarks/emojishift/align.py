@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from dive.config import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402
 from dive.config import ModelConfig  # noqa: E402
 from dive.export import export_model  # noqa: E402
 from dive.metrics import accuracy, retrieval_accuracy  # noqa: E402
@@ -59,7 +60,6 @@ from dive.zeroshot import DEFAULT_TEMPLATES, build_head  # noqa: E402
 from pipeline.shards import decode_image, iter_rows, read_manifest  # noqa: E402
 
 FEATURES_VERSION = 1  # bump when the extraction changes, so stale caches are not reused
-MAX_PIXELS = 64_000_000
 TRAINABLE = ("visual.head.proj.weight", "text.proj.weight")
 LOGIT_SCALE = "logit_scale"
 
