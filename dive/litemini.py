@@ -268,7 +268,6 @@ def build_litemini(cfg: ModelConfig, device: str | torch.device = "cpu") -> Mode
     pp = PreprocessCfg(**litemini_preprocess_cfg(image_size))
     return ModelBundle(
         model=model,
-        preprocess_train=image_transform_v2(pp, is_train=True),
         preprocess_eval=image_transform_v2(pp, is_train=False),
         tokenizer=litemini_tokenizer(),
         model_cfg=litemini_model_cfg(image_size),

@@ -42,7 +42,6 @@ class ModelBundle:
     """A model and everything needed to feed it, plus the configs an export must record."""
 
     model: nn.Module
-    preprocess_train: Callable[[Any], torch.Tensor]
     preprocess_eval: Callable[[Any], torch.Tensor]
     tokenizer: Callable[..., torch.Tensor]
     model_cfg: dict[str, Any]
@@ -104,7 +103,7 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBu
     # "pre-trained" weights when none are loaded, or the teacher would differ from rank to rank.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+        model, _, preprocess_eval = open_clip.create_model_and_transforms(
             name,
             pretrained=pretrained,
             device=device,
@@ -117,7 +116,6 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBu
     model_cfg = _resolve_model_cfg(name, quick_gelu)
     return ModelBundle(
         model=model,
-        preprocess_train=preprocess_train,
         preprocess_eval=preprocess_eval,
         tokenizer=open_clip.get_tokenizer(name),
         model_cfg=model_cfg,

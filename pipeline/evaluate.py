@@ -4,7 +4,8 @@ Text heads are computed once per suite and model on the driver; images of all su
 ``map_batches`` pass whose actor scores every model on every image. Also a command of its own:
 
     python pipeline/evaluate.py --config X.yaml --model local-dir:outputs/<run>/export
-    python pipeline/evaluate.py --config X.yaml --model local-dir:… --wise 0,0.25,0.5,0.75,1
+
+(The WiSE-FT curve over several α is ``pipeline/wise.py``.)
 """
 
 from __future__ import annotations

@@ -43,7 +43,6 @@ EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL = (
     "bad_label",
 )
 MISSING = "missing"  # converters: the source names an image file (or tar member) that does not exist
-SKIP_REASONS = (EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL, MISSING)
 
 
 class DataError(ValueError):

@@ -551,3 +551,18 @@ def test_icon_slugs_are_keyed_like_names():
         == es.name_key("Admission Tickets")
         == es.name_key("admission_tickets")
     )
+
+
+def test_an_eval_image_is_never_kept_in_training_data(tmp_path):
+    """Eval splits are written first; a training-side picture with the same bytes is skipped and counted."""
+    picture = Image.new("RGB", (8, 8), "red")
+    seen: dict[str, str] = {}
+    manifest = lambda name: Manifest(name=name, kind=CAPTIONED)  # noqa: E731
+    test = es.Writer(tmp_path / "zs_google", manifest("zs_google"), SETTINGS, seen)
+    assert test.add(picture, "1f34e/google/test/0", caption="x")
+    test.close()
+    align = es.Writer(tmp_path / "alignment", manifest("alignment"), SETTINGS, seen)
+    assert not align.add(picture, "1f34e/fxemoji/cap/0", caption="red apple, Firefox OS emoji style")
+    assert align.add(Image.new("RGB", (8, 8), "blue"), "1f40d/fxemoji/clean", caption="snake")
+    kept = align.close()
+    assert kept.num_rows == 1 and kept.skipped["duplicate"] == 1

@@ -141,6 +141,32 @@ def _fingerprint_key(bundle: ModelBundle, manifest_fp: str, towers_fp: str, unfr
     return h.hexdigest()[:16]
 
 
+def caption_features(
+    bundle: ModelBundle,
+    captions: list[str],
+    batch_size: int,
+    cache_dir: Path | None = None,
+    towers_fp: str | None = None,
+) -> torch.Tensor:
+    """MiniLM features of ``captions``, cached by the captions themselves: they depend on the text tower and
+    the context length, not on the images, so a rebuild at another image size reuses them."""
+    h = hashlib.sha256(f"{FEATURES_VERSION}|{towers_fp}|{bundle.tokenizer.context_length}".encode())
+    for caption in captions:
+        h.update(caption.encode() + b"\x00")
+    path = cache_dir / f"captions-{h.hexdigest()[:16]}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    out = []
+    for start in range(0, len(captions), batch_size):
+        out.append(text_pooled_features(bundle.model, bundle.tokenizer(captions[start : start + batch_size])))
+    text = torch.cat(out) if out else torch.empty(0, 0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(text, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return text
+
+
 def towers_fingerprint(model: nn.Module) -> str:
     """Hash of the frozen towers only (the projections are what changes)."""
     return fingerprint(nn.ModuleDict({"trunk": model.visual.trunk, "text": model.text.transformer}))
@@ -179,7 +205,6 @@ def extract(
     captions: list[str] = []
     labels: list[int] = []
     img_out: list[torch.Tensor] = []
-    txt_out: list[torch.Tensor] = []
 
     def flush() -> None:
         if not images:
@@ -204,10 +229,7 @@ def extract(
     if known is not None:  # the text side does not depend on the image split point
         feats.text, feats.labels = known["text"], known["labels"]
     elif captioned:
-        for start in range(0, len(captions), batch_size):
-            ids = bundle.tokenizer(captions[start : start + batch_size])
-            txt_out.append(text_pooled_features(model, ids))
-        feats.text = torch.cat(txt_out)
+        feats.text = caption_features(bundle, captions, batch_size, cache_dir, towers_fp)
     else:
         feats.labels = torch.tensor(labels, dtype=torch.long)
     if path is not None:
