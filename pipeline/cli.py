@@ -4,6 +4,9 @@
 ``dive validate``   check a run config without starting Ray
 ``dive train``      same as ``python pipeline/train.py``
 ``dive tune``       same as ``python pipeline/tune.py`` (Ray Tune sweeps)
+``dive eval``       same as ``python pipeline/evaluate.py`` (score an export on a config's suites)
+``dive wise``       same as ``python pipeline/wise.py`` (WiSE-FT curve)
+``dive export``     same as ``python pipeline/export.py`` (export a run from its latest checkpoint)
 """
 
 from __future__ import annotations
@@ -34,11 +37,32 @@ def _tune(argv: Sequence[str]) -> int:
     return tune.main(argv)
 
 
+def _eval(argv: Sequence[str]) -> int:
+    from pipeline import evaluate
+
+    return evaluate.main(argv)
+
+
+def _wise(argv: Sequence[str]) -> int:
+    from pipeline import wise
+
+    return wise.main(argv)
+
+
+def _export(argv: Sequence[str]) -> int:
+    from pipeline import export
+
+    return export.main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data": (_data, "convert sources to shards; cache teacher embeddings"),
     "validate": (_validate, "check a run config (and its datasets) without starting Ray"),
     "train": (_train, "fine-tune: same as python pipeline/train.py"),
     "tune": (_tune, "Ray Tune sweep: same as python pipeline/tune.py"),
+    "eval": (_eval, "score an export on a config's suites: same as python pipeline/evaluate.py"),
+    "wise": (_wise, "WiSE-FT exports and curve: same as python pipeline/wise.py"),
+    "export": (_export, "open_clip export of a run from its latest checkpoint: python pipeline/export.py"),
 }
 
 

@@ -83,6 +83,13 @@ def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["student"][key]), key
     assert state["center"].norm() > 0  # the EMA centre moved and was checkpointed
+    # `dive export` rebuilds the same export from the run's folder and its latest checkpoint.
+    from pipeline import export
+
+    assert export.main([str(Path(result.export_dir).parent), "--out", str(tmp_path / "again")]) == 0
+    again, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'again'}")
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, state["student"][key]), key
 
 
 def _registered_checkpoints(storage: Path) -> int:

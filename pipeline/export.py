@@ -1,0 +1,76 @@
+"""``dive export RUN_DIR``: write the open_clip ``local-dir:`` export of a run from its latest checkpoint.
+
+A finished run already has ``RUN_DIR/export``; this is for a run that was stopped (or whose export was deleted):
+the run's own saved config (``RUN_DIR/config.yaml``) and the newest checkpoint Ray Train kept for it
+(``<scaling.storage_path>/dive-<run id[:12]>/checkpoint_*``) give the same export ``train.py`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dive.config import ConfigError, load_config
+
+
+class _Folder:
+    """What :func:`pipeline.checkpoint.load_checkpoint` reads: a checkpoint folder on local disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def as_directory(self):  # noqa: ANN201 - a context manager yielding the folder
+        import contextlib
+
+        return contextlib.nullcontext(str(self.path))
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """(folder, state) of the newest checkpoint of the run whose output folder is ``run_dir``, by step."""
+    from pipeline.checkpoint import STATE_FILE, load
+
+    cfg = load_config(run_dir / "config.yaml")
+    trial = Path(cfg.scaling.storage_path) / f"dive-{run_dir.name[:12]}"
+    folders = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
+    if not folders:
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint under {trial} (expected checkpoint_*/{STATE_FILE})"
+        )
+    states = [(f.parent, load(f.parent)) for f in folders]
+    return max(states, key=lambda fs: fs[1]["step"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "run_dir", type=Path, help="the run's output folder: <tracking.output_dir>/<MLflow run id>"
+    )
+    p.add_argument("--out", type=Path, help="export folder (default RUN_DIR/export)")
+    args = p.parse_args(argv)
+    from dive.models import build_model
+    from pipeline.train import export_checkpoint
+
+    run_dir = args.run_dir.resolve()
+    try:
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir}: no config.yaml (expected a run output folder)")
+        folder, state = latest_checkpoint(run_dir)
+        cfg = load_config(run_dir / "config.yaml")
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = export_checkpoint(
+        cfg, _Folder(folder), args.out or run_dir / "export", build_model(cfg.model), run_dir.name
+    )
+    print(f"export of step {state['step']} ({folder}): {out}")
+    print(f"load it: open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
