@@ -1,13 +1,18 @@
-"""MLflow glue. The driver creates the run (so its id can be checkpointed and resumed); only world rank 0 of the
-Train workers logs step metrics to it, through ``MlflowClient`` calls that carry the run id explicitly (no
-process-global "active run" that a Ray worker could get wrong).
+"""The sole owner of MLflow: every run, parent/child link, resume, metric, artifact and registry call of the
+pipeline goes through :class:`Run` (or the helpers below it).
+
+The driver creates the run (so its id can be checkpointed and resumed); only world rank 0 of the Train workers
+logs step metrics to it, through client calls that carry the run id explicitly (no process-global "active run"
+that a Ray worker could get wrong).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +92,102 @@ def metric_history(
     client: MlflowClient, run_id: str, keys: Iterable[str]
 ) -> dict[str, list[tuple[int, float]]]:
     return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
+
+
+@dataclass
+class Run:
+    """One MLflow run, addressed by id. Start one with :meth:`start`, reopen one with :meth:`resume`."""
+
+    uri: str
+    run_id: str
+    client: MlflowClient = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.client is None:
+            self.client = MlflowClient(tracking_uri=self.uri)
+
+    @classmethod
+    def start(
+        cls,
+        cfg: Config,
+        *,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Run:
+        """A new run of ``cfg``'s experiment (a child of ``parent_run_id`` if given), its config as params."""
+        client, run_id = start_run(cfg, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+        return cls(tracking_uri(cfg), run_id, client)
+
+    @classmethod
+    def resume(cls, uri: str, run_id: str) -> Run:
+        """Reopen an interrupted run: fails early, naming the id, if the store has no such run."""
+        run = cls(uri, run_id)
+        run.client.get_run(run_id)
+        run.client.update_run(run_id, status="RUNNING")
+        return run
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        log_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_dict(self, data: Mapping[str, Any], path: str) -> None:
+        self.client.log_dict(self.run_id, dict(data), path)
+
+    def log_artifact(self, file: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(file), folder)
+
+    def log_artifacts(self, folder: str | Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """FINISHED, FAILED or KILLED: a run is never left RUNNING by the code that opened it."""
+        self.client.set_terminated(self.run_id, status)
+
+    def child_ended(self, run_id: str, status: str) -> None:
+        """Close a child run (e.g. a pruned or failed sweep trial that could not close itself)."""
+        self.client.set_terminated(run_id, status)
+
+    def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+        return metric_history(self.client, self.run_id, keys)
+
+    def register_model(self, artifact_path: str, model_name: str) -> str:
+        """Register ``artifact_path`` of this run as a new version of ``model_name``; returns "name/version"."""
+        try:
+            self.client.create_registered_model(model_name)
+        except Exception as err:  # already registered: add a version
+            if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(model_name, source, run_id=self.run_id)
+        tag = f"{model_name}/{version.version}"
+        self.set_tag("dive.registered_model", tag)
+        return tag
+
+
+def parent_run(
+    cfg: Config,
+    state_file: Path,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    state: Mapping[str, Any] | None = None,
+) -> tuple[Run, bool]:
+    """The parent run of a sweep or benchmark: reopened from ``state_file`` when an earlier attempt wrote it
+    (an interrupted run resumes into the same parent), else started and recorded there with ``state``.
+    Returns (run, resumed)."""
+    uri = tracking_uri(cfg)
+    if state_file.is_file():
+        return Run.resume(uri, json.loads(state_file.read_text())["parent_run_id"]), True
+    run = Run.start(cfg, run_name=run_name, tags=tags)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"parent_run_id": run.run_id, **(state or {})}))
+    return run, False

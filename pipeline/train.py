@@ -161,12 +161,11 @@ def run(
     init_ray(cfg)
     uri = tracking.tracking_uri(cfg)
     if resume_run_id:
-        client, run_id = tracking.MlflowClient(tracking_uri=uri), resume_run_id
-        client.get_run(run_id)  # fails early, naming the id, if the run does not exist in this store
-        client.update_run(run_id, status="RUNNING")
+        mlrun = tracking.Run.resume(uri, resume_run_id)
     else:
-        client, run_id = tracking.start_run(cfg, parent_run_id=parent_run_id)
-        client.log_text(run_id, to_yaml(cfg), "config/resolved.yaml")
+        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id)
+        mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
+    run_id = mlrun.run_id
     if on_start is not None:
         on_start(run_id)
     out_dir = Path(cfg.tracking.output_dir) / run_id
@@ -240,12 +239,12 @@ def run(
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         export_dir = export_checkpoint(cfg, result.checkpoint, out_dir / "export", teacher_bundle, run_id)
-        client.log_artifacts(run_id, str(export_dir), "export")
-        tracking.log_metrics(client, run_id, {"time/train_s": train_seconds}, step=0)
-        report = finish(cfg, client, run_id, export_dir, out_dir)
-        client.set_terminated(run_id, "FINISHED")
+        mlrun.log_artifacts(export_dir, "export")
+        mlrun.log_metrics({"time/train_s": train_seconds})
+        report = finish(cfg, mlrun, export_dir, out_dir)
+        mlrun.end("FINISHED")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        mlrun.end("FAILED")
         raise
     seconds = time.perf_counter() - t0
     return RunResult(
@@ -298,26 +297,24 @@ def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, r
     )
 
 
-def finish(cfg: Config, client: Any, run_id: str, export_dir: Path, out_dir: Path) -> dict[str, Any]:
+def finish(cfg: Config, mlrun: Any, export_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Evaluate teacher and fine-tuned model, log metrics, tables and plots to the run."""
-    from pipeline import plots, tracking
+    from pipeline import plots
     from pipeline.evaluate import evaluate
 
     student = replace(cfg.model, name=f"local-dir:{export_dir}", pretrained="")
     report = evaluate(cfg.model, student, cfg)
     metrics = {f"eval/{k}": v for k, v in report["finetuned"].items()}
     metrics.update({f"eval/teacher/{k}": v for k, v in report["teacher"].items()})
-    tracking.log_metrics(client, run_id, metrics, step=0)
+    mlrun.log_metrics(metrics)
     tables = out_dir / "eval"
     tables.mkdir(exist_ok=True)
     (tables / "report.json").write_text(json.dumps(report, indent=2))
     plots.write_table_csv(report["rows"], tables / "accuracy.csv")
     plots.accuracy_bars(report, tables / "accuracy.png")
-    history = tracking.metric_history(
-        client, run_id, ["train/loss", "train/loss_cl", "train/loss_avl", "train/loss_pvl"]
-    )
+    history = mlrun.metric_history(["train/loss", "train/loss_cl", "train/loss_avl", "train/loss_pvl"])
     plots.loss_curves(history, tables / "losses.png")
-    client.log_artifacts(run_id, str(tables), "eval")
+    mlrun.log_artifacts(tables, "eval")
     return report
 
 

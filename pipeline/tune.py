@@ -317,24 +317,27 @@ def sweep(
     sweeps = Path(base.tracking.output_dir) / "sweeps"
     sweep_dir = sweeps / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    state_file = sweep_dir / "sweep.json"
-    uri = tracking.tracking_uri(base)
-    if state_file.is_file():  # an interrupted sweep: same parent run, Tune restores its trials
-        parent_run_id = json.loads(state_file.read_text())["parent_run_id"]
-        client = tracking.MlflowClient(tracking_uri=uri)
-        client.update_run(parent_run_id, status="RUNNING")
+    # An interrupted sweep reopens the same parent run (Tune restores its trials).
+    parent, resumed = tracking.parent_run(
+        base,
+        sweep_dir / "sweep.json",
+        run_name=f"sweep-{name}",
+        tags={"dive.sweep": name},
+        state={"name": name},
+    )
+    parent_run_id = parent.run_id
+    if resumed:
         print(f"[dive] resuming sweep {name} (MLflow parent run {parent_run_id})", flush=True)
     else:
-        client, parent_run_id = tracking.start_run(base, run_name=f"sweep-{name}", tags={"dive.sweep": name})
-        client.log_text(parent_run_id, to_yaml(base), "config/base.yaml")
-        client.log_text(parent_run_id, OmegaConf.to_yaml(OmegaConf.structured(spec)), "sweep/space.yaml")
-        client.log_param(parent_run_id, "sweep.objective", f"{spec.objective.mode} {spec.objective.metric}")
-        client.log_param(parent_run_id, "sweep.algorithm", spec.search.algorithm)
-        client.log_param(parent_run_id, "sweep.scheduler", spec.scheduler.name)
-        for key, (kind, args) in dists.items():
-            client.log_param(parent_run_id, f"space.{key}", f"{kind}{args}")
-        state_file.write_text(json.dumps({"parent_run_id": parent_run_id, "name": name}))
-        print(f"[dive] sweep {name}: MLflow parent run {parent_run_id} ({uri})", flush=True)
+        parent.log_text(to_yaml(base), "config/base.yaml")
+        parent.log_text(OmegaConf.to_yaml(OmegaConf.structured(spec)), "sweep/space.yaml")
+        params = {
+            "sweep.objective": f"{spec.objective.mode} {spec.objective.metric}",
+            "sweep.algorithm": spec.search.algorithm,
+            "sweep.scheduler": spec.scheduler.name,
+        }
+        parent.log_params(params | {f"space.{key}": f"{kind}{args}" for key, (kind, args) in dists.items()})
+        print(f"[dive] sweep {name}: MLflow parent run {parent_run_id} ({parent.uri})", flush=True)
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -395,12 +398,14 @@ def sweep(
             # Ctrl-C: Tune saved its state; the parent run stays RUNNING until the sweep is resumed.
             print(f"[dive] sweep {name} interrupted; rerun the same command to resume it", flush=True)
             return None
-        result = summarize(spec, base, dists, grid, client, parent_run_id, sweep_dir, name)
-        client.set_terminated(parent_run_id, "FINISHED")
+        result = summarize(spec, base, dists, grid, parent, sweep_dir, name)
+        parent.end("FINISHED")
     except BaseException:
-        client.set_terminated(parent_run_id, "FAILED")
+        parent.end("FAILED")
         raise
-    state_file.write_text(json.dumps({"parent_run_id": parent_run_id, "name": name, "finished": True}))
+    (sweep_dir / "sweep.json").write_text(
+        json.dumps({"parent_run_id": parent_run_id, "name": name, "finished": True})
+    )
     return result
 
 
@@ -432,20 +437,19 @@ def summarize(
     base: Config,
     dists: dict[str, Any],
     grid: Any,
-    client: Any,
-    parent_run_id: str,
+    parent: Any,
     sweep_dir: Path,
     name: str,
 ) -> SweepResult:
     """Trials table, objective-vs-λ plot, best config + export on the parent run; stray child runs closed."""
-    from pipeline import plots, tracking
+    from pipeline import plots
 
     metric, sign = spec.objective.metric, 1 if spec.objective.mode == "max" else -1
     rows = _trial_rows(grid, dists, metric, sweep_dir)
     for row in rows:  # ASHA-stopped or failed trials leave their child run RUNNING
         if row["mlflow_run_id"] and not row["completed"]:
             status = "FAILED" if row["error"] else "KILLED"
-            client.set_terminated(row["mlflow_run_id"], status)
+            parent.child_ended(row["mlflow_run_id"], status)
     done = [r for r in rows if r["completed"] and not math.isnan(r[metric])]
     if not done:
         raise RuntimeError(f"sweep {name}: no trial completed; see {sweep_dir / 'tune'} for the trial logs")
@@ -466,35 +470,25 @@ def summarize(
     log_keys = {k for k, (kind, _) in dists.items() if kind == "loguniform"}
     plots.objective_vs_params(rows, list(dists), metric, table / "objective.png", log_keys)
     for f in ("trials.json", "trials.csv", "trials.md", "objective.png"):
-        client.log_artifact(parent_run_id, str(table / f), "sweep")
-    client.log_artifact(parent_run_id, str(best_path), "sweep")
-    client.log_param(parent_run_id, "sweep.best_trial", best["trial"])
-    client.log_param(parent_run_id, "sweep.best_run_id", best["mlflow_run_id"])
-    for key in dists:
-        client.log_param(parent_run_id, f"best.{key}", best[key])
+        parent.log_artifact(table / f, "sweep")
+    parent.log_artifact(best_path, "sweep")
+    params = {"sweep.best_trial": best["trial"], "sweep.best_run_id": best["mlflow_run_id"]}
+    parent.log_params(params | {f"best.{key}": best[key] for key in dists})
     best_metrics = {f"best/{k}": v for k, v in best.items() if k.startswith(("eval/", "val/"))}
-    tracking.log_metrics(client, parent_run_id, {**best_metrics, f"best/{metric}": best[metric]}, step=0)
+    parent.log_metrics({**best_metrics, f"best/{metric}": best[metric]})
     export = Path(base.tracking.output_dir) / best["mlflow_run_id"] / "export"
     if export.is_dir():
-        client.log_artifacts(parent_run_id, str(export), "best_export")
-        _register(client, parent_run_id, base.tracking.experiment)
+        parent.log_artifacts(export, "best_export")
+        _register(parent, base.tracking.experiment)
     print(f"[dive] sweep {name}: best trial {best['trial']} {metric}={best[metric]:.4f}; config {best_path}")
-    return SweepResult(name, parent_run_id, best["mlflow_run_id"], str(best_path), rows)
+    return SweepResult(name, parent.run_id, best["mlflow_run_id"], str(best_path), rows)
 
 
-def _register(client: Any, parent_run_id: str, experiment: str) -> None:
+def _register(parent: Any, experiment: str) -> None:
     """Register the best export in the MLflow model registry when the store has one (SQL stores and servers)."""
-    model_name = f"{experiment}-best"
     try:
-        try:
-            client.create_registered_model(model_name)
-        except Exception as err:  # already registered: add a version
-            if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
-                raise
-        source = f"{client.get_run(parent_run_id).info.artifact_uri}/best_export"
-        version = client.create_model_version(model_name, source, run_id=parent_run_id)
-        client.set_tag(parent_run_id, "dive.registered_model", f"{model_name}/{version.version}")
-        print(f"[dive] registered {model_name} version {version.version}")
+        tag = parent.register_model("best_export", f"{experiment}-best")
+        print(f"[dive] registered {tag.replace('/', ' version ')}")
     except Exception as err:  # a file store has no registry: the export stays logged on the parent run
         print(f"[dive] model registry unavailable ({str(err).splitlines()[0][:120]}); export logged only")
 

@@ -106,23 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     write_table_csv(rows, out / "wise.csv")
     plot_curve(rows, out / "wise.png")
-    if args.run_id:
-        from mlflow.tracking import MlflowClient
-
-        client, run_id = MlflowClient(tracking_uri=tracking.tracking_uri(cfg)), args.run_id
+    if args.run_id:  # add the curve to an existing run (e.g. the fine-tune's), leaving its status alone
+        mlrun = tracking.Run(tracking.tracking_uri(cfg), args.run_id)
     else:
-        client, run_id = tracking.start_run(cfg, run_name="wise-ft", tags={"dive.wise_of": args.model})
+        mlrun = tracking.Run.start(cfg, run_name="wise-ft", tags={"dive.wise_of": args.model})
+    run_id = mlrun.run_id
     for r in rows:
-        tracking.log_metrics(
-            client,
-            run_id,
-            {f"wise/{k}": v for k, v in r.items() if k != "alpha"},
-            step=int(round(r["alpha"] * 100)),
+        mlrun.log_metrics(
+            {f"wise/{k}": v for k, v in r.items() if k != "alpha"}, step=int(round(r["alpha"] * 100))
         )
     for name in ("wise.json", "wise.csv", "wise.png"):
-        client.log_artifact(run_id, str(out / name), "wise")
+        mlrun.log_artifact(out / name, "wise")
     if not args.run_id:
-        client.set_terminated(run_id, "FINISHED")
+        mlrun.end("FINISHED")
     print(json.dumps(rows, indent=2))
     print(f"WiSE-FT table and curve: {out} (MLflow run {run_id}; metric step = 100·α)")
     return 0

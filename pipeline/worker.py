@@ -317,18 +317,16 @@ class _RankZeroLogger:
     """Step metrics (and the skipped-sample count) to the run the driver created."""
 
     def __init__(self, info: RunInfo) -> None:
-        from pipeline.tracking import MlflowClient
+        from pipeline.tracking import Run
 
-        self.client = MlflowClient(tracking_uri=info.tracking_uri)
+        self.run = Run(info.tracking_uri, info.run_id)
         self.info = info
         self.t0 = time.perf_counter()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        from pipeline.tracking import log_metrics
-
         if self.info.skip_counter is not None:
             metrics["data/skipped"] = float(sum(ray.get(self.info.skip_counter.totals.remote()).values()))
-        log_metrics(self.client, self.info.run_id, metrics, step)
+        self.run.log_metrics(metrics, step)
         terms = "  ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if "loss" in k or k.startswith("val/")
         )

@@ -358,18 +358,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_teacher_cache(base)
     init_ray(base)
 
-    state_file = out / "state.json"
-    if state_file.is_file():  # resume: same parent run, finished rows are kept
-        parent = json.loads(state_file.read_text())["parent_run_id"]
-        client = tracking.MlflowClient(tracking_uri=tracking.tracking_uri(base))
-        client.update_run(parent, status="RUNNING")
+    # Resume: the same parent run, finished rows are kept.
+    mlparent, resumed = tracking.parent_run(
+        base, out / "state.json", run_name=f"emojishift-{size_name}", tags={"dive.benchmark": "emojishift"}
+    )
+    parent = mlparent.run_id
+    if resumed:
         log(f"resuming into MLflow parent run {parent}")
     else:
-        client, parent = tracking.start_run(
-            base, run_name=f"emojishift-{size_name}", tags={"dive.benchmark": "emojishift"}
-        )
-        state_file.write_text(json.dumps({"parent_run_id": parent}))
-        client.log_dict(parent, {"size": size_name, **size.__dict__}, "benchmark/size.json")
+        mlparent.log_dict({"size": size_name, **size.__dict__}, "benchmark/size.json")
 
     def done(name: str) -> dict[str, Any] | None:
         path = out / "runs" / f"{name}.json"
@@ -378,9 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def record(name: str, row: dict[str, Any]) -> dict[str, Any]:
         (out / "runs" / f"{name}.json").write_text(json.dumps(row, indent=2))
         step = row["seed"]
-        tracking.log_metrics(
-            client, parent, {f"{row['key']}/{k}": v for k, v in row["metrics"].items()}, step
-        )
+        mlparent.log_metrics({f"{row['key']}/{k}": v for k, v in row["metrics"].items()}, step)
         return row
 
     rows = []
@@ -439,9 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_bars(table, out / "bars.png")
     plot_scatter(table, out / "scatter.png")
     for name in ("report.md", "report.json", "bars.png", "scatter.png"):
-        client.log_artifact(parent, str(out / name), "report")
-    client.log_metric(parent, "benchmark/wall_s", wall)
-    client.set_terminated(parent, "FINISHED")
+        mlparent.log_artifact(out / name, "report")
+    mlparent.log_metrics({"benchmark/wall_s": wall})
+    mlparent.end("FINISHED")
     if args.update_readme:
         update_readme(README, block)
     print(markdown_table(table))
