@@ -56,7 +56,7 @@ class Size:
 
 
 SIZES = {
-    "full": Size(epochs=2, batch=32, seeds=3, rsa_samples=500, val_samples=400),
+    "full": Size(epochs=4, batch=32, seeds=3, rsa_samples=500, val_samples=400),
     "quick": Size(epochs=1, batch=8, seeds=1, rsa_samples=60, val_samples=60),
 }
 
