@@ -22,7 +22,8 @@ def test_plan_runs_every_method_with_equal_steps_and_seeds_first() -> None:
     plan = er.run_configs(size, id_rows=1600, extra=["tracking.uri=x"])
     keys = [(m.key, seed) for m, seed, _ in plan]
     first = [k for k, s in keys if s == 0]
-    assert first == [m.key for m in er.METHODS]  # seed 0 of every method before any extra seed
+    # seed 0 of every method before any extra seed (the shared-λ row waits for its own sweep)
+    assert first == [m.key for m in er.METHODS if m.key != "dive_shared"]
     assert keys[len(first) :] == [("flyp", 1), ("dive", 1), ("flyp", 2), ("dive", 2)]
     for _method, seed, overrides in plan:
         assert "optim.epochs=3" in overrides and "optim.global_batch=32" in overrides
@@ -124,3 +125,21 @@ def test_methods_subset_and_unknown_method(tmp_path: Path, capsys) -> None:
     assert [(m.key, s) for m, s, _ in plan] == [("snd", 0), ("dive", 0), ("dive", 1)]
     assert er.main(["--cache", str(tmp_path), "--methods", "dive,nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_swept_values_reach_their_methods_and_the_ablations(tmp_path):
+    tuned_file = tmp_path / "tuned.yaml"
+    tuned_file.write_text(
+        "dive: {loss.lambda_avl: 2.5, loss.lambda_pvl: 0.5, optim.lr: 3.0e-4}\nflyp: {optim.lr: 1.0e-4}\n"
+        "_sweeps: {dive: {trials: 8}}\n"
+    )
+    tuned = er.load_tuned(tuned_file)
+    assert set(tuned) == {"dive", "flyp"}  # the bookkeeping section is not a method
+    size = er.SIZES["quick"]
+    plan = {m.key: o for m, _, o in er.run_configs(size, id_rows=40, extra=["optim.lr=9"], tuned=tuned)}
+    assert "dive_shared" not in plan  # no sweep of its own yet: no row
+    assert "loss.lambda_avl=2.5" in plan["dive"] and "optim.lr=0.0003" in plan["dive"]
+    avl = plan["dive_avl"]  # AVL only: DiVE's swept values, then its own λ_pvl = 0 wins
+    assert avl.index("loss.lambda_pvl=0.5") < avl.index("loss.lambda_pvl=0")
+    assert plan["flyp"][-1] == "optim.lr=9"  # command-line overrides still come last
+    assert not [o for o in plan["snd"] if o.startswith("optim.lr=0.0")]  # unswept methods keep the config

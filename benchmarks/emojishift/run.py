@@ -34,6 +34,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
@@ -79,7 +81,23 @@ METHODS = (
     MethodRun("dive", "DiVE", ("loss.method=dive",), seeded=True, wise=True),
     MethodRun("dive_avl", "DiVE, AVL only", ("loss.method=dive", "loss.lambda_pvl=0")),
     MethodRun("dive_pvl", "DiVE, PVL only", ("loss.method=dive", "loss.lambda_avl=0")),
+    MethodRun("dive_shared", "DiVE, one shared λ", ("loss.method=dive",)),  # only once its sweep chose λ
 )
+# Which sweep's chosen values (tuned.yaml) a method's runs take: the ablations keep DiVE's other settings.
+TUNED_FROM = {"dive_avl": "dive", "dive_pvl": "dive"}
+TUNED = HERE / "tuned.yaml"
+
+
+def load_tuned(path: Path = TUNED) -> dict[str, list[str]]:
+    """Per method: the ``key=value`` overrides its sweep chose (``sweeps.py`` writes the file), or none."""
+    from pipeline.tune import override
+
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return {
+        m: [override(k, v) for k, v in values.items()] for m, values in raw.items() if not m.startswith("_")
+    }
+
+
 LABELS = {
     "teacher": "zero-shot teacher",
     **{m.key: m.label for m in METHODS},
@@ -127,11 +145,18 @@ def ensure_teacher_cache(cfg: Any) -> None:
 
 
 def run_configs(
-    size: Size, id_rows: int, extra: Sequence[str], methods: Sequence[str] = ()
+    size: Size,
+    id_rows: int,
+    extra: Sequence[str],
+    methods: Sequence[str] = (),
+    tuned: dict[str, list[str]] | None = None,
 ) -> list[tuple[MethodRun, int, list[str]]]:
     """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares.
 
-    ``methods`` keeps only those keys (all when empty)."""
+    ``methods`` keeps only those keys (all when empty); ``tuned`` (:func:`load_tuned`) adds each method's swept
+    values before its own overrides (so AVL-only still zeroes λ_pvl). A method that needs a sweep of its own
+    (``dive_shared``) runs only when that sweep exists."""
+    tuned = tuned or {}
     steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
     common = [
         f"optim.epochs={size.epochs}",
@@ -146,8 +171,13 @@ def run_configs(
         for method in METHODS:
             if methods and method.key not in methods:
                 continue
+            if method.key == "dive_shared" and method.key not in tuned:
+                continue
+            chosen = tuned.get(TUNED_FROM.get(method.key, method.key), [])
             if seed == 0 or method.seeded:
-                plan.append((method, seed, [*common, *method.overrides, f"optim.seed={seed}", *extra]))
+                plan.append(
+                    (method, seed, [*common, *chosen, *method.overrides, f"optim.seed={seed}", *extra])
+                )
     return plan
 
 
@@ -350,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = prepare_config(str(CONFIG), list(args.overrides))
         id_rows = check_dataset(base.data.id_train, LABELLED).num_rows
-        plan = run_configs(size, id_rows, args.overrides, args.methods)
+        plan = run_configs(size, id_rows, args.overrides, args.methods, load_tuned())
         configs = [(m, seed, prepare_config(str(CONFIG), o)) for m, seed, o in plan]
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

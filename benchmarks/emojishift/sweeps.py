@@ -1,0 +1,150 @@
+"""Collect the EmojiShift sweeps (issue #12, item 4) into the repository: trials tables, chosen values, README.
+
+    python pipeline/tune.py --space tune_configs/emojishift/<method>.yaml --name emojishift-<method>   # each
+    python benchmarks/emojishift/sweeps.py --sweeps outputs/sweeps --update-readme
+
+For every finished sweep ``emojishift-<method>`` under ``--sweeps``: its trials table, objective plot and best
+config are copied to ``benchmarks/emojishift/sweeps/<method>/``, the best trial's values of the searched keys
+(and the keys tied to them) are written into ``benchmarks/emojishift/tuned.yaml`` — which ``run.py`` applies to
+that method's runs — and the summary table goes into the README between the ``sweeps`` markers. Sweeps collected
+earlier stay in ``tuned.yaml`` and the table, so sweeps run in different sessions add up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.tune import load_spec  # noqa: E402
+
+SPACES = ROOT / "tune_configs" / "emojishift"
+TUNED = HERE / "tuned.yaml"
+# sweep name → run.py method key
+METHOD = {
+    "flyp": "flyp",
+    "dive": "dive",
+    "dive_shared": "dive_shared",
+    "snd": "snd",
+    "replay": "flyp_replay",
+    "ft": "ft",
+    "lpft": "lpft",
+}
+BLOCK = re.compile(r"(<!-- sweeps:start -->\n).*?(<!-- sweeps:end -->)", re.S)
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def trial_seconds(sweep_dir: Path) -> tuple[float, float]:
+    """(sum of every trial's own time, wall time from the first trial's start to the last result), from the
+    trials' Tune ``result.json`` lines."""
+    total, start, end = 0.0, float("inf"), 0.0
+    for path in (sweep_dir / "tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            continue
+        last = lines[-1]
+        total += float(last.get("time_total_s", 0.0))
+        start = min(start, float(last["timestamp"]) - float(last.get("time_total_s", 0.0)))
+        end = max(end, float(last["timestamp"]))
+    return total, (end - start if end else 0.0)
+
+
+def collect(sweep_dir: Path, name: str) -> dict[str, Any]:
+    """One finished sweep: copy its tables, return its summary (chosen values included)."""
+    spec = load_spec(SPACES / f"{name}.yaml")
+    rows = json.loads((sweep_dir / "trials" / "trials.json").read_text())
+    best_cfg = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
+    keys = [*spec.space, *spec.tie]
+    chosen = {k: _get(best_cfg, k) for k in keys}
+    dest = HERE / "sweeps" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("trials.md", "trials.csv", "objective.png"):
+        if (sweep_dir / "trials" / f).is_file():
+            shutil.copyfile(sweep_dir / "trials" / f, dest / f)
+    shutil.copyfile(sweep_dir / "best_config.yaml", dest / "best_config.yaml")
+    metric = spec.objective.metric
+    done = [r for r in rows if r["completed"]]
+    best = max(done, key=lambda r: r[metric])
+    seconds, wall = trial_seconds(sweep_dir)
+    return {
+        "method": METHOD[name],
+        "trials": len(rows),
+        "completed": len(done),
+        "pruned": sum(bool(r["pruned"]) for r in rows),
+        "best": {k: best.get(k) for k in (metric, "val/id_acc", "val/zs_acc")},
+        "chosen": chosen,
+        "trial_s": round(seconds),
+        "wall_s": round(wall),
+    }
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def table(summaries: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| sweep | trials (pruned) | best val/objective (id / zs) | chosen | trial time | wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        b = s["best"]
+        chosen = ", ".join(f"`{k}={_fmt(v)}`" for k, v in s["chosen"].items())
+        lines.append(
+            f"| [{name}](sweeps/{name}/trials.md) | {s['trials']} ({s['pruned']}) | "
+            f"{b['val/objective']:.3f} ({b['val/id_acc']:.3f} / {b['val/zs_acc']:.3f}) | {chosen} | "
+            f"{s['trial_s'] / 60:.0f} min | {s['wall_s'] / 60:.0f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweeps", type=Path, default=Path("outputs/sweeps"), help="tracking.output_dir/sweeps")
+    p.add_argument("--update-readme", action="store_true", help="write the table into the benchmark README")
+    args = p.parse_args(argv)
+    tuned = yaml.safe_load(TUNED.read_text()) if TUNED.is_file() else {}
+    summaries = tuned.pop("_sweeps", {})
+    for name in METHOD:
+        sweep_dir = args.sweeps / f"emojishift-{name}"
+        state = sweep_dir / "sweep.json"
+        if not (state.is_file() and json.loads(state.read_text()).get("finished")):
+            continue
+        summaries[name] = collect(sweep_dir, name)
+        tuned[METHOD[name]] = summaries[name]["chosen"]
+        print(f"{name}: chosen {summaries[name]['chosen']}")
+    if not summaries:
+        print(f"error: no finished emojishift-* sweep under {args.sweeps}", file=sys.stderr)
+        return 2
+    header = "# Written by benchmarks/emojishift/sweeps.py: each method's values chosen by its sweep (run.py applies them)\n"
+    TUNED.write_text(header + yaml.safe_dump({**tuned, "_sweeps": summaries}, sort_keys=False))
+    text = table(summaries)
+    print(text)
+    if args.update_readme:
+        readme = HERE / "README.md"
+        body = readme.read_text()
+        if not BLOCK.search(body):
+            raise SystemExit(f"{readme}: no <!-- sweeps:start --> … <!-- sweeps:end --> block")
+        readme.write_text(BLOCK.sub(lambda m: m.group(1) + text + m.group(2), body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
