@@ -32,9 +32,10 @@ from open_clip.hf_model import HFTextEncoder
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
+from dive.bundle import ModelBundle
+
 if TYPE_CHECKING:
     from dive.config import ModelConfig
-    from dive.models import ModelBundle
 
 LITEMINI = "lite-minilm"
 EMBED_DIM = 256
@@ -250,7 +251,6 @@ def build_litemini(cfg: ModelConfig, device: str | torch.device = "cpu") -> Mode
     ``cfg.pretrained`` may name a weights file of this architecture (e.g. the LiT-aligned model), loaded over
     the package weights; empty keeps the package towers with random projections.
     """
-    from dive.models import ModelBundle  # late: dive.models dispatches here
 
     image_size = image_size_from_name(cfg.name)
     model = build_litemini_model(image_size)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,10 @@ import torch
 from torch import nn
 
 from dive import litemini
+from dive.bundle import ModelBundle
 from dive.config import ModelConfig
+
+__all__ = ["ModelBundle", "build_model", "embed_dim", "fingerprint", "frozen_teacher", "get_tokenizer"]
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODEL = "dive-tiny"
@@ -35,19 +36,6 @@ def register_model_configs() -> None:
     if not _registered:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
-
-
-@dataclass
-class ModelBundle:
-    """A model and everything needed to feed it, plus the configs an export must record."""
-
-    model: nn.Module
-    preprocess_eval: Callable[[Any], torch.Tensor]
-    tokenizer: Callable[..., torch.Tensor]
-    model_cfg: dict[str, Any]
-    preprocess_cfg: dict[str, Any]
-    # Where the weights came from, for export cards ("random init" when none).
-    source: str
 
 
 def _resolve_model_cfg(name: str, quick_gelu: bool) -> dict[str, Any]:
