@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,15 +16,18 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def build_optimizer(
-    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, **adamw: Any
 ) -> torch.optim.AdamW:
-    """AdamW over the parameters that require grad, split into decay / no-decay groups."""
+    """AdamW over the parameters that require grad, split into decay / no-decay groups (``adamw``: betas, eps).
+
+    One builder for every training loop here: the fine-tuning worker, the demo teacher, the EmojiShift
+    alignment."""
     decay, no_decay = [], []
     for name, p in named_params:
         if p.requires_grad:
             (no_decay if _no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adamw)
 
 
 def cosine_with_warmup(

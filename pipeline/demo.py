@@ -572,6 +572,7 @@ def pretrain_teacher(
     from dive.config import ModelConfig
     from dive.losses import contrastive
     from dive.models import build_model, clamp_logit_scale, fingerprint
+    from dive.optim import build_optimizer, cosine_with_warmup
 
     out = Path(out)
     weights, summary_path = out / "teacher.pt", out / "teacher.json"
@@ -617,25 +618,10 @@ def pretrain_teacher(
         embedding.sparse = True
         dense = [(name, p) for name, p in model.named_parameters() if p is not embedding.weight]
         opts = [
-            torch.optim.AdamW(
-                [
-                    {"params": [p for _, p in dense if p.ndim >= 2], "weight_decay": 0.05},
-                    {"params": [p for _, p in dense if p.ndim < 2], "weight_decay": 0.0},
-                ],
-                lr=TEACHER_LR,
-                betas=(0.9, 0.98),
-                eps=1e-6,
-            ),
+            build_optimizer(dense, TEACHER_LR, 0.05, betas=(0.9, 0.98), eps=1e-6),
             torch.optim.SparseAdam([embedding.weight], lr=TEACHER_LR, betas=(0.9, 0.98), eps=1e-6),
         ]
-        warmup = max(1, steps // 10)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-        scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) for opt in opts]
+        scheds = [cosine_with_warmup(opt, max(1, steps // 10), steps) for opt in opts]
         gen = torch.Generator().manual_seed(seed)
         order, cursor, loss_value = torch.randperm(n, generator=gen), 0, float("nan")
         model.train()

@@ -38,7 +38,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +59,7 @@ from dive.config import ModelConfig  # noqa: E402
 from dive.export import export_model  # noqa: E402
 from dive.metrics import accuracy, retrieval_accuracy  # noqa: E402
 from dive.models import ModelBundle, build_model, clamp_logit_scale, fingerprint  # noqa: E402
+from dive.optim import build_optimizer, cosine_with_warmup  # noqa: E402
 from dive.zeroshot import DEFAULT_TEMPLATES, build_head  # noqa: E402
 from pipeline.shards import decode_image, iter_rows, read_manifest  # noqa: E402
 
@@ -326,21 +326,13 @@ def train_projections(
     if n < 2:
         raise ValueError(f"alignment needs at least 2 pairs, got {n}")
     params = set_trainable(model, learn_scale, feats.unfreeze)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    trained = {id(p) for p in params}
+    opt = build_optimizer([(n, p) for n, p in model.named_parameters() if id(p) in trained], lr, weight_decay)
     per_epoch = max(1, n // batch_size) if n >= batch_size else 1
     total = per_epoch * epochs
     warmup = max(1, int(round(warmup_frac * total)))
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = cosine_with_warmup(opt, warmup, total)
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(seed)
     first = full_loss(model, feats, batch_size)
