@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -152,9 +153,17 @@ class Run:
         """FINISHED, FAILED or KILLED: a run is never left RUNNING by the code that opened it."""
         self.client.set_terminated(self.run_id, status)
 
-    def child_ended(self, run_id: str, status: str) -> None:
-        """Close a child run (e.g. a pruned or failed sweep trial that could not close itself)."""
-        self.client.set_terminated(run_id, status)
+    def child_ended(self, run_id: str, status: str) -> bool:
+        """Close a child run (e.g. a pruned or failed sweep trial that could not close itself). A child this
+        store does not hold (logged elsewhere) is reported and left alone: the parent's summary still lands."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_terminated(run_id, status)
+            return True
+        except MlflowException as err:
+            print(f"[dive] child run {run_id} not closed: {str(err).splitlines()[0][:160]}", file=sys.stderr)
+            return False
 
     def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
         return metric_history(self.client, self.run_id, keys)

@@ -75,7 +75,11 @@ def resolve_paths(cfg: Config) -> Config:
         model = replace(model, name="local-dir:" + _absolute(model.name.removeprefix("local-dir:")))
     if model.pretrained and (os.sep in model.pretrained or Path(model.pretrained).suffix):
         model = replace(model, pretrained=_absolute(model.pretrained))
-    tracking = replace(cfg.tracking, output_dir=_absolute(cfg.tracking.output_dir))
+    # The store too: Ray Tune runs each trial in its own working directory, so a default relative
+    # sqlite:///mlflow.db (or $MLFLOW_TRACKING_URI unset in a worker) would give every trial a store of its own.
+    from pipeline.tracking import tracking_uri
+
+    tracking = replace(cfg.tracking, output_dir=_absolute(cfg.tracking.output_dir), uri=tracking_uri(cfg))
     scaling = replace(
         cfg.scaling,
         storage_path=_absolute(cfg.scaling.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
