@@ -45,6 +45,13 @@ METHOD = {
 BLOCK = re.compile(r"(<!-- sweeps:start -->\n).*?(<!-- sweeps:end -->)", re.S)
 
 
+class _Plain(yaml.SafeDumper):
+    """Plain YAML: no &anchors / *aliases where two entries hold equal values."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _get(cfg: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = cfg[part]
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no finished emojishift-* sweep under {args.sweeps}", file=sys.stderr)
         return 2
     header = "# Written by benchmarks/emojishift/sweeps.py: each method's values chosen by its sweep (run.py applies them)\n"
-    TUNED.write_text(header + yaml.safe_dump({**tuned, "_sweeps": summaries}, sort_keys=False))
+    TUNED.write_text(header + yaml.dump({**tuned, "_sweeps": summaries}, Dumper=_Plain, sort_keys=False))
     text = table(summaries)
     print(text)
     if args.update_readme:
