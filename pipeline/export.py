@@ -15,26 +15,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dive.config import ConfigError, load_config
+from dive.config import Config, ConfigError, load_config
 
 
-class _Folder:
-    """What :func:`pipeline.checkpoint.load_checkpoint` reads: a checkpoint folder on local disk."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def as_directory(self):  # noqa: ANN201 - a context manager yielding the folder
-        import contextlib
-
-        return contextlib.nullcontext(str(self.path))
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict]:
-    """(folder, state) of the newest checkpoint of the run whose output folder is ``run_dir``, by step."""
+def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[Path, dict]:
+    """(folder, state) of the newest checkpoint, by step, of the run whose output folder is ``run_dir`` and
+    whose saved config is ``cfg``."""
     from pipeline.checkpoint import STATE_FILE, load
 
-    cfg = load_config(run_dir / "config.yaml")
     trial = Path(cfg.scaling.storage_path) / f"dive-{run_dir.name[:12]}"
     folders = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
     if not folders:
@@ -59,14 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{run_dir}: no config.yaml (expected a run output folder)")
-        folder, state = latest_checkpoint(run_dir)
         cfg = load_config(run_dir / "config.yaml")
+        folder, state = latest_checkpoint(run_dir, cfg)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = export_checkpoint(
-        cfg, _Folder(folder), args.out or run_dir / "export", build_model(cfg.model), run_dir.name
-    )
+    out = export_checkpoint(cfg, state, args.out or run_dir / "export", build_model(cfg.model), run_dir.name)
     print(f"export of step {state['step']} ({folder}): {out}")
     print(f"load it: open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0

@@ -57,44 +57,6 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_run(
-    cfg: Config,
-    *,
-    run_name: str | None = None,
-    parent_run_id: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> tuple[MlflowClient, str]:
-    """Create a run, log the flattened config as params; return the client and the run id."""
-    uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = ensure_experiment(client, cfg.tracking.experiment, uri)
-    all_tags = {"dive.method": cfg.loss.method.value, **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name or cfg.tracking.run_name or None, tags=all_tags)
-    log_params(client, run.info.run_id, flatten(cfg))
-    return client, run.info.run_id
-
-
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), MAX_BATCH):
-        client.log_batch(run_id, params=items[i : i + MAX_BATCH])
-
-
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i : i + 1000])
-
-
-def metric_history(
-    client: MlflowClient, run_id: str, keys: Iterable[str]
-) -> dict[str, list[tuple[int, float]]]:
-    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
-
-
 @dataclass
 class Run:
     """One MLflow run, addressed by id. Start one with :meth:`start`, reopen one with :meth:`resume`."""
@@ -117,8 +79,16 @@ class Run:
         tags: Mapping[str, str] | None = None,
     ) -> Run:
         """A new run of ``cfg``'s experiment (a child of ``parent_run_id`` if given), its config as params."""
-        client, run_id = start_run(cfg, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
-        return cls(tracking_uri(cfg), run_id, client)
+        uri = tracking_uri(cfg)
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+        all_tags = {"dive.method": cfg.loss.method.value, **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        created = client.create_run(exp_id, run_name=run_name or cfg.tracking.run_name or None, tags=all_tags)
+        run = cls(uri, created.info.run_id, client)
+        run.log_params(flatten(cfg))
+        return run
 
     @classmethod
     def resume(cls, uri: str, run_id: str) -> Run:
@@ -129,10 +99,15 @@ class Run:
         return run
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        log_params(self.client, self.run_id, params)
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        log_metrics(self.client, self.run_id, metrics, step)
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
@@ -166,7 +141,7 @@ class Run:
             return False
 
     def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
-        return metric_history(self.client, self.run_id, keys)
+        return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
 
     def register_model(self, artifact_path: str, model_name: str) -> str:
         """Register ``artifact_path`` of this run as a new version of ``model_name``; returns "name/version"."""

@@ -157,6 +157,7 @@ def run(
 
     from dive.models import build_model, fingerprint
     from pipeline import tracking
+    from pipeline.checkpoint import load_checkpoint
     from pipeline.data import SkipCounter, read_stream
     from pipeline.shards import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
     from pipeline.worker import RunInfo, train_loop_per_worker
@@ -242,7 +243,8 @@ def run(
         train_seconds = time.perf_counter() - fit_start
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
-        export_dir = export_checkpoint(cfg, result.checkpoint, out_dir / "export", teacher_bundle, run_id)
+        state = load_checkpoint(result.checkpoint)
+        export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, run_id)
         mlrun.log_artifacts(export_dir, "export")
         mlrun.log_metrics({"time/train_s": train_seconds})
         report = finish(cfg, mlrun, export_dir, out_dir)
@@ -264,15 +266,13 @@ def run(
     )
 
 
-def export_checkpoint(cfg: Config, checkpoint: Any, folder: Path, bundle: Any, run_id: str) -> Path:
-    """Load the student from the last checkpoint and write the open_clip ``local-dir:`` export with its card."""
-
+def export_checkpoint(cfg: Config, state: dict, folder: Path, bundle: Any, run_id: str) -> Path:
+    """Write the open_clip ``local-dir:`` export (with its card) of the student in a checkpoint's ``state``
+    (:mod:`pipeline.checkpoint`)."""
     from dive.export import LinearHead, export_model
     from dive.models import build_model
-    from pipeline.checkpoint import load_checkpoint
     from pipeline.shards import LABELLED, check_dataset
 
-    state = load_checkpoint(checkpoint)
     student = build_model(cfg.model).model
     student.load_state_dict(state["student"])
     card = {

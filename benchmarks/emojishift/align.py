@@ -188,20 +188,18 @@ def extract(
 ) -> tuple[Features, bool]:
     """Frozen-tower features of every row of ``folder`` (cached); returns them and whether it was a cache hit.
 
-    With ``unfreeze`` > 0 the image features are the input of the last ``unfreeze`` blocks; the text side
-    (and labels) are then read from the ``unfreeze`` = 0 cache when it exists, since only images differ."""
+    With ``unfreeze`` > 0 the image features are the input of the last ``unfreeze`` blocks. Caption features
+    do not depend on that (nor on the image size): :func:`caption_features` caches them by the captions."""
     manifest = read_manifest(folder)
     captioned = manifest.kind == "captioned"
-    path = plain = None
+    path = None
     if cache_dir is not None:
         towers_fp = towers_fp or towers_fingerprint(bundle.model)
         key = _fingerprint_key(bundle, manifest.fingerprint, towers_fp, unfreeze)
         path = cache_dir / f"{folder.name}-{key}.pt"
-        plain = cache_dir / f"{folder.name}-{_fingerprint_key(bundle, manifest.fingerprint, towers_fp)}.pt"
         if path.is_file():
             raw = torch.load(path, map_location="cpu", weights_only=True)
             return Features(**raw, unfreeze=unfreeze), True
-    known = torch.load(plain, map_location="cpu", weights_only=True) if unfreeze and plain.is_file() else None
     model = bundle.model
     model.eval()
     columns = ["image", "caption"] if captioned else ["image", "label"]
@@ -230,9 +228,7 @@ def extract(
     flush()
     image = torch.cat(img_out) if img_out else torch.empty(0, 0)
     feats = Features(image=image, captions=captions, unfreeze=unfreeze)
-    if known is not None:  # the text side does not depend on the image split point
-        feats.text, feats.labels = known["text"], known["labels"]
-    elif captioned:
+    if captioned:
         feats.text = caption_features(bundle, captions, batch_size, cache_dir, towers_fp)
     else:
         feats.labels = torch.tensor(labels, dtype=torch.long)

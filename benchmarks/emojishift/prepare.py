@@ -682,17 +682,19 @@ def scene_rows(
     lib: Library, classes: Sequence[Emoji], style: str, purpose: str, first: int, last: int, s: Settings
 ) -> list[Row]:
     """Scene variants ``first … last − 1`` of every class in one style, each from its own seed."""
-
-    def render(e: Emoji, i: int) -> Callable[[], Image.Image]:
-        return lambda: scene(
-            lib.picture(e.art[style], 2 * s.size), rng_for(s.seed, purpose, e.code, style, i), s.size
-        )
-
     return [
-        (f"{e.code}/{style}/{purpose}/{i}", render(e, i), {"label": y})
+        scene_row(lib, e, style, purpose, i, s, label=y)
         for y, e in enumerate(classes)
         for i in range(first, last)
     ]
+
+
+def scene_row(lib: Library, e: Emoji, style: str, purpose: str, i: int, s: Settings, **extra: Any) -> Row:
+    """Scene variant ``i`` of one emoji picture, from the seed of (seed, purpose, code point, style, i)."""
+    render = lambda: scene(  # noqa: E731
+        lib.picture(e.art[style], 2 * s.size), rng_for(s.seed, purpose, e.code, style, i), s.size
+    )
+    return f"{e.code}/{style}/{purpose}/{i}", render, extra
 
 
 def clean_row(lib: Library, e: Emoji, style: str, s: Settings, **extra: Any) -> Row:
@@ -700,18 +702,14 @@ def clean_row(lib: Library, e: Emoji, style: str, s: Settings, **extra: Any) -> 
     return f"{e.code}/{style}/clean", render, extra
 
 
-def icon_rows(lib: Library, e: Emoji, styles: Iterable[str], variants: int, s: Settings) -> list[Row]:
+def caption_rows(lib: Library, e: Emoji, styles: Iterable[str], variants: int, s: Settings) -> list[Row]:
     """Captioned rows of one emoji in ``styles``: the clean picture on white and ``variants`` scenes of each,
     captioned "name, style" (scenes from their own seeds, purpose "cap")."""
     rows: list[Row] = []
     for style in styles:
         caption = f"{e.name}, {STYLE_CAPTION.get(style) or ICON_STYLES[style][1]}"
         rows.append(clean_row(lib, e, style, s, caption=caption))
-        for i in range(variants):
-            render = lambda style=style, i=i: scene(  # noqa: E731
-                lib.picture(e.art[style], 2 * s.size), rng_for(s.seed, "cap", e.code, style, i), s.size
-            )
-            rows.append((f"{e.code}/{style}/cap/{i}", render, {"caption": caption}))
+        rows += [scene_row(lib, e, style, "cap", i, s, caption=caption) for i in range(variants)]
     return rows
 
 
@@ -765,13 +763,13 @@ def captioned_rows(
     for e in free:
         ok = unambiguous(e, STYLES)
         ambiguous += sum(st in e.art for st in STYLES) - len(ok)
-        rows[bucket("emoji/" + e.code)] += icon_rows(lib, e, ok, s.free_scene_variants, s)
-        rows[bucket("emoji/" + e.code)] += icon_rows(
+        rows[bucket("emoji/" + e.code)] += caption_rows(lib, e, ok, s.free_scene_variants, s)
+        rows[bucket("emoji/" + e.code)] += caption_rows(
             lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s
         )
     eval_icons = 0
     for e in sorted(eval_classes, key=lambda e: e.code):
-        found = icon_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
+        found = caption_rows(lib, e, unambiguous(e, ICON_STYLES), s.icon_scene_variants, s)
         rows["alignment"] += found
         eval_icons += len(found)
     for c in clipart:

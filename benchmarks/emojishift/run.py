@@ -70,6 +70,7 @@ class MethodRun:
     overrides: tuple[str, ...]
     seeded: bool = False  # runs Size.seeds seeds
     wise: bool = False  # also scored as WiSE-FT α = 0.5
+    swept_only: bool = False  # runs only once its own sweep has chosen its values (tuned.yaml)
 
 
 METHODS = (
@@ -81,7 +82,7 @@ METHODS = (
     MethodRun("dive", "DiVE", ("loss.method=dive",), seeded=True, wise=True),
     MethodRun("dive_avl", "DiVE, AVL only", ("loss.method=dive", "loss.lambda_pvl=0")),
     MethodRun("dive_pvl", "DiVE, PVL only", ("loss.method=dive", "loss.lambda_avl=0")),
-    MethodRun("dive_shared", "DiVE, one shared λ", ("loss.method=dive",)),  # only once its sweep chose λ
+    MethodRun("dive_shared", "DiVE, one shared λ", ("loss.method=dive",), swept_only=True),
 )
 # Which sweep's chosen values (tuned.yaml) a method's runs take: the ablations keep DiVE's other settings.
 TUNED_FROM = {"dive_avl": "dive", "dive_pvl": "dive"}
@@ -154,8 +155,8 @@ def run_configs(
     """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares.
 
     ``methods`` keeps only those keys (all when empty); ``tuned`` (:func:`load_tuned`) adds each method's swept
-    values before its own overrides (so AVL-only still zeroes λ_pvl). A method that needs a sweep of its own
-    (``dive_shared``) runs only when that sweep exists."""
+    values before its own overrides (so AVL-only still zeroes λ_pvl). A ``swept_only`` method runs only when its
+    sweep exists."""
     tuned = tuned or {}
     steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
     common = [
@@ -171,7 +172,7 @@ def run_configs(
         for method in METHODS:
             if methods and method.key not in methods:
                 continue
-            if method.key == "dive_shared" and method.key not in tuned:
+            if method.swept_only and method.key not in tuned:
                 continue
             chosen = tuned.get(TUNED_FROM.get(method.key, method.key), [])
             if seed == 0 or method.seeded:
