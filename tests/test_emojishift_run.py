@@ -143,3 +143,49 @@ def test_swept_values_reach_their_methods_and_the_ablations(tmp_path):
     assert avl.index("loss.lambda_pvl=0.5") < avl.index("loss.lambda_pvl=0")
     assert plan["flyp"][-1] == "optim.lr=9"  # command-line overrides still come last
     assert not [o for o in plan["snd"] if o.startswith("optim.lr=0.0")]  # unswept methods keep the config
+
+
+def test_above_curve_interpolates_and_holds_the_ends() -> None:
+    curve = [(0.9, 0.3), (0.3, 0.2), (0.6, 0.4)]  # unsorted on purpose: (ID, metric)
+    assert er.above_curve(curve, (0.45, 0.35)) == pytest.approx(0.05)  # curve at 0.45 is 0.30
+    assert er.above_curve(curve, (0.75, 0.30)) == pytest.approx(-0.05)  # curve at 0.75 is 0.35
+    assert er.above_curve(curve, (0.95, 0.31)) == pytest.approx(0.01)  # more ID than the fine-tune: its metric
+    assert er.above_curve(curve, (0.1, 0.1)) == pytest.approx(-0.1)  # less ID than the teacher: its metric
+
+
+def _table(dive: dict[str, float], flyp_zs: float = 0.20, teacher_zs: float = 0.27) -> list[dict]:
+    rows = [
+        _row("teacher", 0, id_acc=0.35, ood_avg=0.27, zs_avg=teacher_zs, rsa_mean=1.0),
+        _row("flyp", 0, id_acc=0.99, ood_avg=0.49, zs_avg=flyp_zs, rsa_mean=0.80),
+        _row("dive", 0, **dive),
+    ]
+    for a, (i, o, z) in zip(er.WISE_ALPHAS, [(0.7, 0.42, 0.28), (0.9, 0.5, 0.26), (0.97, 0.5, 0.23)], strict=True):
+        rows.append(_row(er.wise_key(a, "flyp"), 0, id_acc=i, ood_avg=o, zs_avg=z, rsa_mean=0.9))
+    return er.aggregate(rows)
+
+
+def test_goals_are_checked_on_the_table() -> None:
+    table = _table({"id_acc": 0.986, "ood_avg": 0.53, "zs_avg": 0.27, "rsa_mean": 0.96})
+    assert [e["key"] for e in table][:3] == ["teacher", "flyp", "dive"]  # WiSE rows sort after their methods
+    got = {r["id"]: r for r in er.goals(table)}
+    assert list(got) == ["id", "ood", "zs", "rsa", "ood_curve", "zs_curve"]
+    assert got["id"]["target"] == pytest.approx(0.985) and got["id"]["met"]
+    assert got["ood"]["target"] == pytest.approx(0.52) and got["ood"]["met"]
+    # FLYP forgets 7 pt (< 8): the target is all of the teacher's ZS
+    assert got["zs"]["target"] == pytest.approx(0.27) and got["zs"]["met"]
+    assert got["rsa"]["met"] and got["ood_curve"]["met"] and got["zs_curve"]["met"]
+    assert got["zs_curve"]["measured"] == pytest.approx(0.27 - (0.23 + (0.986 - 0.97) / 0.02 * (0.20 - 0.23)))
+    # FLYP forgets 17 pt: FLYP + 8 pt is the target; a DiVE below it, with too little ID, fails both
+    worse = er.goals(_table({"id_acc": 0.90, "ood_avg": 0.5, "zs_avg": 0.15, "rsa_mean": 0.9}, flyp_zs=0.1))
+    got = {r["id"]: r for r in worse}
+    assert got["zs"]["target"] == pytest.approx(0.18)
+    assert [k for k, r in got.items() if r["met"]] == []
+    assert er.goals(er.aggregate([_row("dive", 0, id_acc=0.5)])) == []  # nothing to compare with
+    text = er.markdown_goals(worse)
+    assert text.splitlines()[0] == "| goal | target | DiVE | met |" and "| no |" in text
+
+
+def test_wise_rows_have_a_label_per_alpha() -> None:
+    assert er.wise_key(0.25, "dive") == "wise25_dive"
+    assert er.LABELS["wise75_flyp"] == "WiSE-FT α=0.75 (FLYP)"
+    assert [a for a in er.WISE_ALPHAS] == [0.25, 0.5, 0.75]

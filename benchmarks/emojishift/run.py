@@ -9,9 +9,11 @@ What it does, skipping any step whose output already exists (so an interrupted b
 2. The teacher's embeddings are cached into the reference set (DiVE / SnD then skip the teacher's pass).
 3. One MLflow parent run; under it one child run per method and seed, each the same ``run()`` as
    ``pipeline/train.py`` with ``benchmarks/emojishift/config.yaml`` plus the method's overrides.
-4. The teacher's zero-shot row and WiSE-FT (α = 0.5) of every FLYP and DiVE run are scored without training.
-5. ``report.md`` / ``report.json`` (mean ± std over seeds), ``bars.png``, ``scatter.png`` into ``--out`` and onto the
-   parent run; ``--update-readme`` writes the table into ``benchmarks/emojishift/README.md``.
+4. The teacher's zero-shot row and WiSE-FT (α = 0.25, 0.5, 0.75) of every FLYP and DiVE run are scored without
+   training.
+5. ``report.md`` / ``report.json`` (mean ± std over seeds, and the goals of the README checked against the table),
+   ``bars.png``, ``scatter.png`` into ``--out`` and onto the parent run; ``--update-readme`` writes the table into
+   ``benchmarks/emojishift/README.md``.
 
 Hyper-parameters are the config's: chosen on ``id_val``, ``zs_val`` and ``ref_val`` (the README says how), never
 on eval sets.
@@ -69,7 +71,7 @@ class MethodRun:
     label: str
     overrides: tuple[str, ...]
     seeded: bool = False  # runs Size.seeds seeds
-    wise: bool = False  # also scored as WiSE-FT α = 0.5
+    wise: bool = False  # also scored as WiSE-FT at every α of WISE_ALPHAS
     swept_only: bool = False  # runs only once its own sweep has chosen its values (tuned.yaml)
 
 
@@ -99,12 +101,18 @@ def load_tuned(path: Path = TUNED) -> dict[str, list[str]]:
     }
 
 
+WISE_ALPHAS = (0.25, 0.5, 0.75)  # θ = (1−α)·θ_teacher + α·θ_ft: the curve from the teacher (0) to the fine-tune (1)
+
+
+def wise_key(alpha: float, method: str) -> str:
+    return f"wise{round(alpha * 100):02d}_{method}"
+
+
 LABELS = {
     "teacher": "zero-shot teacher",
     **{m.key: m.label for m in METHODS},
-    **{f"wise_{m.key}": f"WiSE-FT α=0.5 ({m.label})" for m in METHODS if m.wise},
+    **{wise_key(a, m.key): f"WiSE-FT α={a:g} ({m.label})" for m in METHODS if m.wise for a in WISE_ALPHAS},
 }
-WISE_ALPHA = 0.5
 OOD = ("twemoji", "openmoji", "openmoji_black", "fluent_3d", "fluent_flat")
 COLUMNS = ("id_acc", *(f"ood/{s}" for s in OOD), "ood_avg", "zs_avg", "rsa_mean", "train_s")
 HEADERS = ("ID", *OOD, "OOD avg", "ZS avg", "RSA", "train s")
@@ -194,11 +202,18 @@ def score(cfg: Any, model: Any, with_rsa: bool) -> dict[str, float]:
     return row
 
 
-def wise_row(cfg: Any, export_dir: str, out: Path) -> dict[str, float]:
+def wise_rows(cfg: Any, export_dir: str, alphas: Sequence[float], out: Path) -> dict[float, dict[str, float]]:
+    """Accuracy and RSA of θ_α for every α, the interpolated models scored in one pass over the suites."""
+    from dive.metrics import summarize
+    from pipeline.evaluate import evaluate_accuracy, evaluate_rsa, suites_from_config
     from pipeline.wise import wise_exports
 
-    folder = wise_exports(cfg, f"local-dir:{export_dir}", [WISE_ALPHA], out)[WISE_ALPHA]
-    return score(cfg, replace(cfg.model, name=f"local-dir:{folder}", pretrained=""), with_rsa=True)
+    folders = wise_exports(cfg, f"local-dir:{export_dir}", alphas, out)
+    models = {a: replace(cfg.model, name=f"local-dir:{f}", pretrained="") for a, f in folders.items()}
+    accuracy = evaluate_accuracy({f"{a:g}": m for a, m in models.items()}, suites_from_config(cfg), cfg)
+    return {
+        a: {**summarize(accuracy[f"{a:g}"]), **evaluate_rsa(cfg.model, m, cfg)} for a, m in models.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -241,6 +256,57 @@ def markdown_table(table: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def above_curve(curve: Sequence[tuple[float, float]], point: tuple[float, float]) -> float:
+    """How far ``point`` lies above a piecewise-linear curve of (ID, metric) points, at the point's ID.
+
+    Beyond the curve's ID range the nearest end counts (a point with more ID than the fine-tune must also match
+    its metric), so a positive gap always means no mix of teacher and fine-tune reaches the point."""
+    xs, ys = zip(*sorted(curve), strict=True)
+    x, y = point
+    if x <= xs[0]:
+        return y - ys[0]
+    if x >= xs[-1]:
+        return y - ys[-1]
+    i = next(i for i in range(1, len(xs)) if x <= xs[i])
+    t = (x - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
+    return y - (ys[i - 1] + t * (ys[i] - ys[i - 1]))
+
+
+def goals(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The benchmark's goals (README) for DiVE against FLYP and the teacher, each checked on the table's means.
+
+    ZS: DiVE ≥ FLYP + 8 pt, or ≥ the teacher where FLYP forgets less than that (all of it kept)."""
+    by_key = {e["key"]: e for e in table}
+    if not {"teacher", "flyp", "dive"} <= set(by_key):
+        return []
+
+    def mean(key: str, metric: str) -> float:
+        return by_key[key][metric]["mean"]
+
+    zs_target = min(mean("flyp", "zs_avg") + 0.08, mean("teacher", "zs_avg"))
+    out = [
+        ("id", "ID matched: DiVE ≥ FLYP − 0.5 pt", mean("flyp", "id_acc") - 0.005, mean("dive", "id_acc")),
+        ("ood", "OOD avg: DiVE ≥ FLYP + 3 pt", mean("flyp", "ood_avg") + 0.03, mean("dive", "ood_avg")),
+        ("zs", "ZS avg: DiVE ≥ min(FLYP + 8 pt, teacher)", zs_target, mean("dive", "zs_avg")),
+        ("rsa", "RSA: DiVE ≥ 0.95", 0.95, mean("dive", "rsa_mean")),
+    ]
+    rows = [{"id": i, "goal": g, "target": t, "measured": m, "met": m >= t} for i, g, t, m in out]
+    for key, metric, name in (("ood_curve", "ood_avg", "OOD avg"), ("zs_curve", "zs_avg", "ZS avg")):
+        curve = wise_curve(table, "flyp", metric)
+        if len(curve) > 2:
+            gap = above_curve(curve, (mean("dive", "id_acc"), mean("dive", metric)))
+            rows.append({"id": key, "goal": f"{name}: DiVE above FLYP's WiSE-FT curve (gap)", "target": 0.0,
+                         "measured": gap, "met": gap > 0})  # fmt: skip
+    return rows
+
+
+def markdown_goals(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| goal | target | DiVE | met |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['goal']} | {r['target']:.3f} | {r['measured']:.3f} | {'yes' if r['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def plot_bars(table: Sequence[dict[str, Any]], path: Path) -> None:
     """Grouped bars: ID, OOD avg and ZS avg per method, with the seeds' std as error bars."""
     import matplotlib
@@ -265,38 +331,49 @@ def plot_bars(table: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def wise_curve(table: Sequence[dict[str, Any]], method: str, metric: str) -> list[tuple[float, float]]:
+    """(ID, metric) from the teacher through WiSE-FT α = 0.25 … 0.75 to the fine-tune, as far as measured."""
+    by_key = {e["key"]: e for e in table}
+    keys = ["teacher", *(wise_key(a, method) for a in WISE_ALPHAS), method]
+    return [
+        (by_key[k]["id_acc"]["mean"], by_key[k][metric]["mean"])
+        for k in keys
+        if k in by_key and "id_acc" in by_key[k] and metric in by_key[k]
+    ]
+
+
 def plot_scatter(table: Sequence[dict[str, Any]], path: Path) -> None:
-    """ID vs OOD avg and ID vs ZS avg; WiSE-FT points joined to their fine-tune and to the teacher."""
+    """ID vs OOD avg and ID vs ZS avg; each WiSE-FT curve drawn from the teacher to its fine-tune."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_key = {e["key"]: e for e in table}
+    wise_methods = [m.key for m in METHODS if m.wise]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (metric, name) in zip(axes, (("ood_avg", "OOD avg"), ("zs_avg", "ZS avg")), strict=True):
         for e in table:
-            if "id_acc" not in e or metric not in e:
+            if "id_acc" not in e or metric not in e or e["key"].startswith("wise"):
                 continue
-            wise = e["key"].startswith("wise_")
             ax.errorbar(
                 e["id_acc"]["mean"],
                 e[metric]["mean"],
                 xerr=e["id_acc"]["std"],
                 yerr=e[metric]["std"],
-                fmt="D" if wise else ("*" if e["key"] == "teacher" else "o"),
+                fmt="*" if e["key"] == "teacher" else "o",
                 markersize=9 if e["key"] == "teacher" else 6,
                 label=e["label"],
             )
-            source = by_key.get(e["key"].removeprefix("wise_")) if wise else None
-            teacher = by_key.get("teacher")
-            if source and teacher:
-                ends = (teacher, e, source)
-                ax.plot([p["id_acc"]["mean"] for p in ends], [p[metric]["mean"] for p in ends], "k:", lw=0.8)
+        for method in wise_methods:
+            curve = wise_curve(table, method, metric)
+            if len(curve) > 2:
+                xs, ys = zip(*curve, strict=True)
+                ax.plot(xs, ys, "D:", lw=0.9, markersize=3, label=f"WiSE-FT ({LABELS[method]})")
         ax.set_xlabel("ID accuracy")
         ax.set_ylabel(name)
     axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle("EmojiShift: robustness vs ID accuracy (dotted: teacher – WiSE-FT α=0.5 – fine-tune)")
+    alphas = ", ".join(f"{a:g}" for a in WISE_ALPHAS)
+    fig.suptitle(f"EmojiShift: robustness vs ID accuracy (dotted: WiSE-FT α = {alphas}, teacher to fine-tune)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -431,13 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             })  # fmt: skip
         rows.append(row)
         if method.wise:
-            wise_name = f"wise_{name}"
-            if (wrow := done(wise_name)) is None:
-                log(f"scoring WiSE-FT α={WISE_ALPHA} of {method.label}, seed {seed}")
-                metrics = wise_row(cfg, row["export"], out / "wise" / name)
-                metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
-                wrow = record(wise_name, {"key": f"wise_{method.key}", "seed": seed, "metrics": metrics})
-            rows.append(wrow)
+            names = {a: f"{wise_key(a, method.key)}-s{seed}" for a in WISE_ALPHAS}
+            missing = [a for a, n in names.items() if done(n) is None]
+            if missing:
+                log(f"scoring WiSE-FT α={','.join(f'{a:g}' for a in missing)} of {method.label}, seed {seed}")
+                for alpha, metrics in wise_rows(cfg, row["export"], missing, out / "wise" / name).items():
+                    metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
+                    record(names[alpha], {"key": wise_key(alpha, method.key), "seed": seed, "metrics": metrics})
+            rows.extend(done(n) for n in names.values())
 
     table = aggregate(rows)
     wall = time.perf_counter() - started
@@ -453,7 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mlflow_parent_run": parent,
         "tracking_uri": tracking.tracking_uri(base),
     }
-    (out / "report.json").write_text(json.dumps({**meta, "table": table, "runs": rows}, indent=2))
+    checked = goals(table)
+    (out / "report.json").write_text(
+        json.dumps({**meta, "table": table, "goals": checked, "runs": rows}, indent=2)
+    )
     block = (
         f"Measured {meta['date']} on {meta['machine']}; `{command}`; {size.epochs} epochs of batch "
         f"{size.batch} per method, {size.seeds} seed(s) for FLYP and DiVE; whole benchmark {wall / 60:.0f} min "
@@ -461,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"styles; RSA = mean of image/text/cross-modal RSA against the teacher on `ref_val`; train s = "
         f"`TorchTrainer.fit()` alone.\n\n{markdown_table(table)}"
     )
+    if checked:
+        block += f"\n\nThe goals (item 6 of the README's protocol), checked on the means above:\n\n{markdown_goals(checked)}"
     (out / "report.md").write_text(f"# EmojiShift ({size_name})\n\n{block}\n")
     plot_bars(table, out / "bars.png")
     plot_scatter(table, out / "scatter.png")
