@@ -149,7 +149,8 @@ def test_above_curve_interpolates_and_holds_the_ends() -> None:
     curve = [(0.9, 0.3), (0.3, 0.2), (0.6, 0.4)]  # unsorted on purpose: (ID, metric)
     assert er.above_curve(curve, (0.45, 0.35)) == pytest.approx(0.05)  # curve at 0.45 is 0.30
     assert er.above_curve(curve, (0.75, 0.30)) == pytest.approx(-0.05)  # curve at 0.75 is 0.35
-    assert er.above_curve(curve, (0.95, 0.31)) == pytest.approx(0.01)  # more ID than the fine-tune: its metric
+    # more ID than the fine-tune: its metric counts
+    assert er.above_curve(curve, (0.95, 0.31)) == pytest.approx(0.01)
     assert er.above_curve(curve, (0.1, 0.1)) == pytest.approx(-0.1)  # less ID than the teacher: its metric
 
 
@@ -159,7 +160,8 @@ def _table(dive: dict[str, float], flyp_zs: float = 0.20, teacher_zs: float = 0.
         _row("flyp", 0, id_acc=0.99, ood_avg=0.49, zs_avg=flyp_zs, rsa_mean=0.80),
         _row("dive", 0, **dive),
     ]
-    for a, (i, o, z) in zip(er.WISE_ALPHAS, [(0.7, 0.42, 0.28), (0.9, 0.5, 0.26), (0.97, 0.5, 0.23)], strict=True):
+    points = [(0.7, 0.42, 0.28), (0.9, 0.5, 0.26), (0.97, 0.5, 0.23)]
+    for a, (i, o, z) in zip(er.WISE_ALPHAS, points, strict=True):
         rows.append(_row(er.wise_key(a, "flyp"), 0, id_acc=i, ood_avg=o, zs_avg=z, rsa_mean=0.9))
     return er.aggregate(rows)
 

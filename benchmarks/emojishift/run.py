@@ -101,7 +101,8 @@ def load_tuned(path: Path = TUNED) -> dict[str, list[str]]:
     }
 
 
-WISE_ALPHAS = (0.25, 0.5, 0.75)  # θ = (1−α)·θ_teacher + α·θ_ft: the curve from the teacher (0) to the fine-tune (1)
+# θ = (1−α)·θ_teacher + α·θ_ft: the curve from the teacher (α = 0) to the fine-tune (α = 1)
+WISE_ALPHAS = (0.25, 0.5, 0.75)
 
 
 def wise_key(alpha: float, method: str) -> str:
@@ -303,7 +304,8 @@ def goals(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_goals(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| goal | target | DiVE | met |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['goal']} | {r['target']:.3f} | {r['measured']:.3f} | {'yes' if r['met'] else 'no'} |")
+        met = "yes" if r["met"] else "no"
+        lines.append(f"| {r['goal']} | {r['target']:.3f} | {r['measured']:.3f} | {met} |")
     return "\n".join(lines)
 
 
@@ -373,7 +375,7 @@ def plot_scatter(table: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(name)
     axes[1].legend(fontsize=7, loc="best")
     alphas = ", ".join(f"{a:g}" for a in WISE_ALPHAS)
-    fig.suptitle(f"EmojiShift: robustness vs ID accuracy (dotted: WiSE-FT α = {alphas}, teacher to fine-tune)")
+    fig.suptitle(f"EmojiShift: robustness vs ID accuracy (dotted: WiSE-FT α = {alphas}, teacher → fine-tune)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -514,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"scoring WiSE-FT α={','.join(f'{a:g}' for a in missing)} of {method.label}, seed {seed}")
                 for alpha, metrics in wise_rows(cfg, row["export"], missing, out / "wise" / name).items():
                     metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
-                    record(names[alpha], {"key": wise_key(alpha, method.key), "seed": seed, "metrics": metrics})
+                    wise = {"key": wise_key(alpha, method.key), "seed": seed, "metrics": metrics}
+                    record(names[alpha], wise)
             rows.extend(done(n) for n in names.values())
 
     table = aggregate(rows)
