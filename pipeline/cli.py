@@ -1,6 +1,6 @@
 """The ``dive`` console script: one front door for the pipeline's commands.
 
-``dive data …``     convert image-text sources into shards, cache teacher embeddings (pipeline.prepare)
+``dive data …``     convert image-text sources into shards, cache teacher embeddings (pipeline.convert)
 ``dive validate``   check a run config without starting Ray
 ``dive train``      same as ``python pipeline/train.py``
 ``dive tune``       same as ``python pipeline/tune.py`` (Ray Tune sweeps)
@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 
 def _data(argv: Sequence[str]) -> int:
-    from pipeline import prepare
+    from pipeline.convert.cli import main
 
-    return prepare.main(argv)
+    return main(argv)
 
 
 def _train(argv: Sequence[str]) -> int:

@@ -7,7 +7,7 @@ compositional captions, but the ID task only asks for the **shape** of **flat** 
 naively tends to forget what the ID task ignores: the other styles (OOD sets, same shape classes) and the
 other concepts (zero-shot sets labelled by colour and by position).
 
-Splits (each a folder of Parquet shards + ``dataset.json``, see :mod:`pipeline.shards`):
+Splits (each a folder of Parquet shards + ``dataset.json``, see :mod:`pipeline.data.format`):
 
 * ``id_train``, ``id_val``, ``id_test``: labelled by shape, flat style (the narrow ID task).
 * ``ood_outline``, ``ood_noisy``, ``ood_pixel``: labelled by shape, drawn in the other styles.
@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows, read_manifest
+from pipeline.data.format import (
+    CAPTIONED,
+    LABELLED,
+    Manifest,
+    ShardWriter,
+    encode_png,
+    iter_rows,
+    read_manifest,
+)
 
 DEMO_VERSION = "demo-v1"
 IMAGE_SIZE = 32  # stored image size = the dive-tiny model's input size

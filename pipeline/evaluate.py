@@ -27,8 +27,7 @@ from dive.config import Config, ModelConfig, load_config
 from dive.export import LinearHead, load_linear_head
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import LOCAL_DIR, ModelBundle, build_model
-from pipeline.data import normalize_images, open_dataset, preprocess_batch
-from pipeline.shards import (
+from pipeline.data.format import (
     CAPTIONED,
     LABELLED,
     Manifest,
@@ -38,6 +37,8 @@ from pipeline.shards import (
     shard_files,
     tar_files,
 )
+from pipeline.data.streams import open_dataset
+from pipeline.data.transforms import normalize_images, preprocess_batch
 
 
 @dataclass

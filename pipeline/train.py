@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
+from pipeline.data.format import DataError
 from pipeline.ray_env import init_ray
-from pipeline.shards import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -105,7 +105,7 @@ def prepare_config(config_path: str | None, overrides: list[str], build_demo: bo
 def check_datasets(cfg: Config) -> None:
     """Manifest, shards and column types of every dataset the run reads: a wrong schema fails here, on the
     driver, naming the file and column — not as a stack trace from inside a Ray worker."""
-    from pipeline.shards import CAPTIONED, LABELLED, check_dataset
+    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset
 
     check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
     if cfg.data.reference:
@@ -158,8 +158,8 @@ def run(
     from dive.models import build_model, fingerprint
     from pipeline import tracking
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.data import SkipCounter, read_stream
-    from pipeline.shards import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
+    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
+    from pipeline.data.streams import SkipCounter, read_stream
     from pipeline.worker import RunInfo, train_loop_per_worker
 
     t0 = time.perf_counter()
@@ -271,7 +271,7 @@ def export_checkpoint(cfg: Config, state: dict, folder: Path, bundle: Any, run_i
     (:mod:`pipeline.checkpoint`)."""
     from dive.export import LinearHead, export_model
     from dive.models import build_model
-    from pipeline.shards import LABELLED, check_dataset
+    from pipeline.data.format import LABELLED, check_dataset
 
     student = build_model(cfg.model).model
     student.load_state_dict(state["student"])

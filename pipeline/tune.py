@@ -41,7 +41,7 @@ from dive.config import (
     to_yaml,
     validate,
 )
-from pipeline.shards import DataError
+from pipeline.data.format import DataError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 ALGORITHMS = ("optuna", "random")

@@ -28,8 +28,9 @@ from dive.models import build_model, clamp_logit_scale, configure_temperature, e
 from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import DiveTask
 from pipeline import checkpoint as training_state
-from pipeline.data import PromptTable, cycle_batches, load_val_set, normalize_images
-from pipeline.shards import CAPTIONED, LABELLED
+from pipeline.data.format import CAPTIONED, LABELLED
+from pipeline.data.streams import cycle_batches, load_val_set
+from pipeline.data.transforms import PromptTable, normalize_images
 
 _log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import PromptTable, SkipCounter, preprocess_batch, read_stream, stream_image_transform
-from pipeline.shards import LABELLED, Manifest, encode_png, write_manifest
+from pipeline.data.format import LABELLED, Manifest, encode_png, write_manifest
+from pipeline.data.streams import SkipCounter, read_stream
+from pipeline.data.transforms import PromptTable, preprocess_batch, stream_image_transform
 from tests.conftest import write_tar
 
 
@@ -114,7 +115,7 @@ def test_stream_transform_matches_worker_preprocessing(tiny_bundle):
         max_pixels=10**6,
         num_classes=1,
     )
-    from pipeline.data import normalize_images
+    from pipeline.data.transforms import normalize_images
 
     cfg = tiny_bundle.preprocess_cfg
     assert torch.allclose(x, normalize_images(torch.from_numpy(out["image"]), cfg["mean"], cfg["std"])[0])

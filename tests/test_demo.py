@@ -12,7 +12,7 @@ import torch
 from dive.config import ModelConfig
 from dive.models import build_model, fingerprint
 from pipeline import demo
-from pipeline.shards import CAPTIONED, LABELLED, check_dataset, iter_rows, shard_files
+from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, iter_rows, shard_files
 
 EVAL_SPLITS = ("id_val", "id_test", "ood_outline", "ood_noisy", "ood_pixel", "zs_color", "zs_position")
 TRAIN_SPLITS = ("id_train", "reference", "pretrain")

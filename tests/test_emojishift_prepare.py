@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows, read_manifest
+from pipeline.data.format import (
+    CAPTIONED,
+    LABELLED,
+    Manifest,
+    ShardWriter,
+    encode_png,
+    iter_rows,
+    read_manifest,
+)
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "emojishift" / "prepare.py"
 _spec = importlib.util.spec_from_file_location("emojishift_prepare", _PATH)

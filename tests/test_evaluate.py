@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from dive.config import Config, ModelConfig
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, write_manifest
 from pipeline.evaluate import Suite, evaluate_accuracy, reference_embeddings
-from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, write_manifest
 from tests.conftest import write_tar
 
 

@@ -230,7 +230,7 @@ def test_stream_tokenizer_is_minilm_wordpiece(bundle) -> None:
     """Ray Data tokenises captions by model name: it must get MiniLM's WordPiece, not CLIP's BPE (whose ids run past
     MiniLM's 30,522-row embedding and crashed the first EmojiShift run inside a worker)."""
     from dive.models import get_tokenizer
-    from pipeline.data import _tokenizer
+    from pipeline.data.transforms import _tokenizer
 
     captions = ["red apple, black line art", "Fern: tree, frond, forest"]
     for tok in (get_tokenizer("lite-minilm-64"), _tokenizer("lite-minilm-64")):

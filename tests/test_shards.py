@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.shards import (
+from pipeline.data.format import (
     CAPTIONED,
     EMPTY,
     LABELLED,

@@ -61,7 +61,7 @@ from dive.metrics import accuracy, retrieval_accuracy  # noqa: E402
 from dive.models import ModelBundle, build_model, clamp_logit_scale, fingerprint  # noqa: E402
 from dive.optim import build_optimizer, cosine_with_warmup  # noqa: E402
 from dive.zeroshot import DEFAULT_TEMPLATES, build_head  # noqa: E402
-from pipeline.shards import decode_image, iter_rows, read_manifest  # noqa: E402
+from pipeline.data.format import decode_image, iter_rows, read_manifest  # noqa: E402
 
 FEATURES_VERSION = 1  # bump when the extraction changes, so stale caches are not reused
 TRAINABLE = ("visual.head.proj.weight", "text.proj.weight")

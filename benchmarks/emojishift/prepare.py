@@ -4,7 +4,7 @@
     python benchmarks/emojishift/prepare.py --cache /tmp/emojishift-quick --quick  # small sets, same rules
 
 One command installs the sources into ``CACHE/sources`` (reused when present), then writes every split as a
-dataset folder (:mod:`pipeline.shards`) directly under ``CACHE``:
+dataset folder (:mod:`pipeline.data.format`) directly under ``CACHE``:
 
 * ``id_train`` / ``id_val`` / ``id_test``: N_ID object-like emoji classes in the Google (Noto) style. One style
   has one picture per class, so the splits are *deterministic scene variants* of it (the emoji recoloured,
@@ -50,10 +50,10 @@ from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
 try:
-    from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
+    from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
 except ImportError:  # run as a plain script from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from pipeline.shards import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
+    from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
 
 # Bump when the rules change, so old caches are recognisable (v2: icon sets, eval classes as icons, zs_val).
 VERSION = "emojishift-v2"

@@ -145,8 +145,8 @@ def ensure_data(cache: Path, quick: bool) -> None:
 def ensure_teacher_cache(cfg: Any) -> None:
     """Teacher embeddings of the reference set: the frozen teacher's pass is then read, not recomputed."""
     from dive.models import build_model, fingerprint
-    from pipeline.prepare import cache_teacher
-    from pipeline.shards import CAPTIONED, check_dataset, check_teacher_cache
+    from pipeline.convert import cache_teacher
+    from pipeline.data.format import CAPTIONED, check_dataset, check_teacher_cache
 
     manifest = check_dataset(cfg.data.reference, CAPTIONED)
     if not check_teacher_cache(cfg.data.reference, manifest, fingerprint(build_model(cfg.model).model)):
@@ -453,8 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from dive.config import ConfigError
     from pipeline import tracking
+    from pipeline.data.format import LABELLED, DataError, check_dataset
     from pipeline.ray_env import init_ray
-    from pipeline.shards import LABELLED, DataError, check_dataset
     from pipeline.train import prepare_config, run
 
     try:

@@ -17,9 +17,10 @@ from PIL import Image
 
 from dive.config import ModelConfig
 from dive.models import build_model, fingerprint
-from pipeline import prepare
-from pipeline.prepare import cache_teacher, convert_captions, convert_imagefolder, convert_wds, main
-from pipeline.shards import (
+from dive.zeroshot import DEFAULT_TEMPLATES
+from pipeline.convert import cache_teacher, common, convert_captions, convert_imagefolder, convert_wds
+from pipeline.convert.cli import main
+from pipeline.data.format import (
     CAPTIONED,
     LABELLED,
     DataError,
@@ -71,7 +72,7 @@ def test_imagefolder_round_trip(tmp_path, capsys):
     manifest = convert_imagefolder(src, out, rows_per_shard=3)
     assert manifest.kind == LABELLED
     assert manifest.classnames == ["ant", "sea turtle", "zebra"]
-    assert manifest.templates == list(prepare.DEFAULT_TEMPLATES)
+    assert manifest.templates == list(DEFAULT_TEMPLATES)
     assert manifest.num_rows == 7 and manifest.skipped == {"total": 0}
     assert manifest.source == str(src.resolve())
     assert len(shard_files(out)) == 3
@@ -384,14 +385,14 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 def test_progress_bar_is_off_without_a_tty_or_with_dive_no_progress(monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     monkeypatch.delenv("DIVE_NO_PROGRESS")
-    with prepare._progress(3, "x") as bar:
+    with common._progress(3, "x") as bar:
         assert not bar.disable
     monkeypatch.setenv("DIVE_NO_PROGRESS", "1")
-    with prepare._progress(3, "x") as bar:
+    with common._progress(3, "x") as bar:
         assert bar.disable
     monkeypatch.delenv("DIVE_NO_PROGRESS")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    with prepare._progress(3, "x") as bar:
+    with common._progress(3, "x") as bar:
         assert bar.disable
 
 
@@ -490,3 +491,15 @@ def test_cache_teacher_refuses_webdataset_tars_and_leaves_them(tmp_path):
     with pytest.raises(DataError, match=r"wds: holds webdataset tars; .*dive data wds"):
         cache_teacher(folder, ModelConfig())
     assert tar.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["00000.tar"]
+
+
+def test_converters_do_not_import_ray_unless_asked() -> None:
+    """``dive data`` with ``--workers 0`` (the default) loads none of Ray: a fresh interpreter proves it."""
+    import subprocess
+
+    code = (
+        "import sys, pipeline.convert.cli, pipeline.data.transforms; "
+        "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,174 @@
+"""The ``dive data`` command line: one subcommand per converter, plus ``cache-teacher``; ``main`` returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dive.config import ModelConfig
+from pipeline.convert.captions import convert_captions
+from pipeline.convert.common import DEFAULT_IMAGE_EXTS, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_SHARD, PathLike
+from pipeline.convert.imagefolder import convert_imagefolder
+from pipeline.convert.teacher_cache import cache_teacher
+from pipeline.convert.wds import convert_wds
+from pipeline.data.format import LABELLED, DataError, Manifest, read_manifest
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output folder for the shards and dataset.json")
+    p.add_argument(
+        "--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help="rows per Parquet shard"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images with more pixels (default %(default)s)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="0: convert in this process (default); N > 0: read and check images with Ray Data "
+        "(N parallel tasks; starts a local Ray instance unless one is running)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dive data",
+        description="Convert image sources into Parquet shards + dataset.json; cache teacher embeddings. "
+        "Bad samples are skipped, printed and counted; a bad source is an error before anything is written. "
+        "Set DIVE_NO_PROGRESS=1 to hide the progress bar.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("imagefolder", help="class subfolders of images -> a labelled set")
+    p.add_argument("src", help="folder with one subfolder of images per class")
+    _common(p)
+    p.add_argument("--templates", help="prompt templates file: one per line, with {} for the class name")
+
+    p = sub.add_parser("captions", help="CSV/JSONL of image paths and captions -> a captioned set")
+    p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
+    _common(p)
+    p.add_argument("--image-column", default="image", help="column with the image path (default %(default)s)")
+    p.add_argument(
+        "--caption-column", default="caption", help="column with the caption (default %(default)s)"
+    )
+    p.add_argument("--base-dir", help="folder image paths are relative to (default: the file's folder)")
+
+    p = sub.add_parser("wds", help="webdataset .tar shards -> a captioned (or labelled) set")
+    p.add_argument("src", help="a .tar file or a folder of *.tar files (uncompressed)")
+    _common(p)
+    p.add_argument(
+        "--image-ext", default=",".join(DEFAULT_IMAGE_EXTS), help="image extensions, in order of preference"
+    )
+    p.add_argument("--caption-ext", default="txt", help="caption member extension (default %(default)s)")
+    p.add_argument(
+        "--label-ext", help="label member extension (e.g. cls): a labelled set when there are no captions"
+    )
+    p.add_argument("--classnames", help="labelled sets: class names file, one per line (line i = label i)")
+    p.add_argument("--templates", help="labelled sets: prompt templates file, one per line with {}")
+
+    p = sub.add_parser(
+        "cache-teacher", help="add the frozen teacher's embeddings to a captioned set, in place"
+    )
+    p.add_argument("dataset", help="folder of captioned shards (rewritten all-or-nothing)")
+    p.add_argument(
+        "--model-name", required=True, help="open_clip model name, dive-tiny, or local-dir:<folder>"
+    )
+    p.add_argument(
+        "--pretrained", default="", help="open_clip pretrained tag or weights file ('' = random init)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="rows per teacher forward pass (default %(default)s)"
+    )
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip images with more pixels")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="0: run the teacher in this process (default); N > 0: N Ray Data actors",
+    )
+    return parser
+
+
+def _summary(
+    command: str, manifest: Manifest, out: PathLike, seconds: float, skipped: Mapping[str, int]
+) -> str:
+    total = sum(skipped.values())
+    by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+    what = f"{manifest.kind}, {manifest.num_classes} classes" if manifest.kind == LABELLED else manifest.kind
+    if command == "cache-teacher":
+        what += f", teacher {manifest.teacher_fingerprint}, D={manifest.teacher_dim}"
+    skip_text = f"skipped {total}" + (f" ({by_reason})" if total else "")
+    return f"{command}: wrote {manifest.num_rows} rows ({what}) to {out}; {skip_text}; {seconds:.1f} s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dive data COMMAND …``; returns the exit status (2 with one ``error: …`` line for a bad source)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    common = {}
+    if args.command != "cache-teacher":
+        common = dict(
+            rows_per_shard=args.rows_per_shard,
+            max_pixels=args.max_pixels,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
+    start = time.perf_counter()
+    try:
+        if args.command == "imagefolder":
+            manifest = convert_imagefolder(args.src, args.out, templates=args.templates, **common)
+            out, skipped = args.out, manifest.skipped
+        elif args.command == "captions":
+            manifest = convert_captions(
+                args.file,
+                args.out,
+                image_column=args.image_column,
+                caption_column=args.caption_column,
+                base_dir=args.base_dir,
+                **common,
+            )
+            out, skipped = args.out, manifest.skipped
+        elif args.command == "wds":
+            manifest = convert_wds(
+                args.src,
+                args.out,
+                image_ext=[e for e in args.image_ext.split(",") if e.strip()],
+                caption_ext=args.caption_ext,
+                label_ext=args.label_ext,
+                classnames=args.classnames,
+                templates=args.templates,
+                **common,
+            )
+            out, skipped = args.out, manifest.skipped
+        else:
+            before = (
+                read_manifest(args.dataset).skipped if Path(args.dataset, "dataset.json").is_file() else {}
+            )
+            manifest = cache_teacher(
+                args.dataset,
+                ModelConfig(name=args.model_name, pretrained=args.pretrained),
+                batch_size=args.batch_size,
+                workers=args.workers,
+                max_pixels=args.max_pixels,
+            )
+            out = args.dataset
+            skipped = {
+                k: v - before.get(k, 0) for k, v in manifest.skipped.items() if v - before.get(k, 0) > 0
+            }
+    except DataError as err:
+        print("error: " + str(err).replace("\n", " "), file=sys.stderr)
+        return 2
+    skipped = {k: v for k, v in skipped.items() if k != "total"}
+    print(_summary(args.command, manifest, out, time.perf_counter() - start, skipped))
+    return 0

@@ -1,0 +1,70 @@
+"""``dive data imagefolder``: one subfolder of images per class → a labelled set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.convert.common import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_ROWS_PER_SHARD,
+    PathLike,
+    _check_out,
+    _convert,
+    _record,
+    _templates,
+)
+from pipeline.data.format import LABELLED, DataError, Manifest
+
+
+def convert_imagefolder(
+    src: PathLike,
+    out: PathLike,
+    *,
+    templates: Sequence[str] | PathLike | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    workers: int = 0,
+) -> Manifest:
+    """Class subfolders of ``src`` → a labelled set in ``out``.
+
+    Classes are the subfolders sorted by name (label = index); files are found recursively (hidden ones
+    ignored), keyed by their path relative to ``src``. ``templates``: a list, a file (one per line) or None
+    for :data:`DEFAULT_TEMPLATES`.
+    """
+    root = Path(src)
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        raise DataError(f"{root}: {what} (expected a folder with one subfolder of images per class)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{root}: no class folders (expected one subfolder of images per class, e.g. {root}/cat/)"
+        )
+    records = []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).rglob("*")):
+            rel = f.relative_to(root)
+            if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                records.append(_record(rel.as_posix(), rel.as_posix(), str(f.absolute()), label=label))
+    if not records:
+        raise DataError(f"{root}: the class folders {classes} hold no files")
+    out_path = _check_out(out, overwrite)
+    manifest = Manifest(
+        name=out_path.name,
+        kind=LABELLED,
+        classnames=[c.replace("_", " ") for c in classes],
+        templates=_templates(templates),
+        source=str(root.resolve()),
+    )
+    return _convert(
+        records,
+        out_path,
+        manifest,
+        max_pixels=max_pixels,
+        rows_per_shard=rows_per_shard,
+        overwrite=overwrite,
+        workers=workers,
+        desc="imagefolder",
+    )
