@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
-from pipeline.tune import check_spec, load_spec, override, sweep_name, trial_config
+from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
 from tests.conftest import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent

@@ -93,7 +93,7 @@ TUNED = HERE / "tuned.yaml"
 
 def load_tuned(path: Path = TUNED) -> dict[str, list[str]]:
     """Per method: the ``key=value`` overrides its sweep chose (``sweeps.py`` writes the file), or none."""
-    from pipeline.tune import override
+    from pipeline.sweep.spec import override
 
     raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     return {

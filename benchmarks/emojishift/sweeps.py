@@ -28,7 +28,7 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.tune import load_spec  # noqa: E402
+from pipeline.sweep.spec import load_spec  # noqa: E402
 
 SPACES = ROOT / "tune_configs" / "emojishift"
 TUNED = HERE / "tuned.yaml"

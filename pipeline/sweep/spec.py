@@ -1,0 +1,220 @@
+"""Sweep space files: typed spec, distributions, checks against the run config, trial configs — no Ray.
+
+Everything a sweep can get wrong is found here, before Ray starts: unknown keys, bad bounds, an objective the run
+config does not report, a tie to a key outside the space. Importing this module loads no Ray (the benchmark's
+sweep collector and ``run.py`` use it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dive.config import Config, ConfigError, apply_overrides, from_dict, load_config, validate
+
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
+ALGORITHMS = ("optuna", "random")
+SCHEDULERS = ("asha", "none")
+VAL_METRICS = {
+    "val/objective": "",
+    "val/id_acc": "eval.val_id",
+    "val/ref_retrieval": "eval.val_ref",
+    "val/zs_acc": "eval.val_zs",
+}
+
+
+@dataclass
+class Objective:
+    # A val/* metric rank 0 reports at every epoch end (never an eval suite: that would tune on the test sets).
+    metric: str = "val/objective"
+    mode: str = "max"
+
+
+@dataclass
+class Search:
+    algorithm: str = "optuna"
+    num_samples: int = 8
+    max_concurrent: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Scheduler:
+    name: str = "asha"
+    # ASHA's unit is the epoch: a trial is compared with its peers first after grace_period epochs.
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class SweepSpec:
+    # Base run config (YAML); --config on the command line wins. "" = the built-in demo config.
+    config: str = ""
+    # a.b → value, applied to every trial before the sampled values.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    objective: Objective = field(default_factory=Objective)
+    search: Search = field(default_factory=Search)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    # a.b → {uniform|loguniform|randint: [low, high]} or {choice: [v1, v2, …]}
+    space: dict[str, Any] = field(default_factory=dict)
+    # a.b → c.d: key a.b takes the value sampled for the space key c.d (the paper's one shared λ:
+    # loss.lambda_pvl: loss.lambda_avl).
+    tie: dict[str, str] = field(default_factory=dict)
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read a space file (+ ``a.b=c`` overrides of its own fields), typed; errors name the file and key."""
+    try:
+        raw = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such space file") from None
+    except Exception as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(SweepSpec), raw, OmegaConf.from_dotlist(list(overrides))
+        )
+        plain = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        raise ConfigError(f"{path}: key '{key}': {str(err).splitlines()[0]}") from None
+    return SweepSpec(
+        config=plain["config"],
+        overrides=dict(plain["overrides"]),
+        objective=Objective(**plain["objective"]),
+        search=Search(**plain["search"]),
+        scheduler=Scheduler(**plain["scheduler"]),
+        space=dict(plain["space"]),
+        tie=dict(plain["tie"]),
+    )
+
+
+def _distribution(path: str, key: str, spec: Any) -> tuple[str, list[Any]]:
+    where = f"{path}: space key '{key}'"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: expected one of {{{' | '.join(DISTRIBUTIONS)}: …}}, got {spec!r}")
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}: choice needs a non-empty list of values, got {args!r}")
+        return kind, args
+    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, int | float) for a in args)):
+        raise ConfigError(f"{where}: {kind} needs [low, high] numbers, got {args!r}")
+    low, high = args
+    if not low < high:
+        raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: loguniform needs bounds > 0, got [{low}, {high}]")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where}: randint needs integer bounds, got {args!r}")
+    return kind, [low, high]
+
+
+def override(key: str, value: Any) -> str:
+    """``a.b=value`` with the value spelled as YAML (JSON is YAML), so bools, nulls and floats keep their type."""
+    return f"{key}={json.dumps(value)}"
+
+
+def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str, list[Any]]]:
+    """Every key real, every bound a valid config value, the objective reported by this config — before Ray."""
+    if spec.objective.mode not in ("max", "min"):
+        raise ConfigError(
+            f"{path}: key 'objective.mode': expected 'max' or 'min', got {spec.objective.mode!r}"
+        )
+    if spec.objective.metric not in VAL_METRICS:
+        raise ConfigError(
+            f"{path}: key 'objective.metric': expected one of {sorted(VAL_METRICS)} (validation metrics; "
+            f"tuning on eval suites would tune on the test sets), got {spec.objective.metric!r}"
+        )
+    needed = VAL_METRICS[spec.objective.metric]
+    if needed and not getattr(base.eval, needed.split(".")[1]):
+        raise ConfigError(f"{path}: objective {spec.objective.metric} needs {needed} set in the run config")
+    if not (base.eval.val_id or base.eval.val_ref or base.eval.val_zs):
+        raise ConfigError(
+            f"{path}: the run config sets none of eval.val_id, eval.val_ref, eval.val_zs; nothing to optimise"
+        )
+    if spec.search.algorithm not in ALGORITHMS:
+        raise ConfigError(
+            f"{path}: key 'search.algorithm': expected one of {ALGORITHMS}, got {spec.search.algorithm!r}"
+        )
+    if spec.scheduler.name not in SCHEDULERS:
+        raise ConfigError(
+            f"{path}: key 'scheduler.name': expected one of {SCHEDULERS}, got {spec.scheduler.name!r}"
+        )
+    for key, minimum in (
+        ("search.num_samples", 1),
+        ("search.max_concurrent", 1),
+        ("scheduler.grace_period", 1),
+        ("scheduler.reduction_factor", 2),
+    ):
+        section, name = key.split(".")
+        value = getattr(getattr(spec, section), name)
+        if value < minimum:
+            raise ConfigError(f"{path}: key '{key}': expected an integer >= {minimum}, got {value}")
+    if not spec.space:
+        raise ConfigError(f"{path}: key 'space': expected at least one dotted config key to search")
+    dists = {key: _distribution(path, key, value) for key, value in spec.space.items()}
+    for target, source in spec.tie.items():
+        if source not in dists or target in dists:
+            raise ConfigError(
+                f"{path}: tie '{target}: {source}': expected a key outside the space tied to a space key "
+                f"({', '.join(dists)})"
+            )
+    for key, (_, values) in dists.items():
+        for value in values:  # both bounds (or every choice) must make a valid run config
+            tied = [override(t, value) for t, s in spec.tie.items() if s == key]
+            try:
+                validate(apply_overrides(base, [override(key, value), *tied]), check_paths=False)
+            except ConfigError as err:
+                detail = str(err).replace("invalid config:\n  ", "").replace("\n  ", "; ")
+                raise ConfigError(f"{path}: space key '{key}' = {value!r}: {detail}") from None
+    return dists
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], tie: dict[str, str] | None = None) -> Config:
+    """The complete run config of one trial: base (already holding the sweep's fixed overrides) + sampled values
+    (+ the keys tied to them)."""
+    values = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+    values |= {target: values[source] for target, source in (tie or {}).items()}
+    return apply_overrides(from_dict(base), [override(k, v) for k, v in values.items()])
+
+
+def prepare(
+    space: str, config: str | None, overrides: list[str], spec_overrides: list[str]
+) -> tuple[SweepSpec, Config, dict[str, Any]]:
+    """Load and check the space and the base run config (with the space's fixed overrides) — before Ray."""
+    from pipeline.train import DEMO_CONFIG, prepare_config
+
+    spec = load_spec(space, spec_overrides)
+    fixed = [override(k, v) for k, v in spec.overrides.items()] + list(overrides)
+    path = config or spec.config or None
+    dists = check_spec(spec, load_config(path or DEMO_CONFIG, fixed), space)  # cheap: no data touched yet
+    return spec, prepare_config(path, fixed), dists
+
+
+def sweep_name(base: Config, explicit: str | None, default: str) -> str:
+    """An unfinished sweep of that name resumes; a finished default name moves on to the next free ``-N``."""
+    sweeps = Path(base.tracking.output_dir) / "sweeps"
+
+    def finished(name: str) -> bool:
+        state = sweeps / name / "sweep.json"
+        return state.is_file() and json.loads(state.read_text()).get("finished", False)
+
+    if explicit:
+        if finished(explicit):
+            raise ConfigError(
+                f"--name {explicit}: that sweep has finished ({sweeps / explicit}); pick a new name"
+            )
+        return explicit
+    name, n = default, 1
+    while finished(name):
+        n += 1
+        name = f"{default}-{n}"
+    return name
