@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,27 +61,69 @@ def total_steps(cfg: Config, id_rows: int) -> tuple[int, int]:
     return per_epoch, min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
 
 
+@dataclass
+class _Loop:
+    """Everything one rank's loop holds: what it trains, how it steps, where it is, and what it reads."""
+
+    cfg: Config
+    info: RunInfo
+    rank: int
+    device: torch.device
+    bundle: Any
+    task: DiveTask
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    prompts: PromptTable
+    steps_per_epoch: int
+    max_steps: int
+    step: int = 0
+    epoch: int = 0
+    done_in_epoch: int = 0  # optimiser steps already taken in the current epoch
+    logger: _RankZeroLogger | None = None
+    validator: _Validator | None = None
+    id_shard: Any = None
+    ref_batches: Iterator[dict[str, torch.Tensor]] | None = None
+    autocast: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
+    prompt_rng: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.max_steps or self.epoch >= self.cfg.optim.epochs
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    cfg: Config = from_dict(config["cfg"])
-    info = RunInfo(**config["info"])
+    """setup → restore → distribute → for each epoch: train_epoch, validate, report (a checkpoint)."""
+    loop = _setup(from_dict(config["cfg"]), RunInfo(**config["info"]))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        _restore(loop, checkpoint)
+    _distribute(loop, resumed=checkpoint is not None)
+    while not loop.finished:
+        _train_epoch(loop)
+        if loop.step >= loop.max_steps and 0 < loop.done_in_epoch < loop.steps_per_epoch:
+            # Stopped mid-epoch by optim.max_steps: record the position, so a resume continues this epoch.
+            _report(loop, _validate(loop))
+            break
+        loop.epoch += 1
+        loop.done_in_epoch = 0
+        _report(loop, _validate(loop))
+
+
+def _setup(cfg: Config, info: RunInfo) -> _Loop:
+    """Threads, model, frozen teacher (from the pre-trained weights, before any restore), task, optimiser."""
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = cfg.scaling.threads_per_worker or max(
         1, (os.cpu_count() or 2) // max(ctx.get_local_world_size(), 1)
     )
     torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.optim.seed)  # same initial weights (e.g. random heads) on every rank
-
-    # ---- model, frozen teacher, task
     bundle = build_model(cfg.model)
     student = bundle.model
     configure_temperature(student, cfg.loss.temperature, cfg.loss.learn_temperature)
     method = cfg.loss.method
     needs_teacher = method in USES_TEACHER and not info.use_teacher_cache
-    teacher = (
-        frozen_teacher(student) if needs_teacher else None
-    )  # from the pre-trained weights, before restore
+    teacher = frozen_teacher(student) if needs_teacher else None
     head = None
     if method in USES_HEAD:
         head = zeroshot.build_head(student, bundle.tokenizer, info.classnames, info.templates)
@@ -92,111 +135,131 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         head_weights=head,
         freeze_batchnorm=cfg.model.freeze_batchnorm,
     ).to(device)
-    prompts = PromptTable(bundle.tokenizer, info.classnames, info.templates)
-    mean, std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
-
     optimizer = build_optimizer(task.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
     steps_per_epoch, max_steps = total_steps(cfg, info.id_rows)
-    scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, max_steps)
-    step, epoch, done_in_epoch = 0, 0, 0
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = training_state.load_checkpoint(checkpoint, device)
-        step, epoch, done_in_epoch = training_state.restore(state, task, optimizer, scheduler)
-
-    # Only the student (and the FT head) is data-parallel; LP-FT leaves the tower unused while probing.
-    ddp_kwargs = {"find_unused_parameters": method is Method.lpft}
-    task.student = ray.train.torch.prepare_model(task.student, parallel_strategy_kwargs=ddp_kwargs)
-    if task.head is not None:
-        task.head = ray.train.torch.prepare_model(task.head)
-    task.train()
-
-    logger = _RankZeroLogger(info) if rank == 0 else None
-    validator = _Validator(cfg, bundle, device) if rank == 0 else None
-    if (
-        logger is not None and checkpoint is not None
-    ):  # visible in MLflow: where a restarted worker group resumed
-        logger.log({"train/resumed_from_step": step, "train/center_norm": task.center.norm().item()}, step)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and cfg.model.precision == "bf16"
-        else contextlib.nullcontext()
+    return _Loop(
+        cfg=cfg,
+        info=info,
+        rank=ctx.get_world_rank(),
+        device=device,
+        bundle=bundle,
+        task=task,
+        optimizer=optimizer,
+        scheduler=cosine_with_warmup(optimizer, cfg.optim.warmup_steps, max_steps),
+        prompts=PromptTable(bundle.tokenizer, info.classnames, info.templates),
+        steps_per_epoch=steps_per_epoch,
+        max_steps=max_steps,
     )
-    accum = cfg.optim.grad_accum
-    micro_id = cfg.optim.global_batch // world // accum
-    micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // world // accum
-    uses_ref = method in USES_REFERENCE
-    ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref) if uses_ref else None
-    id_shard = ray.train.get_dataset_shard("id")
-    prompt_rng = torch.Generator()
 
-    while step < max_steps and epoch < cfg.optim.epochs:
-        t_wait, t_start = 0.0, time.perf_counter()
-        id_batches = id_shard.iter_torch_batches(batch_size=micro_id, drop_last=True)
-        micro: list[dict[str, torch.Tensor]] = []
-        seen_in_epoch = 0
-        t_fetch = time.perf_counter()
-        for id_batch in id_batches:
-            seen_in_epoch += 1
-            if seen_in_epoch <= done_in_epoch * accum:  # resumed mid-epoch: skip what was already trained on
-                t_fetch = time.perf_counter()
-                continue
-            batch = {
-                "id_image": normalize_images(id_batch["image"].to(device), mean, std),
-                "id_label": id_batch["label"].to(device),
-            }
-            prompt_rng.manual_seed(cfg.optim.seed * 1_000_003 + step * 1_009 + rank * 7 + len(micro))
-            batch["id_text"] = prompts.sample(id_batch["label"], prompt_rng).to(device)
-            if ref_batches is not None:
-                ref = next(ref_batches)
-                batch["ref_image"] = normalize_images(ref["image"].to(device), mean, std)
-                batch["ref_text"] = ref["text"].to(device)
-                for key in ("teacher_image", "teacher_text"):
-                    if key in ref:
-                        batch[f"ref_{key}"] = ref[key].to(device)
-            t_wait += time.perf_counter() - t_fetch
-            micro.append(batch)
-            if len(micro) < accum:
-                t_fetch = time.perf_counter()
-                continue
 
-            terms = _optimizer_step(task, micro, optimizer, scheduler, cfg, step, autocast)
-            micro = []
-            step += 1
-            done_in_epoch += 1
-            if logger is not None or cfg.scaling.num_workers > 1:
-                logged = {f"train/{k}": mean_across_ranks(v).item() for k, v in sorted(terms.items())}
-                if logger is not None and (step % info.log_every == 0 or step == 1 or step == max_steps):
-                    elapsed = time.perf_counter() - t_start
-                    logged["train/lr"] = scheduler.get_last_lr()[0]
-                    logged["train/center_norm"] = task.center.norm().item()
-                    logged["train/samples_per_s"] = (
-                        done_in_epoch * cfg.optim.global_batch / max(elapsed, 1e-9)
-                    )
-                    logged["train/data_wait_frac"] = t_wait / max(elapsed, 1e-9)
-                    logger.log(logged, step)
-            at_epoch_end = done_in_epoch >= steps_per_epoch
-            if cfg.scaling.checkpoint_every and step % cfg.scaling.checkpoint_every == 0 and not at_epoch_end:
-                _report(task, optimizer, scheduler, step, epoch, done_in_epoch, info, rank)
-            if step >= max_steps or at_epoch_end:
-                break
+def _restore(loop: _Loop, checkpoint: Any) -> None:
+    """A restarted worker group continues from the last report: weights, optimiser, schedule, centre, position."""
+    state = training_state.load_checkpoint(checkpoint, loop.device)
+    loop.step, loop.epoch, loop.done_in_epoch = training_state.restore(
+        state, loop.task, loop.optimizer, loop.scheduler
+    )
+
+
+def _distribute(loop: _Loop, resumed: bool) -> None:
+    """DDP around the student (and the FT head) only; rank 0's logger and validator; the two data streams."""
+    cfg, world = loop.cfg, ray.train.get_context().get_world_size()
+    # LP-FT leaves the tower unused while probing.
+    ddp_kwargs = {"find_unused_parameters": cfg.loss.method is Method.lpft}
+    loop.task.student = ray.train.torch.prepare_model(loop.task.student, parallel_strategy_kwargs=ddp_kwargs)
+    if loop.task.head is not None:
+        loop.task.head = ray.train.torch.prepare_model(loop.task.head)
+    loop.task.train()
+    if loop.rank == 0:
+        loop.logger = _RankZeroLogger(loop.info)
+        loop.validator = _Validator(cfg, loop.bundle, loop.device)
+        if resumed:  # visible in MLflow: where a restarted worker group resumed
+            center = loop.task.center.norm().item()
+            loop.logger.log({"train/resumed_from_step": loop.step, "train/center_norm": center}, loop.step)
+    if loop.device.type == "cuda" and cfg.model.precision == "bf16":
+        loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // world // cfg.optim.grad_accum
+    if cfg.loss.method in USES_REFERENCE:
+        loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref)
+    loop.id_shard = ray.train.get_dataset_shard("id")
+
+
+def _train_epoch(loop: _Loop) -> None:
+    """One pass over this rank's ID shard (the reference stream cycles beside it), until the epoch's or the
+    run's last step; a resumed epoch first skips the batches it already trained on."""
+    cfg, accum = loop.cfg, loop.cfg.optim.grad_accum
+    world = ray.train.get_context().get_world_size()
+    t_wait, t_start = 0.0, time.perf_counter()
+    micro: list[dict[str, torch.Tensor]] = []
+    t_fetch = time.perf_counter()
+    batches = loop.id_shard.iter_torch_batches(
+        batch_size=cfg.optim.global_batch // world // accum, drop_last=True
+    )
+    for seen, id_batch in enumerate(batches, 1):
+        if seen <= loop.done_in_epoch * accum:  # resumed mid-epoch: skip what was already trained on
             t_fetch = time.perf_counter()
-        if step >= max_steps and 0 < done_in_epoch < steps_per_epoch:
-            # Stopped mid-epoch by optim.max_steps: record the position, so a resume continues this epoch.
-            val = _validate(validator, task, logger, step)
-            _report(task, optimizer, scheduler, step, epoch, done_in_epoch, info, rank, val)
-            break
-        epoch += 1
-        done_in_epoch = 0
-        val = _validate(validator, task, logger, step)
-        _report(task, optimizer, scheduler, step, epoch, 0, info, rank, val)
+            continue
+        batch = _device_batch(loop, id_batch, len(micro))
+        t_wait += time.perf_counter() - t_fetch
+        micro.append(batch)
+        if len(micro) < accum:
+            t_fetch = time.perf_counter()
+            continue
+        terms = _optimizer_step(
+            loop.task, micro, loop.optimizer, loop.scheduler, cfg, loop.step, loop.autocast
+        )
+        micro = []
+        loop.step += 1
+        loop.done_in_epoch += 1
+        _log_step(loop, terms, time.perf_counter() - t_start, t_wait)
+        at_epoch_end = loop.done_in_epoch >= loop.steps_per_epoch
+        every = cfg.scaling.checkpoint_every
+        if every and loop.step % every == 0 and not at_epoch_end:
+            _report(loop)
+        if loop.step >= loop.max_steps or at_epoch_end:
+            return
+        t_fetch = time.perf_counter()
 
 
-def _validate(validator: _Validator | None, task: DiveTask, logger: Any, step: int) -> dict[str, float]:
-    val = validator(task.student_model) if validator else {}
-    if logger is not None and val:
-        logger.log(dict(val), step)
+def _device_batch(loop: _Loop, id_batch: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """One micro-batch on the device: normalised ID images, labels, a sampled prompt each (seeded by step, rank
+    and micro-batch, so a resumed run draws the same prompts) and the next reference batch."""
+    device, cfg = loop.device, loop.cfg
+    mean, std = loop.bundle.preprocess_cfg["mean"], loop.bundle.preprocess_cfg["std"]
+    batch = {
+        "id_image": normalize_images(id_batch["image"].to(device), mean, std),
+        "id_label": id_batch["label"].to(device),
+    }
+    loop.prompt_rng.manual_seed(cfg.optim.seed * 1_000_003 + loop.step * 1_009 + loop.rank * 7 + index)
+    batch["id_text"] = loop.prompts.sample(id_batch["label"], loop.prompt_rng).to(device)
+    if loop.ref_batches is not None:
+        ref = next(loop.ref_batches)
+        batch["ref_image"] = normalize_images(ref["image"].to(device), mean, std)
+        batch["ref_text"] = ref["text"].to(device)
+        for key in ("teacher_image", "teacher_text"):
+            if key in ref:
+                batch[f"ref_{key}"] = ref[key].to(device)
+    return batch
+
+
+def _log_step(loop: _Loop, terms: dict[str, torch.Tensor], elapsed: float, waited: float) -> None:
+    """Loss terms averaged over ranks (every rank joins the all-reduce); rank 0 logs every ``log_every`` steps."""
+    if loop.logger is None and loop.cfg.scaling.num_workers <= 1:
+        return
+    logged = {f"train/{k}": mean_across_ranks(v).item() for k, v in sorted(terms.items())}
+    step = loop.step
+    if loop.logger is None or not (step % loop.info.log_every == 0 or step == 1 or step == loop.max_steps):
+        return
+    logged["train/lr"] = loop.scheduler.get_last_lr()[0]
+    logged["train/center_norm"] = loop.task.center.norm().item()
+    logged["train/samples_per_s"] = loop.done_in_epoch * loop.cfg.optim.global_batch / max(elapsed, 1e-9)
+    logged["train/data_wait_frac"] = waited / max(elapsed, 1e-9)
+    loop.logger.log(logged, step)
+
+
+def _validate(loop: _Loop) -> dict[str, float]:
+    val = loop.validator(loop.task.student_model) if loop.validator else {}
+    if loop.logger is not None and val:
+        loop.logger.log(dict(val), loop.step)
     return val
 
 
@@ -291,24 +354,15 @@ class _Validator:
         return out
 
 
-def _report(
-    task: DiveTask,
-    optimizer,
-    scheduler,
-    step: int,
-    epoch: int,
-    done_in_epoch: int,
-    info: RunInfo,
-    rank: int,
-    extra: dict[str, float] | None = None,
-) -> None:
+def _report(loop: _Loop, extra: dict[str, float] | None = None) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint with the full training state and
     its validation metrics (Tune reads rank 0's report)."""
-    metrics = {"step": step, "epoch": epoch, **(extra or {})}
-    if rank != 0:
+    metrics = {"step": loop.step, "epoch": loop.epoch, **(extra or {})}
+    if loop.rank != 0:
         ray.train.report(metrics)
         return
-    state = training_state.capture(task, optimizer, scheduler, (step, epoch, done_in_epoch), info.run_id)
+    position = (loop.step, loop.epoch, loop.done_in_epoch)
+    state = training_state.capture(loop.task, loop.optimizer, loop.scheduler, position, loop.info.run_id)
     with tempfile.TemporaryDirectory() as folder:
         training_state.save(state, folder)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
