@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import dive_demo as demo
 from dive.config import ModelConfig
 from dive.models import build_model, fingerprint
-from pipeline import demo
+from dive_demo import splits, teacher
 from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, iter_rows, shard_files
 
 EVAL_SPLITS = ("id_val", "id_test", "ood_outline", "ood_noisy", "ood_pixel", "zs_color", "zs_position")
@@ -92,8 +93,8 @@ def test_no_image_is_shared_between_training_side_and_eval_splits(tiny):
 
 def test_training_side_draws_reject_images_that_occur_in_eval_splits():
     spec = next(s for s in demo.SPLITS if s.name == "id_train")
-    first, first_digest = next(demo._rows(spec, 4, demo._split_rng(0, spec.name), set()))
-    row, digest = next(demo._rows(spec, 4, demo._split_rng(0, spec.name), {first_digest}))
+    first, first_digest = next(splits._rows(spec, 4, splits._split_rng(0, spec.name), set()))
+    row, digest = next(splits._rows(spec, 4, splits._split_rng(0, spec.name), {first_digest}))
     assert digest != first_digest and row["image"] != first["image"]
 
 
@@ -206,5 +207,5 @@ def test_cut_text_encoding_equals_open_clip_encode_text(tiny_bundle):
     )
     with torch.no_grad():
         expected = tiny_bundle.model.encode_text(tokens)
-        got = demo._encode_text(tiny_bundle.model, tokens)
+        got = teacher._encode_text(tiny_bundle.model, tokens)
     assert torch.allclose(got, expected, atol=1e-5)
