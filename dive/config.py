@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,18 +277,35 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+class _Errors(list[str]):
+    """Collects every impossible value, so one error lists them all."""
+
+    def need(self, ok: bool, key: str, expected: str, got: Any) -> None:
+        if not ok:
+            self.append(f"key '{key}': expected {expected}, got {got!r}")
+
+
 def validate(cfg: Config, check_paths: bool = True) -> Config:
     """Raise :class:`ConfigError` listing every impossible value; return ``cfg`` unchanged when it is sound.
 
     ``check_paths=False`` skips existence checks for data that is generated later (the built-in demo).
     """
-    errors: list[str] = []
+    errors = _Errors()
+    _check_loss(cfg.loss, errors.need)
+    _check_optim(cfg, errors.need)
+    _check_scaling_model(cfg.scaling, cfg.model, errors.need)
+    _check_eval(cfg.eval, check_paths, errors.need)
+    if check_paths:
+        _check_paths(cfg, errors.need)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
 
-    def need(ok: bool, key: str, expected: str, got: Any) -> None:
-        if not ok:
-            errors.append(f"key '{key}': expected {expected}, got {got!r}")
 
-    loss, optim, scaling, model, data, ev = cfg.loss, cfg.optim, cfg.scaling, cfg.model, cfg.data, cfg.eval
+_Need = Callable[[bool, str, str, Any], None]
+
+
+def _check_loss(loss: LossConfig, need: _Need) -> None:
     for key in ("lambda_avl", "lambda_pvl", "lambda_snd", "lambda_replay"):
         value = getattr(loss, key)
         need(value >= 0, f"loss.{key}", "a weight >= 0", value)
@@ -299,6 +316,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
         )
     need(loss.lp_steps >= 0, "loss.lp_steps", "a step count >= 0", loss.lp_steps)
 
+
+def _check_optim(cfg: Config, need: _Need) -> None:
+    optim, scaling, data = cfg.optim, cfg.scaling, cfg.data
     need(optim.lr > 0, "optim.lr", "a learning rate > 0", optim.lr)
     need(optim.weight_decay >= 0, "optim.weight_decay", "a value >= 0", optim.weight_decay)
     need(optim.warmup_steps >= 0, "optim.warmup_steps", "a step count >= 0", optim.warmup_steps)
@@ -331,6 +351,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     need(data.max_image_pixels > 0, "data.max_image_pixels", "a pixel count > 0", data.max_image_pixels)
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
+
+
+def _check_scaling_model(scaling: ScalingConfig, model: ModelConfig, need: _Need) -> None:
     need(scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "a CPU share > 0", scaling.cpus_per_worker)
     need(
         scaling.threads_per_worker >= 0,
@@ -353,6 +376,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     )
     need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
+
+
+def _check_eval(ev: EvalConfig, check_paths: bool, need: _Need) -> None:
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
     need(ev.val_samples >= 3, "eval.val_samples", "at least 3 samples", ev.val_samples)
@@ -366,38 +392,37 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     if ev.val_objective == "id_zs" and check_paths:
         need(bool(ev.val_zs), "eval.val_zs", "a labelled folder (eval.val_objective is 'id_zs')", ev.val_zs)
 
-    needs_ref = loss.method in USES_REFERENCE
-    if check_paths:
-        need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
-        if needs_ref:
-            need(
-                bool(data.reference),
-                "data.reference",
-                f"a folder of captioned shards (method {loss.method.value} uses the reference set)",
-                data.reference,
-            )
-        paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
-        paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
-        paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref), ("eval.val_zs", ev.val_zs)]
-        paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
-        paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
-        for key, value in paths:
-            if value and not _is_remote(value):
-                need(Path(value).is_dir(), key, "an existing folder", value)
-        if model.name.startswith("local-dir:"):
-            folder = model.name.removeprefix("local-dir:")
-            need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
-        elif model.pretrained and _looks_like_file(model.pretrained):
-            need(
-                Path(model.pretrained).is_file(),
-                "model.pretrained",
-                "an existing weights file",
-                model.pretrained,
-            )
 
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-    return cfg
+def _check_paths(cfg: Config, need: _Need) -> None:
+    """Every local input folder (and weights file) exists; remote URIs are left to their readers."""
+    loss, model, data, ev = cfg.loss, cfg.model, cfg.data, cfg.eval
+    needs_ref = loss.method in USES_REFERENCE
+    need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
+    if needs_ref:
+        need(
+            bool(data.reference),
+            "data.reference",
+            f"a folder of captioned shards (method {loss.method.value} uses the reference set)",
+            data.reference,
+        )
+    paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
+    paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
+    paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref), ("eval.val_zs", ev.val_zs)]
+    paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
+    paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
+    for key, value in paths:
+        if value and not _is_remote(value):
+            need(Path(value).is_dir(), key, "an existing folder", value)
+    if model.name.startswith("local-dir:"):
+        folder = model.name.removeprefix("local-dir:")
+        need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
+    elif model.pretrained and _looks_like_file(model.pretrained):
+        need(
+            Path(model.pretrained).is_file(),
+            "model.pretrained",
+            "an existing weights file",
+            model.pretrained,
+        )
 
 
 def _looks_like_file(pretrained: str) -> bool:

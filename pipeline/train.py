@@ -152,99 +152,23 @@ def run(
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
     ``on_start`` is called with the MLflow run id as soon as it exists (a sweep trial records it to resume).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from dive.models import build_model, fingerprint
-    from pipeline import tracking
+    from dive.models import build_model
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
-    from pipeline.data.streams import SkipCounter, read_stream
-    from pipeline.worker import RunInfo, train_loop_per_worker
 
     t0 = time.perf_counter()
     init_ray(cfg)
-    uri = tracking.tracking_uri(cfg)
-    if resume_run_id:
-        mlrun = tracking.Run.resume(uri, resume_run_id)
-    else:
-        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id)
-        mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
-    run_id = mlrun.run_id
-    if on_start is not None:
-        on_start(run_id)
-    out_dir = Path(cfg.tracking.output_dir) / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    print(f"[dive] MLflow run {run_id} ({uri})", flush=True)
-
+    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start)
     try:
         teacher_bundle = build_model(cfg.model)
-        size = teacher_bundle.preprocess_cfg["size"][0]
-        use_cache = False
-        counter = SkipCounter.remote()
-        id_ds, id_manifest = read_stream(
-            cfg.data.id_train,
-            LABELLED,
-            size=size,
-            augment=cfg.data.augment,
-            max_pixels=cfg.data.max_image_pixels,
-            model_name=cfg.model.name,
-            column_map=cfg.data.column_map,
-            counter=counter,
-        )
-        datasets = {"id": id_ds}
-        if cfg.data.reference:
-            ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
-            use_cache = check_teacher_cache(
-                cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model)
-            )
-            datasets["ref"], _ = read_stream(
-                cfg.data.reference,
-                CAPTIONED,
-                size=size,
-                augment=False,
-                max_pixels=cfg.data.max_image_pixels,
-                model_name=cfg.model.name,
-                column_map=cfg.data.column_map,
-                counter=counter,
-                use_teacher_cache=use_cache,
-                manifest=ref_manifest,
-            )
-        info = RunInfo(
-            run_id=run_id,
-            tracking_uri=uri,
-            id_rows=id_manifest.num_rows,
-            classnames=id_manifest.classnames,
-            templates=id_manifest.templates,
-            use_teacher_cache=use_cache,
-            skip_counter=counter,
-        )
-        resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": to_dict(cfg), "info": asdict(info)},
-            scaling_config=ScalingConfig(
-                num_workers=cfg.scaling.num_workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker=resources,
-            ),
-            run_config=RunConfig(
-                name=f"dive-{run_id[:12]}",
-                storage_path=cfg.scaling.storage_path,
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.num_to_keep),
-                failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                callbacks=callbacks or None,
-            ),
-            datasets=datasets,
-        )
+        datasets, info = _streams(cfg, teacher_bundle, mlrun)
+        trainer = _trainer(cfg, datasets, info, callbacks)
         fit_start = time.perf_counter()
         result = trainer.fit()
         train_seconds = time.perf_counter() - fit_start
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         state = load_checkpoint(result.checkpoint)
-        export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, run_id)
+        export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, mlrun.run_id)
         mlrun.log_artifacts(export_dir, "export")
         mlrun.log_metrics({"time/train_s": train_seconds})
         report = finish(cfg, mlrun, export_dir, out_dir)
@@ -252,17 +176,106 @@ def run(
     except BaseException:
         mlrun.end("FAILED")
         raise
-    seconds = time.perf_counter() - t0
     return RunResult(
-        run_id,
+        mlrun.run_id,
         str(export_dir),
         report,
-        uri,
-        seconds,
+        mlrun.uri,
+        time.perf_counter() - t0,
         result.checkpoint.path,
         int(result.metrics.get("step", 0)),
         dict(result.metrics),
         train_seconds,
+    )
+
+
+def _open_run(
+    cfg: Config, parent_run_id: str | None, resume_run_id: str | None, on_start: Callable[[str], None] | None
+) -> tuple[Any, Path]:
+    """The run's MLflow run (resumed or new, with its resolved config) and its output folder."""
+    from pipeline import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    if resume_run_id:
+        mlrun = tracking.Run.resume(uri, resume_run_id)
+    else:
+        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id)
+        mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
+    if on_start is not None:
+        on_start(mlrun.run_id)
+    out_dir = Path(cfg.tracking.output_dir) / mlrun.run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    print(f"[dive] MLflow run {mlrun.run_id} ({uri})", flush=True)
+    return mlrun, out_dir
+
+
+def _streams(cfg: Config, teacher_bundle: Any, mlrun: Any) -> tuple[dict[str, Any], Any]:
+    """The ID and reference Ray Datasets (the teacher cache used when it matches this teacher), and the
+    RunInfo the workers need."""
+    from dive.models import fingerprint
+    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
+    from pipeline.data.streams import SkipCounter, read_stream
+    from pipeline.worker import RunInfo
+
+    size = teacher_bundle.preprocess_cfg["size"][0]
+    counter = SkipCounter.remote()
+    common = dict(
+        size=size,
+        max_pixels=cfg.data.max_image_pixels,
+        model_name=cfg.model.name,
+        column_map=cfg.data.column_map,
+        counter=counter,
+    )
+    id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, augment=cfg.data.augment, **common)
+    datasets, use_cache = {"id": id_ds}, False
+    if cfg.data.reference:
+        ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
+        use_cache = check_teacher_cache(cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model))
+        datasets["ref"], _ = read_stream(
+            cfg.data.reference,
+            CAPTIONED,
+            augment=False,
+            use_teacher_cache=use_cache,
+            manifest=ref_manifest,
+            **common,
+        )
+    info = RunInfo(
+        run_id=mlrun.run_id,
+        tracking_uri=mlrun.uri,
+        id_rows=id_manifest.num_rows,
+        classnames=id_manifest.classnames,
+        templates=id_manifest.templates,
+        use_teacher_cache=use_cache,
+        skip_counter=counter,
+    )
+    return datasets, info
+
+
+def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[Any] | None) -> Any:
+    """The TorchTrainer: the run's name and storage fixed by its MLflow run id, so a resume finds its checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.worker import train_loop_per_worker
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "info": asdict(info)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=f"dive-{info.run_id[:12]}",
+            storage_path=cfg.scaling.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.num_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            callbacks=callbacks or None,
+        ),
+        datasets=datasets,
     )
 
 

@@ -170,34 +170,11 @@ def cache_teacher(
     with ShardWriter(folder, new, rows_per_shard, overwrite=True) as writer, ray_if(workers):
         writer.skipped.update({k: v for k, v in manifest.skipped.items() if k != "total"})
         if workers > 0:
-            import ray
-
-            ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
-            ds = ds.map_batches(
-                TeacherEmbedder,
-                fn_constructor_kwargs=dict(
-                    model_cfg=model_cfg,
-                    state=ray.put(model.state_dict()),
-                    max_pixels=max_pixels,
-                    expect_fingerprint=teacher_fp,
-                ),
-                batch_size=batch_size,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=workers),  # = concurrency=workers
+            batches = _actor_batches(
+                files, columns, model_cfg, model, teacher_fp, batch_size, workers, max_pixels
             )
-            ds.context.execution_options.preserve_order = True  # keep the rows' order
-            batches: Iterator[pa.Table] = ds.iter_batches(batch_format="pyarrow", batch_size=None)
         else:
-
-            def local() -> Iterator[pa.Table]:
-                for f in files:
-                    for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
-                        table = pa.Table.from_batches([rb])
-                        yield embed_table(
-                            table, model, stream_image_transform(bundle), bundle.tokenizer, dim, max_pixels
-                        )
-
-            batches = local()
+            batches = _local_batches(files, columns, bundle, dim, batch_size, max_pixels)
         written = seen = 0
         with _progress(manifest.num_rows, "cache-teacher") as bar:
             for table in batches:
@@ -217,3 +194,45 @@ def cache_teacher(
                 f"{folder}: no row has a decodable image and a caption; the dataset is left unchanged"
             )
     return writer.manifest
+
+
+def _actor_batches(
+    files: list[Path],
+    columns: list[str],
+    model_cfg: ModelConfig,
+    model: Any,
+    teacher_fp: str,
+    batch_size: int,
+    workers: int,
+    max_pixels: int,
+) -> Iterator[pa.Table]:
+    """Embedded batches from ``workers`` Ray Data actors, each running the driver's exact teacher, in order."""
+    import ray
+
+    ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
+    ds = ds.map_batches(
+        TeacherEmbedder,
+        fn_constructor_kwargs=dict(
+            model_cfg=model_cfg,
+            state=ray.put(model.state_dict()),
+            max_pixels=max_pixels,
+            expect_fingerprint=teacher_fp,
+        ),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),  # = concurrency=workers
+    )
+    ds.context.execution_options.preserve_order = True  # keep the rows' order
+    return ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _local_batches(
+    files: list[Path], columns: list[str], bundle: Any, dim: int, batch_size: int, max_pixels: int
+) -> Iterator[pa.Table]:
+    """Embedded batches computed in this process, shard by shard."""
+    model, preprocess = bundle.model.eval().requires_grad_(False), stream_image_transform(bundle)
+    for f in files:
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+            yield embed_table(
+                pa.Table.from_batches([rb]), model, preprocess, bundle.tokenizer, dim, max_pixels
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.convert.common import (
     DEFAULT_IMAGE_EXTS,
@@ -68,28 +69,7 @@ def convert_wds(
                 "set needs --classnames FILE (one class name per line; line i names label i)"
             )
         names = _classnames(classnames)
-    text_ext = label_ext if kind == LABELLED else caption_ext
-    records = []
-    for tar, samples in scanned:
-        for key, exts in samples.items():
-            where = f"{tar.name}:{key}"
-            image = next((exts[e] for e in image_exts if e in exts), None)
-            text = exts.get(text_ext or "", (-1, -1))
-            missing = (
-                None if image is not None else f"no image member ({', '.join('.' + e for e in image_exts)})"
-            )
-            records.append(
-                _record(
-                    key,
-                    where,
-                    str(tar.absolute()),
-                    offset=image[0] if image else -1,
-                    size=image[1] if image else -1,
-                    text_offset=text[0],
-                    text_size=text[1],
-                    missing=missing,
-                )
-            )
+    records = _records(scanned, image_exts, label_ext if kind == LABELLED else caption_ext)
     out_path = _check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=kind, source=str(root.resolve()))
     if kind == LABELLED:
@@ -105,3 +85,30 @@ def convert_wds(
         workers=workers,
         desc="wds",
     )
+
+
+def _records(
+    scanned: list[tuple[Path, Any]], image_exts: list[str], text_ext: str | None
+) -> list[dict[str, Any]]:
+    """One source record per sample key: where its image (and caption or label) member lies in its tar."""
+    records = []
+    for tar, samples in scanned:
+        for key, exts in samples.items():
+            image = next((exts[e] for e in image_exts if e in exts), None)
+            text = exts.get(text_ext or "", (-1, -1))
+            missing = (
+                None if image is not None else f"no image member ({', '.join('.' + e for e in image_exts)})"
+            )
+            records.append(
+                _record(
+                    key,
+                    f"{tar.name}:{key}",
+                    str(tar.absolute()),
+                    offset=image[0] if image else -1,
+                    size=image[1] if image else -1,
+                    text_offset=text[0],
+                    text_size=text[1],
+                    missing=missing,
+                )
+            )
+    return records
