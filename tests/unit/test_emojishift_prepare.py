@@ -30,7 +30,7 @@ from pipeline.data.format import (
     read_manifest,
 )
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "emojishift" / "prepare.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "prepare.py"
 _spec = importlib.util.spec_from_file_location("emojishift_prepare", _PATH)
 es = importlib.util.module_from_spec(_spec)
 sys.modules["emojishift_prepare"] = es  # dataclasses look their module up while the class is created

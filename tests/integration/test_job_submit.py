@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.ray_env import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120.0) -> None:

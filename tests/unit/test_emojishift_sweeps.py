@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "emojishift" / "sweeps.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "sweeps.py"
 _spec = importlib.util.spec_from_file_location("emojishift_sweeps", _PATH)
 sw = importlib.util.module_from_spec(_spec)
 sys.modules["emojishift_sweeps"] = sw
