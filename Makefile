@@ -19,4 +19,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check dive dive_demo pipeline tests benchmarks
+	$(BIN)/ruff check dive pipeline tests benchmarks

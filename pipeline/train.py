@@ -94,7 +94,7 @@ def prepare_config(config_path: str | None, overrides: list[str], build_demo: bo
     if cfg.data.demo and not build_demo:
         return cfg
     if cfg.data.demo:
-        from dive_demo import ensure_demo
+        from pipeline.demo import ensure_demo
 
         ensure_demo(Path(cfg.data.demo))
         validate(cfg)

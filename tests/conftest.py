@@ -67,7 +67,7 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The tiny demo world and its teacher (generated once per test session)."""
-    from dive_demo import ensure_demo
+    from pipeline.demo import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo"), size="tiny")
 

@@ -37,7 +37,7 @@ def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120.
 @pytest.mark.ray
 @pytest.mark.slow
 def test_job_submitted_to_a_local_head_succeeds(tmp_path):
-    from dive_demo import ensure_demo
+    from pipeline.demo import ensure_demo
 
     paths, teacher = ensure_demo(tmp_path / "demo", size="tiny")
     config = {

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import dive_demo as demo
+import pipeline.demo as demo
 from dive.config import ModelConfig
 from dive.models import build_model, fingerprint
-from dive_demo import splits, teacher
 from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, iter_rows, shard_files
+from pipeline.demo import splits, teacher
 
 EVAL_SPLITS = ("id_val", "id_test", "ood_outline", "ood_noisy", "ood_pixel", "zs_color", "zs_position")
 TRAIN_SPLITS = ("id_train", "reference", "pretrain")

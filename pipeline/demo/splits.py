@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dive_demo.world import (
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
+from pipeline.demo.world import (
     COLOR_TEMPLATES,
     COLORS,
     DEMO_VERSION,
@@ -29,7 +30,6 @@ from dive_demo.world import (
     render,
     sample_scene,
 )
-from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
 
 
 # ---------------------------------------------------------------------------------------------------- splits
@@ -159,7 +159,7 @@ def _rows(
 
 
 def _manifest_of(spec: SplitSpec, seed: int) -> Manifest:
-    source = f"dive_demo {DEMO_VERSION} seed={seed} split={spec.name}"
+    source = f"pipeline.demo {DEMO_VERSION} seed={seed} split={spec.name}"
     if spec.kind == LABELLED:
         classnames, templates = _CONCEPTS[spec.concept]
         return Manifest(

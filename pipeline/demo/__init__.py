@@ -15,14 +15,15 @@ Splits (each a folder of Parquet shards + ``dataset.json``, see :mod:`pipeline.d
   templates.
 * ``reference``: captioned broad-world set (half flat, half other styles) for DiVE's AVL/PVL terms.
 * ``pretrain``: a larger captioned broad-world set, all styles, on which
-  :func:`dive_demo.teacher.pretrain_teacher` trains.
+  :func:`pipeline.demo.teacher.pretrain_teacher` trains.
 
 Every split is an independent draw seeded from (seed, split name); training-side splits additionally reject
 any image whose bytes occur in an evaluation split, so no image is shared. Same seed ⇒ byte-identical shards.
 Images are drawn at 64 px and downsampled to 32 px (the tiny model's input size), stored as PNG.
 
 Modules: ``world`` (scenes, captions, drawing), ``splits`` (the split specs and the shard writer), ``teacher``
-(the demo's pre-trained CLIP). Not Ray/MLflow glue, so it lives beside ``pipeline/``, not in it.
+(the demo's pre-trained CLIP). Not Ray/MLflow glue, but the default run builds it and it writes the pipeline's
+shard format, so it is a subpackage of ``pipeline`` (outside it, one of those two imports would run upwards).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dive_demo.splits import (
+from pipeline.demo.splits import (
     SPLITS,
     TEACHER_BATCH,
     TEACHER_STEPS,
@@ -39,8 +40,8 @@ from dive_demo.splits import (
     generate,
     split_rows,
 )
-from dive_demo.teacher import pretrain_teacher, zero_shot_accuracy
-from dive_demo.world import (
+from pipeline.demo.teacher import pretrain_teacher, zero_shot_accuracy
+from pipeline.demo.world import (
     COLORS,
     DEMO_VERSION,
     IMAGE_SIZE,

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dive_demo.splits import TEACHER_INIT_SCALE, TEACHER_LR, DemoPaths, _log
-from dive_demo.world import DEMO_VERSION
 from pipeline.data.format import iter_rows, read_manifest
+from pipeline.demo.splits import TEACHER_INIT_SCALE, TEACHER_LR, DemoPaths, _log
+from pipeline.demo.world import DEMO_VERSION
 
 
 def decode_split(folder: Path, column: str) -> tuple[np.ndarray, list[Any]]:
