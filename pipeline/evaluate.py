@@ -38,7 +38,7 @@ from pipeline.data.format import (
     tar_files,
 )
 from pipeline.data.streams import open_dataset
-from pipeline.data.transforms import normalize_images, preprocess_batch
+from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
 
 
 @dataclass
@@ -195,12 +195,16 @@ def reference_embeddings(
     max_pixels: int,
     column_map: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Image and caption embeddings of the first ``samples`` decodable pairs (a fixed sample: same rows each run)."""
+    """Image and caption embeddings of the first ``samples`` decodable pairs (a fixed sample: same rows each run).
+
+    Images go through the Train workers' own transform, so RSA sees the pixels training (and the teacher cache)
+    saw, and accuracy, RSA and the cache share one eval transform."""
+    transform = stream_image_transform(bundle)
     images, captions = [], []
     for row in iter_rows(folder, columns=["image", "caption"], column_map=column_map):
         img, reason = decode_image(row["image"], max_pixels)
         if reason is None and isinstance(row["caption"], str) and row["caption"].strip():
-            images.append(bundle.preprocess_eval(img))
+            images.append(transform(img))
             captions.append(row["caption"])
         if len(images) >= samples:
             break

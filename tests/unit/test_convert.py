@@ -448,6 +448,12 @@ def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny
     np.testing.assert_allclose(got_image, want_image, atol=1e-5)
     np.testing.assert_allclose(got_text, want_text, atol=1e-5)
     assert np.allclose(np.linalg.norm(got_image, axis=1), 1.0, atol=1e-5)
+    # RSA's reference sample goes through the same transform as the cache: the same vectors, row for row
+    from pipeline.evaluate import reference_embeddings
+
+    rsa_image, rsa_text = reference_embeddings(direct, str(folder), len(good), 10**6)
+    np.testing.assert_allclose(rsa_image.numpy(), got_image, atol=1e-6)
+    np.testing.assert_allclose(rsa_text.numpy(), got_text, atol=1e-6)
 
     assert check_teacher_cache(folder, cached, fingerprint(model)) is True
     with torch.no_grad():
