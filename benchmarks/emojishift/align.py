@@ -51,7 +51,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
     sys.path.insert(0, str(ROOT))
 
 from dive.config import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402

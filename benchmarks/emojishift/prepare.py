@@ -49,11 +49,11 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
-try:
-    from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
-except ImportError:  # run as a plain script from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows  # noqa: E402
 
 # Bump when the rules change, so old caches are recognisable (v2: icon sets, eval classes as icons, zs_val).
 VERSION = "emojishift-v2"

@@ -25,7 +25,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
     sys.path.insert(0, str(ROOT))
 
 from pipeline.sweep.spec import load_spec  # noqa: E402
