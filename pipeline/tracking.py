@@ -38,6 +38,21 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's conventional source tags, as its fluent API sets them (``mlflow.user``, ``mlflow.source.name`` =
+    the entry point, ``mlflow.source.type``) plus the git commit of this checkout, so the UI shows where a run
+    came from. Computed where the command runs: a sweep passes its driver's to every trial."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_commit
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = {k: str(v) for k, v in resolve_tags().items() if k.startswith("mlflow.")}
+    commit = get_git_commit(str(Path(__file__).resolve().parent))
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
 def _local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:"))
 
@@ -78,11 +93,12 @@ class Run:
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Run:
-        """A new run of ``cfg``'s experiment (a child of ``parent_run_id`` if given), its config as params."""
+        """A new run of ``cfg``'s experiment (a child of ``parent_run_id`` if given), its config as params, tagged
+        with :func:`source_tags` (``tags`` win, e.g. a sweep trial's driver's source)."""
         uri = tracking_uri(cfg)
         client = MlflowClient(tracking_uri=uri)
         exp_id = ensure_experiment(client, cfg.tracking.experiment, uri)
-        all_tags = {"dive.method": cfg.loss.method.value, **(tags or {})}
+        all_tags = {**source_tags(), "dive.method": cfg.loss.method.value, **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         created = client.create_run(exp_id, run_name=run_name or cfg.tracking.run_name or None, tags=all_tags)

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -145,19 +145,21 @@ def run(
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
     on_start: Callable[[str], None] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config).
 
     ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
-    ``on_start`` is called with the MLflow run id as soon as it exists (a sweep trial records it to resume).
+    ``on_start`` is called with the MLflow run id as soon as it exists (a sweep trial records it to resume);
+    ``tags`` go onto a new MLflow run.
     """
     from dive.models import build_model
     from pipeline.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     init_ray(cfg)
-    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start)
+    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags)
     try:
         teacher_bundle = build_model(cfg.model)
         datasets, info = _streams(cfg, teacher_bundle, mlrun)
@@ -190,7 +192,11 @@ def run(
 
 
 def _open_run(
-    cfg: Config, parent_run_id: str | None, resume_run_id: str | None, on_start: Callable[[str], None] | None
+    cfg: Config,
+    parent_run_id: str | None,
+    resume_run_id: str | None,
+    on_start: Callable[[str], None] | None,
+    tags: Mapping[str, str] | None = None,
 ) -> tuple[Any, Path]:
     """The run's MLflow run (resumed or new, with its resolved config) and its output folder."""
     from pipeline import tracking
@@ -199,7 +205,7 @@ def _open_run(
     if resume_run_id:
         mlrun = tracking.Run.resume(uri, resume_run_id)
     else:
-        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id)
+        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id, tags=tags)
         mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
     if on_start is not None:
         on_start(mlrun.run_id)

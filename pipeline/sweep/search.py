@@ -53,8 +53,10 @@ def _trial(
     parent_run_id: str,
     sweep_dir: str,
     tie: dict[str, str] | None = None,
+    source: dict[str, str] | None = None,
 ) -> None:
-    """One Tune trial: a complete run through pipeline.train.run; restarts reuse its MLflow run and checkpoint."""
+    """One Tune trial: a complete run through pipeline.train.run; restarts reuse its MLflow run and checkpoint.
+    ``source``: the sweep driver's MLflow source tags (in a trial process the entry point is Ray's worker)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -76,6 +78,7 @@ def _trial(
         parent_run_id=parent_run_id,
         resume_run_id=resume_id,
         on_start=record,
+        tags=source,
     )
     final = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
     final.update(
@@ -183,6 +186,7 @@ def sweep(
     None when interrupted (Ctrl-C) before every trial ended."""
     from ray import tune
 
+    from pipeline import tracking
     from pipeline.ray_env import init_ray
 
     # Trials report every epoch, but only rank 0's epoch-end reports carry val/*; mid-epoch checkpoint reports
@@ -194,7 +198,12 @@ def sweep(
     parent = _open_parent(spec, base, dists, name, sweep_dir)  # an interrupted sweep reopens the same run
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial, base=to_dict(base), parent_run_id=parent.run_id, sweep_dir=str(sweep_dir), tie=spec.tie
+            _trial,
+            base=to_dict(base),
+            parent_run_id=parent.run_id,
+            sweep_dir=str(sweep_dir),
+            tie=spec.tie,
+            source=tracking.source_tags(),
         ),
         {"cpu": 0.1},
     )

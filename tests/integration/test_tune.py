@@ -189,6 +189,9 @@ def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_confi
         assert child.info.status == "FINISHED"
         assert {"eval/id_acc", "eval/zs_avg", "val/objective", "train/loss"} <= set(child.data.metrics)
         assert float(child.data.params["loss.lambda_avl"]) > 0
+        # a trial's entry point is the sweep's (in its own process it would be Ray's worker script)
+        assert child.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
+        assert child.data.tags["mlflow.source.name"].endswith("tune.py")
     top = max(r.data.metrics["val/objective"] for r in children)
     best_ids = {
         r.info.run_id for r in children if r.data.metrics["val/objective"] == top

@@ -32,3 +32,21 @@ def test_runs_resume_and_a_missing_child_does_not_stop_the_parent(tmp_path, caps
     parent.end("FINISHED")
     assert parent.client.get_run(parent.run_id).info.status == "FINISHED"
     assert child.client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_runs_carry_mlflow_source_tags_and_a_sweep_trial_takes_its_drivers(tmp_path):
+    """The MLflow UI shows where a run came from: entry point, source type, user, this checkout's git commit."""
+    import subprocess
+    from pathlib import Path
+
+    cfg = load_config(overrides=[f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=t"])
+    run = tracking.Run.start(cfg)
+    tags = run.client.get_run(run.run_id).data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    assert tags["mlflow.source.name"] and tags["dive.method"] == cfg.loss.method.value
+    repo = Path(tracking.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (CI clones one): the run names its commit
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    trial = tracking.Run.start(cfg, tags={"mlflow.source.name": "pipeline/tune.py"})
+    assert trial.client.get_run(trial.run_id).data.tags["mlflow.source.name"] == "pipeline/tune.py"
