@@ -108,13 +108,4 @@ def convert_captions(
         records.append(_record(image, f"{where} ({image})", str(image_path), caption=caption))
     out_path = _check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=CAPTIONED, source=str(path.resolve()))
-    return _convert(
-        records,
-        out_path,
-        manifest,
-        max_pixels=max_pixels,
-        rows_per_shard=rows_per_shard,
-        overwrite=overwrite,
-        workers=workers,
-        desc="captions",
-    )
+    return _convert(records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers)

@@ -247,12 +247,11 @@ def _convert(
     records: list[dict[str, Any]],
     out: Path,
     manifest: Manifest,
-    *,
+    desc: str,
     max_pixels: int,
     rows_per_shard: int,
     overwrite: bool,
     workers: int,
-    desc: str,
 ) -> Manifest:
     """Load every record (in process or through Ray Data), skip and report bad ones, write the rest."""
     if rows_per_shard < 1:

@@ -59,12 +59,5 @@ def convert_imagefolder(
         source=str(root.resolve()),
     )
     return _convert(
-        records,
-        out_path,
-        manifest,
-        max_pixels=max_pixels,
-        rows_per_shard=rows_per_shard,
-        overwrite=overwrite,
-        workers=workers,
-        desc="imagefolder",
+        records, out_path, manifest, "imagefolder", max_pixels, rows_per_shard, overwrite, workers
     )

@@ -75,16 +75,7 @@ def convert_wds(
     if kind == LABELLED:
         manifest.classnames = names
         manifest.templates = _templates(templates)
-    return _convert(
-        records,
-        out_path,
-        manifest,
-        max_pixels=max_pixels,
-        rows_per_shard=rows_per_shard,
-        overwrite=overwrite,
-        workers=workers,
-        desc="wds",
-    )
+    return _convert(records, out_path, manifest, "wds", max_pixels, rows_per_shard, overwrite, workers)
 
 
 def _records(
