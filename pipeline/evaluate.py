@@ -225,14 +225,24 @@ def reference_embeddings(
 
 
 def evaluate_rsa(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, float]:
+    return evaluate_rsa_many(teacher, {"student": student}, cfg)["student"]
+
+
+def evaluate_rsa_many(
+    teacher: ModelConfig, students: Mapping[str, ModelConfig], cfg: Config
+) -> dict[str, dict[str, float]]:
+    """RSA of every student against the teacher on one reference sample; the teacher is embedded once."""
     folder = cfg.eval.rsa_set or cfg.data.reference
     if not folder:
-        return {}
+        return {name: {} for name in students}
     check_dataset(folder, CAPTIONED, cfg.data.column_map)
     args = (folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels, cfg.data.column_map)
     t = reference_embeddings(build_model(teacher), *args)
-    s = reference_embeddings(build_model(student), *args)
-    return rsa_report(t[0], t[1], s[0], s[1])
+    out = {}
+    for name, student in students.items():
+        s = reference_embeddings(build_model(student), *args)
+        out[name] = rsa_report(t[0], t[1], s[0], s[1])
+    return out
 
 
 def evaluate(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, Any]:

@@ -192,29 +192,25 @@ def run_configs(
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def score(cfg: Any, model: Any, with_rsa: bool) -> dict[str, float]:
-    """Accuracy on every suite (and RSA against the teacher) of one model that needs no training."""
+def score(cfg: Any, models: dict[str, Any], with_rsa: bool) -> dict[str, dict[str, float]]:
+    """Accuracy on every suite (and RSA against the teacher) of models that need no training, scored in one
+    pass over the suites (the teacher embedded once for RSA)."""
     from dive.metrics import summarize
-    from pipeline.evaluate import evaluate_accuracy, evaluate_rsa, suites_from_config
+    from pipeline.evaluate import evaluate_accuracy, evaluate_rsa_many, suites_from_config
 
-    row = summarize(evaluate_accuracy({"m": model}, suites_from_config(cfg), cfg)["m"])
-    if with_rsa:
-        row.update(evaluate_rsa(cfg.model, model, cfg))
-    return row
+    accuracy = evaluate_accuracy(models, suites_from_config(cfg), cfg)
+    rsa = evaluate_rsa_many(cfg.model, models, cfg) if with_rsa else {name: {} for name in models}
+    return {name: {**summarize(accuracy[name]), **rsa[name]} for name in models}
 
 
 def wise_rows(cfg: Any, export_dir: str, alphas: Sequence[float], out: Path) -> dict[float, dict[str, float]]:
-    """Accuracy and RSA of θ_α for every α, the interpolated models scored in one pass over the suites."""
-    from dive.metrics import summarize
-    from pipeline.evaluate import evaluate_accuracy, evaluate_rsa, suites_from_config
+    """Accuracy and RSA of θ_α for every α."""
     from pipeline.wise import wise_exports
 
     folders = wise_exports(cfg, f"local-dir:{export_dir}", alphas, out)
-    models = {a: replace(cfg.model, name=f"local-dir:{f}", pretrained="") for a, f in folders.items()}
-    accuracy = evaluate_accuracy({f"{a:g}": m for a, m in models.items()}, suites_from_config(cfg), cfg)
-    return {
-        a: {**summarize(accuracy[f"{a:g}"]), **evaluate_rsa(cfg.model, m, cfg)} for a, m in models.items()
-    }
+    models = {f"{a:g}": replace(cfg.model, name=f"local-dir:{f}", pretrained="") for a, f in folders.items()}
+    scored = score(cfg, models, with_rsa=True)
+    return {a: scored[f"{a:g}"] for a in folders}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -492,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (row := done("teacher")) is None:
         log("scoring the zero-shot teacher")
         t0 = time.perf_counter()
-        metrics = {**score(base, base.model, with_rsa=False), "rsa_mean": 1.0}  # RSA of a model with itself
+        metrics = score(base, {"teacher": base.model}, with_rsa=False)["teacher"]
+        metrics["rsa_mean"] = 1.0  # RSA of a model with itself
         row = record(
             "teacher", {"key": "teacher", "seed": 0, "metrics": metrics, "seconds": time.perf_counter() - t0}
         )

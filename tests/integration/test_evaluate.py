@@ -105,3 +105,38 @@ def test_linear_head_rejects_mismatched_shapes():
 
     with pytest.raises(ValueError, match="C class names"):
         LinearHead(torch.zeros(3, 4), torch.zeros(3), ["a", "b"])
+
+
+def test_rsa_of_many_students_embeds_the_teacher_once_and_equals_one_by_one(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    """WiSE-FT scores three α against one teacher: the batched call gives each student's own RSA."""
+    from dataclasses import replace
+
+    import torch
+
+    from pipeline import evaluate
+
+    ref = tmp_path / "ref"
+    with ShardWriter(ref, Manifest("ref", CAPTIONED), rows_per_shard=4) as writer:
+        for i, image in enumerate(_images(6, seed=2)):
+            writer.add({"image": image, "caption": f"a picture number {i}"})
+    teacher_file, other_file = tmp_path / "t.pt", tmp_path / "o.pt"
+    torch.save(tiny_bundle.model.state_dict(), teacher_file)
+    g = torch.Generator().manual_seed(1)
+    state = {k: v + 0.5 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in tiny_bundle.model.state_dict().items()}  # fmt: skip
+    torch.save(state, other_file)
+    cfg = Config()
+    cfg = replace(cfg, eval=replace(cfg.eval, rsa_set=str(ref), rsa_samples=6))
+    teacher = ModelConfig(pretrained=str(teacher_file))
+    students = {"same": teacher, "other": ModelConfig(pretrained=str(other_file))}
+    built = []
+    real_build = evaluate.build_model
+    monkeypatch.setattr(evaluate, "build_model", lambda m: built.append(m) or real_build(m))
+    many = evaluate.evaluate_rsa_many(teacher, students, cfg)
+    assert len(built) == 1 + len(students)  # the teacher once, each student once
+    assert many["same"]["rsa_mean"] == pytest.approx(1.0)
+    assert many["other"]["rsa_mean"] < 0.999
+    for name, student in students.items():
+        assert evaluate.evaluate_rsa(teacher, student, cfg) == pytest.approx(many[name])
