@@ -82,6 +82,7 @@ class _Loop:
     logger: _RankZeroLogger | None = None
     validator: _Validator | None = None
     id_shard: Any = None
+    micro_id: int = 0  # ID rows per micro-batch on this rank
     ref_batches: Iterator[dict[str, torch.Tensor]] | None = None
     autocast: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
     prompt_rng: torch.Generator = field(default_factory=torch.Generator)
@@ -177,23 +178,22 @@ def _distribute(loop: _Loop, resumed: bool) -> None:
             loop.logger.log({"train/resumed_from_step": loop.step, "train/center_norm": center}, loop.step)
     if loop.device.type == "cuda" and cfg.model.precision == "bf16":
         loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // world // cfg.optim.grad_accum
+    per_micro = world * cfg.optim.grad_accum  # each rank takes 1/world of a batch, in grad_accum pieces
     if cfg.loss.method in USES_REFERENCE:
+        micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro
         loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref)
     loop.id_shard = ray.train.get_dataset_shard("id")
+    loop.micro_id = cfg.optim.global_batch // per_micro
 
 
 def _train_epoch(loop: _Loop) -> None:
     """One pass over this rank's ID shard (the reference stream cycles beside it), until the epoch's or the
     run's last step; a resumed epoch first skips the batches it already trained on."""
     cfg, accum = loop.cfg, loop.cfg.optim.grad_accum
-    world = ray.train.get_context().get_world_size()
     t_wait, t_start = 0.0, time.perf_counter()
     micro: list[dict[str, torch.Tensor]] = []
     t_fetch = time.perf_counter()
-    batches = loop.id_shard.iter_torch_batches(
-        batch_size=cfg.optim.global_batch // world // accum, drop_last=True
-    )
+    batches = loop.id_shard.iter_torch_batches(batch_size=loop.micro_id, drop_last=True)
     for seen, id_batch in enumerate(batches, 1):
         if seen <= loop.done_in_epoch * accum:  # resumed mid-epoch: skip what was already trained on
             t_fetch = time.perf_counter()
