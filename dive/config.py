@@ -80,6 +80,8 @@ class DataConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     # If set, the built-in demo data and demo teacher are generated into this folder when missing.
     demo: str = ""
+    # Size of that demo: "default" (≈ 20k images, the README's numbers) or "tiny" (tests, smoke jobs).
+    demo_size: str = "default"
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
     ref_batch: int = 0
 
@@ -349,6 +351,7 @@ def _check_optim(cfg: Config, need: _Need) -> None:
             data.ref_batch,
         )
     need(data.max_image_pixels > 0, "data.max_image_pixels", "a pixel count > 0", data.max_image_pixels)
+    need(data.demo_size in ("default", "tiny"), "data.demo_size", "'default' or 'tiny'", data.demo_size)
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -268,13 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--pretrained", default="", help="weights for --model when it is an open_clip name")
     parser.add_argument("--out", help="write the report JSON here")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's and libraries' output here too"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from pipeline.ray_env import init_ray
+    from pipeline.console import command_console, start_ray
 
-    init_ray(cfg)
-    report = evaluate(cfg.model, replace(cfg.model, name=args.model, pretrained=args.pretrained), cfg)
+    logs = Path(args.out).resolve().parent if args.out else Path(cfg.tracking.output_dir) / "logs"
+    with command_console(logs, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", args.verbose) as console:
+        console.say(f"[dive] evaluating {args.model} (log: {console.path})")
+        start_ray(cfg, console)
+        student = replace(cfg.model, name=args.model, pretrained=args.pretrained)
+        report = evaluate(cfg.model, student, cfg)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text)

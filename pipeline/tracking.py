@@ -26,15 +26,18 @@ MAX_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batc
 
 
 def tracking_uri(cfg: Config) -> str:
-    """Config, then $MLFLOW_TRACKING_URI, then a SQLite file in the working directory — always absolute, because
-    a Ray Train worker's cwd is a temporary session folder."""
+    """Config, then $MLFLOW_TRACKING_URI, then ``mlflow.db`` in :func:`pipeline.home.home` (the working directory,
+    or under a Ray job a folder that outlives it) — always absolute, because a Ray Train worker's cwd is a
+    temporary session folder."""
+    from pipeline.home import writable
+
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
-        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        return f"sqlite:///{writable('mlflow.db')}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        return f"sqlite:///{writable(uri.removeprefix('sqlite:///'))}"
     if "://" not in uri:  # a plain folder: file store
-        return Path(uri).resolve().as_uri()
+        return Path(writable(uri)).as_uri()
     return uri
 
 

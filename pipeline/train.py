@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
+from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError
-from pipeline.ray_env import init_ray
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -53,50 +53,70 @@ def _absolute(path: str) -> str:
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Make every path absolute on the driver: a Ray Train worker's cwd is a temporary session folder."""
+    """Make every path absolute on the driver: a Ray Train worker's cwd is a temporary session folder.
+
+    What the run writes (the demo cache and everything inside it, outputs, Ray storage, the default MLflow
+    store) resolves against :func:`pipeline.home.home`, so a ``ray job submit`` job writes where the next job
+    finds it; other inputs resolve against the working directory."""
+    from pipeline.home import writable
+    from pipeline.tracking import tracking_uri
+
+    demo = cfg.data.demo
+
+    def inp(path: str) -> str:  # an input; one inside the demo cache lives where the cache does
+        inside = bool(demo) and (path == demo or path.startswith(demo.rstrip("/") + "/"))
+        return writable(path) if inside else _absolute(path)
+
     data = replace(
         cfg.data,
-        id_train=_absolute(cfg.data.id_train),
-        reference=_absolute(cfg.data.reference),
-        demo=_absolute(cfg.data.demo),
+        id_train=inp(cfg.data.id_train),
+        reference=inp(cfg.data.reference),
+        demo=writable(demo),
     )
     ev = replace(
         cfg.eval,
-        id=_absolute(cfg.eval.id),
-        rsa_set=_absolute(cfg.eval.rsa_set),
-        val_id=_absolute(cfg.eval.val_id),
-        val_ref=_absolute(cfg.eval.val_ref),
-        val_zs=_absolute(cfg.eval.val_zs),
-        ood={k: _absolute(v) for k, v in cfg.eval.ood.items()},
-        zs={k: _absolute(v) for k, v in cfg.eval.zs.items()},
+        id=inp(cfg.eval.id),
+        rsa_set=inp(cfg.eval.rsa_set),
+        val_id=inp(cfg.eval.val_id),
+        val_ref=inp(cfg.eval.val_ref),
+        val_zs=inp(cfg.eval.val_zs),
+        ood={k: inp(v) for k, v in cfg.eval.ood.items()},
+        zs={k: inp(v) for k, v in cfg.eval.zs.items()},
     )
     model = cfg.model
     if model.name.startswith("local-dir:"):
-        model = replace(model, name="local-dir:" + _absolute(model.name.removeprefix("local-dir:")))
+        model = replace(model, name="local-dir:" + inp(model.name.removeprefix("local-dir:")))
     if model.pretrained and (os.sep in model.pretrained or Path(model.pretrained).suffix):
-        model = replace(model, pretrained=_absolute(model.pretrained))
+        model = replace(model, pretrained=inp(model.pretrained))
     # The store too: Ray Tune runs each trial in its own working directory, so a default relative
     # sqlite:///mlflow.db (or $MLFLOW_TRACKING_URI unset in a worker) would give every trial a store of its own.
-    from pipeline.tracking import tracking_uri
-
-    tracking = replace(cfg.tracking, output_dir=_absolute(cfg.tracking.output_dir), uri=tracking_uri(cfg))
+    tracking = replace(cfg.tracking, output_dir=writable(cfg.tracking.output_dir), uri=tracking_uri(cfg))
     scaling = replace(
         cfg.scaling,
-        storage_path=_absolute(cfg.scaling.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
+        storage_path=writable(cfg.scaling.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
     )
     return replace(cfg, data=data, eval=ev, model=model, tracking=tracking, scaling=scaling)
 
 
 def prepare_config(config_path: str | None, overrides: list[str], build_demo: bool = True) -> Config:
     """Load, resolve, build the demo data if the config asks for it, and validate — all before Ray starts."""
-    cfg = resolve_paths(load_config(config_path or DEMO_CONFIG, overrides))
+    return ready(resolve_paths(load_config(config_path or DEMO_CONFIG, overrides)), build_demo)
+
+
+def ready(cfg: Config, build_demo: bool = True) -> Config:
+    """Validate a resolved config, build the demo data it asks for, check every dataset it reads."""
     validate(cfg, check_paths=not cfg.data.demo)
     if cfg.data.demo and not build_demo:
         return cfg
     if cfg.data.demo:
+        from filelock import FileLock
+
         from pipeline.demo import ensure_demo
 
-        ensure_demo(Path(cfg.data.demo))
+        root = Path(cfg.data.demo)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root) + ".lock"):  # two jobs starting together: one builds, the other then reuses
+            ensure_demo(root, size=cfg.data.demo_size)
         validate(cfg)
     check_datasets(cfg)
     return cfg
@@ -146,26 +166,31 @@ def run(
     resume_run_id: str | None = None,
     on_start: Callable[[str], None] | None = None,
     tags: Mapping[str, str] | None = None,
+    console: Console | None = None,
 ) -> RunResult:
     """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config).
 
     ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
     ``on_start`` is called with the MLflow run id as soon as it exists (a sweep trial records it to resume);
-    ``tags`` go onto a new MLflow run.
+    ``tags`` go onto a new MLflow run. With a ``console`` (a command's, not a sweep trial's) worker output goes
+    to its log file, in the run's output folder, and a progress line shows the training.
     """
     from dive.models import build_model
     from pipeline.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
-    init_ray(cfg)
-    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags)
+    start_ray(cfg, console)
+    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags, console)
     try:
         teacher_bundle = build_model(cfg.model)
         datasets, info = _streams(cfg, teacher_bundle, mlrun)
+        if console is not None:
+            info.progress = board_actor()
         trainer = _trainer(cfg, datasets, info, callbacks)
         fit_start = time.perf_counter()
-        result = trainer.fit()
+        with live_progress(info.progress, console):
+            result = trainer.fit()
         train_seconds = time.perf_counter() - fit_start
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
@@ -173,9 +198,13 @@ def run(
         export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, mlrun.run_id)
         mlrun.log_artifacts(export_dir, "export")
         mlrun.log_metrics({"time/train_s": train_seconds})
+        if console is not None:
+            console.say("[dive] training done; exporting and evaluating")
         report = finish(cfg, mlrun, export_dir, out_dir)
+        _log_console(mlrun, console)
         mlrun.end("FINISHED")
     except BaseException:
+        _log_console(mlrun, console)
         mlrun.end("FAILED")
         raise
     return RunResult(
@@ -191,12 +220,23 @@ def run(
     )
 
 
+def _log_console(mlrun: Any, console: Console | None) -> None:
+    """The run's console log as an artifact (best effort: the run's result matters more than its log)."""
+    if console is None:
+        return
+    try:
+        mlrun.log_artifact(console.path, "logs")
+    except Exception as err:  # noqa: BLE001
+        console.write(f"console log not logged to MLflow: {err}")
+
+
 def _open_run(
     cfg: Config,
     parent_run_id: str | None,
     resume_run_id: str | None,
     on_start: Callable[[str], None] | None,
     tags: Mapping[str, str] | None = None,
+    console: Console | None = None,
 ) -> tuple[Any, Path]:
     """The run's MLflow run (resumed or new, with its resolved config) and its output folder."""
     from pipeline import tracking
@@ -212,7 +252,12 @@ def _open_run(
     out_dir = Path(cfg.tracking.output_dir) / mlrun.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    print(f"[dive] MLflow run {mlrun.run_id} ({uri})", flush=True)
+    if console is None:
+        print(f"[dive] MLflow run {mlrun.run_id} ({uri})", flush=True)
+    else:
+        log = console.attach(out_dir)
+        console.say(f"[dive] MLflow run {mlrun.run_id} ({uri})")
+        console.say(f"[dive] log:  {log}  (Ray, worker and library output; -v shows it here)")
     return mlrun, out_dir
 
 
@@ -341,23 +386,38 @@ def finish(cfg: Config, mlrun: Any, export_dir: Path, out_dir: Path) -> dict[str
     return report
 
 
-def _print_summary(result: RunResult, cfg: Config) -> None:
+def where(cfg: Config) -> str:
+    """One line: where this run reads its data and writes its outputs and MLflow records."""
+    data = f"demo {cfg.data.demo}" if cfg.data.demo else f"data {Path(cfg.data.id_train).parent}"
+    return f"{data} · outputs {cfg.tracking.output_dir} · MLflow {cfg.tracking.uri}"
+
+
+def summary_lines(result: RunResult) -> list[str]:
+    """The final table: teacher vs fine-tuned, RSA, where the run and the export are, how to open them."""
     ft, teacher = result.report["finetuned"], result.report["teacher"]
-    print(f"\n[dive] done in {result.seconds:.0f} s")
-    print(f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}")
+    lines = [f"\n[dive] done in {result.seconds:.0f} s", f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}"]
     for name, row in (("teacher", teacher), ("fine-tuned", ft)):
-        print(
+        lines.append(
             f"{name:12}{row.get('id_acc', float('nan')):8.3f}{row.get('ood_avg', float('nan')):10.3f}"
             f"{row.get('zs_avg', float('nan')):9.3f}"
         )
     if "rsa_mean" in ft:
-        print(f"RSA (mean of image/text/cross): {ft['rsa_mean']:.3f}")
-    print(f"MLflow run:  {result.run_id}")
-    print(f"export:      {result.export_dir}")
-    print(f"load it:     open_clip.create_model_and_transforms('local-dir:{result.export_dir}')")
-    ui_uri = result.tracking_uri if result.tracking_uri.startswith("sqlite") else None
-    if ui_uri:
-        print(f"MLflow UI:   mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
+        lines.append(f"RSA (mean of image/text/cross): {ft['rsa_mean']:.3f}")
+    lines += [
+        f"MLflow run:  {result.run_id}",
+        f"export:      {result.export_dir}",
+        f"load it:     open_clip.create_model_and_transforms('local-dir:{result.export_dir}')",
+    ]
+    if result.tracking_uri.startswith("sqlite"):
+        ui = f"mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000"
+        lines.append(f"MLflow UI:   {ui}")
+    return lines
+
+
+def _print_summary(result: RunResult, console: Console) -> None:
+    for line in summary_lines(result):
+        print(line)
+        console.write(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         help="continue an interrupted run from its output folder (<output_dir>/<mlflow run id>): its saved "
         "config, its MLflow run and its latest Ray Train checkpoint",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's, the workers' and libraries' output here too"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")
     args = parser.parse_args(argv)
     resume_run_id = None
@@ -383,16 +446,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"--resume {args.resume}: no config.yaml (expected a run output folder)"
                 )
             args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
-        cfg = prepare_config(args.config, args.overrides, build_demo=not args.validate)
+        cfg = resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides))
+        if args.validate:
+            print(to_yaml(ready(cfg, build_demo=False)))
+            print("config OK", file=sys.stderr)
+            return 0
+        validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
+        with Console(cfg.tracking.output_dir, verbose=args.verbose) as console:
+            console.say(f"[dive] {where(cfg)}")
+            cfg = ready(cfg)
+            result = run(cfg, resume_run_id=resume_run_id, console=console)
+            _print_summary(result, console)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.validate:
-        print(to_yaml(cfg))
-        print("config OK", file=sys.stderr)
-        return 0
-    result = run(cfg, resume_run_id=resume_run_id)
-    _print_summary(result, cfg)
     return 0
 
 

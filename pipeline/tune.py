@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, help="trials (overrides search.num_samples)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
     parser.add_argument("--name", help="sweep name; rerunning an interrupted sweep's name resumes it")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's, the trials' and libraries' output here too"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the base run config")
     args = parser.parse_args(argv)
     spec_overrides = []
@@ -57,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from pipeline.console import Console
     from pipeline.sweep.search import sweep  # Ray: only once the space and config are checked
 
-    result = sweep(spec, base, dists, name)
+    with Console(base.tracking.output_dir, verbose=args.verbose) as console:
+        result = sweep(spec, base, dists, name, console=console)
     if result is None:
         return 130
     print(json.dumps(asdict(result) | {"trials": len(result.trials)}, indent=2, default=str))

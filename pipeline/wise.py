@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="comma-separated α in [0, 1]")
     parser.add_argument("--out", default="outputs/wise", help="folder for the exports, table and plot")
     parser.add_argument("--run-id", help="log into this MLflow run (default: a new run)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Ray's and libraries' output here too"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
@@ -95,12 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline import tracking
-    from pipeline.ray_env import init_ray
+    from pipeline.console import command_console, start_ray
 
-    init_ray(cfg)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_wise(cfg, args.model, alphas, out)
+    with command_console(out, "console.log", args.verbose) as console:
+        console.say(f"[dive] WiSE-FT of {args.model} at α = {args.alphas} (log: {console.path})")
+        start_ray(cfg, console)
+        rows = run_wise(cfg, args.model, alphas, out)
     (out / "wise.json").write_text(json.dumps(rows, indent=2))
     from pipeline.plots import write_table_csv
 

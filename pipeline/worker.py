@@ -47,6 +47,7 @@ class RunInfo:
     templates: list[str]
     use_teacher_cache: bool
     skip_counter: Any = None
+    progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
 
 
@@ -247,6 +248,8 @@ def _log_step(loop: _Loop, terms: dict[str, torch.Tensor], elapsed: float, waite
         return
     logged = {f"train/{k}": mean_across_ranks(v).item() for k, v in sorted(terms.items())}
     step = loop.step
+    if loop.logger is not None:
+        loop.logger.post_progress(loop, logged, elapsed)
     if loop.logger is None or not (step % loop.info.log_every == 0 or step == 1 or step == loop.max_steps):
         return
     logged["train/lr"] = loop.scheduler.get_last_lr()[0]
@@ -260,6 +263,8 @@ def _validate(loop: _Loop) -> dict[str, float]:
     val = loop.validator(loop.task.student_model) if loop.validator else {}
     if loop.logger is not None and val:
         loop.logger.log(dict(val), loop.step)
+        if loop.info.progress is not None and "val/objective" in val:
+            loop.info.progress.post.remote({"val/objective": val["val/objective"]})
     return val
 
 
@@ -377,6 +382,25 @@ class _RankZeroLogger:
         self.run = Run(info.tracking_uri, info.run_id)
         self.info = info
         self.t0 = time.perf_counter()
+        self._posted = 0.0
+
+    def post_progress(self, loop: _Loop, logged: dict[str, float], elapsed: float) -> None:
+        """The driver's progress line: fire-and-forget, throttled (a fast GPU step must not wait on it)."""
+        now = time.perf_counter()
+        last = loop.step in (1, loop.max_steps) or loop.done_in_epoch == loop.steps_per_epoch
+        if self.info.progress is None or (now - self._posted < 0.25 and not last):
+            return
+        self._posted = now
+        self.info.progress.post.remote(
+            {
+                "step": loop.step,
+                "total": loop.max_steps,
+                "epoch": loop.epoch,
+                "epochs": loop.cfg.optim.epochs,
+                "terms": {k.removeprefix("train/"): v for k, v in logged.items()},
+                "samples_per_s": loop.done_in_epoch * loop.cfg.optim.global_batch / max(elapsed, 1e-9),
+            }
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.info.skip_counter is not None:

@@ -7,8 +7,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dive.config import ModelConfig
+from pipeline.console import command_console
 from pipeline.convert.captions import convert_captions
 from pipeline.convert.common import DEFAULT_IMAGE_EXTS, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_SHARD, PathLike
 from pipeline.convert.imagefolder import convert_imagefolder
@@ -94,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="0: run the teacher in this process (default); N > 0: N Ray Data actors",
     )
+    for command in sub.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="store_true", help="show Ray's and libraries' output here too"
+        )
     return parser
 
 
@@ -107,6 +113,47 @@ def _summary(
         what += f", teacher {manifest.teacher_fingerprint}, D={manifest.teacher_dim}"
     skip_text = f"skipped {total}" + (f" ({by_reason})" if total else "")
     return f"{command}: wrote {manifest.num_rows} rows ({what}) to {out}; {skip_text}; {seconds:.1f} s"
+
+
+def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, str, Mapping[str, int]]:
+    """The conversion ``args.command`` asks for: (manifest, output folder, skipped counts)."""
+    if args.command == "imagefolder":
+        manifest = convert_imagefolder(args.src, args.out, templates=args.templates, **common)
+        out, skipped = args.out, manifest.skipped
+    elif args.command == "captions":
+        manifest = convert_captions(
+            args.file,
+            args.out,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            base_dir=args.base_dir,
+            **common,
+        )
+        out, skipped = args.out, manifest.skipped
+    elif args.command == "wds":
+        manifest = convert_wds(
+            args.src,
+            args.out,
+            image_ext=[e for e in args.image_ext.split(",") if e.strip()],
+            caption_ext=args.caption_ext,
+            label_ext=args.label_ext,
+            classnames=args.classnames,
+            templates=args.templates,
+            **common,
+        )
+        out, skipped = args.out, manifest.skipped
+    else:
+        before = read_manifest(args.dataset).skipped if Path(args.dataset, "dataset.json").is_file() else {}
+        manifest = cache_teacher(
+            args.dataset,
+            ModelConfig(name=args.model_name, pretrained=args.pretrained),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+        )
+        out = args.dataset
+        skipped = {k: v - before.get(k, 0) for k, v in manifest.skipped.items() if v - before.get(k, 0) > 0}
+    return manifest, out, skipped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,47 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
     start = time.perf_counter()
+    target = Path(args.dataset if args.command == "cache-teacher" else args.out).resolve()
     try:
-        if args.command == "imagefolder":
-            manifest = convert_imagefolder(args.src, args.out, templates=args.templates, **common)
-            out, skipped = args.out, manifest.skipped
-        elif args.command == "captions":
-            manifest = convert_captions(
-                args.file,
-                args.out,
-                image_column=args.image_column,
-                caption_column=args.caption_column,
-                base_dir=args.base_dir,
-                **common,
-            )
-            out, skipped = args.out, manifest.skipped
-        elif args.command == "wds":
-            manifest = convert_wds(
-                args.src,
-                args.out,
-                image_ext=[e for e in args.image_ext.split(",") if e.strip()],
-                caption_ext=args.caption_ext,
-                label_ext=args.label_ext,
-                classnames=args.classnames,
-                templates=args.templates,
-                **common,
-            )
-            out, skipped = args.out, manifest.skipped
-        else:
-            before = (
-                read_manifest(args.dataset).skipped if Path(args.dataset, "dataset.json").is_file() else {}
-            )
-            manifest = cache_teacher(
-                args.dataset,
-                ModelConfig(name=args.model_name, pretrained=args.pretrained),
-                batch_size=args.batch_size,
-                workers=args.workers,
-                max_pixels=args.max_pixels,
-            )
-            out = args.dataset
-            skipped = {
-                k: v - before.get(k, 0) for k, v in manifest.skipped.items() if v - before.get(k, 0) > 0
-            }
+        with command_console(target.parent, f"{target.name}.{args.command}.log", args.verbose):
+            manifest, out, skipped = _run(args, common)
     except DataError as err:
         print("error: " + str(err).replace("\n", " "), file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from dive.config import Config, to_dict, to_yaml
+from pipeline.console import Console, start_ray
 from pipeline.sweep.report import SweepResult, pruned, summarize
 from pipeline.sweep.spec import SweepSpec, trial_config
 
@@ -180,21 +181,29 @@ def _interrupted(grid: Any, spec: SweepSpec, sweep_dir: Path) -> bool:
 
 
 def sweep(
-    spec: SweepSpec, base: Config, dists: dict[str, tuple[str, list[Any]]], name: str
+    spec: SweepSpec,
+    base: Config,
+    dists: dict[str, tuple[str, list[Any]]],
+    name: str,
+    console: Console | None = None,
 ) -> SweepResult | None:
     """Run (or resume) the sweep ``name``: parent MLflow run, Tune trials as child runs, summary on the parent.
-    None when interrupted (Ctrl-C) before every trial ended."""
+    None when interrupted (Ctrl-C) before every trial ended. With a ``console``, the trials' output goes to its
+    log file (``<sweep dir>/console.log``) and Tune's trial table stays on the terminal."""
     from ray import tune
 
     from pipeline import tracking
-    from pipeline.ray_env import init_ray
 
     # Trials report every epoch, but only rank 0's epoch-end reports carry val/*; mid-epoch checkpoint reports
     # do not, and Tune's strict check would reject them. ASHA and Optuna skip results without the metric.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    init_ray(base, min_cpus=_cpus_needed(base, spec.search.max_concurrent))
+    start_ray(base, console, min_cpus=_cpus_needed(base, spec.search.max_concurrent))
     sweep_dir = Path(base.tracking.output_dir) / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if console is not None:
+        console.say(
+            f"[dive] log:  {console.attach(sweep_dir)}  (trials' Ray and library output; -v shows it)"
+        )
     parent = _open_parent(spec, base, dists, name, sweep_dir)  # an interrupted sweep reopens the same run
     trainable = tune.with_resources(
         tune.with_parameters(

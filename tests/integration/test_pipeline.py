@@ -169,7 +169,7 @@ def no_run(monkeypatch):
         raise AssertionError("training started although the input was invalid")
 
     monkeypatch.setattr("pipeline.train.run", forbidden)
-    monkeypatch.setattr("pipeline.train.init_ray", forbidden)
+    monkeypatch.setattr("pipeline.train.start_ray", forbidden)
 
 
 def test_bad_config_fails_before_ray_starts_naming_the_key(tmp_path, capsys, no_run):

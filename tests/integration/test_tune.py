@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
+from pipeline.ray_env import free_port
 from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
 from tests.conftest import tiny_run_overrides
 
@@ -157,9 +163,19 @@ def _sweep_cmd(demo, tmp: Path, space: Path) -> list[str]:
     ]
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_config(demo, tmp_path):
+@dataclass
+class DemoSweep:
+    tmp: Path
+    second: subprocess.CompletedProcess  # the resumed sweep
+    again: subprocess.CompletedProcess  # train.py on the sweep's best config
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(demo, tmp_path_factory) -> DemoSweep:
+    """The demo sweep interrupted (Ctrl-C) after its first trial, resumed to the end, and its best config
+    replayed by train.py: one store with a sweep parent, its children and a plain run (the MLflow UI test's
+    store too)."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
     space = _space(tmp_path)
     cmd = _sweep_cmd(demo, tmp_path, space)
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
@@ -175,11 +191,33 @@ def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_confi
     assert first.wait(timeout=300) == 130, (tmp_path / "first.log").read_text()[-3000:]
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    best_yaml = tmp_path / "out" / "sweeps" / "t" / "best_config.yaml"
+    again = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / "train.py"), "--config", str(best_yaml)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return DemoSweep(tmp_path, second, again)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_config(demo_sweep):
+    tmp_path, second, again = demo_sweep.tmp, demo_sweep.second, demo_sweep.again
+    trials = tmp_path / "out" / "sweeps" / "t" / "trials"
     assert "[dive] resuming sweep t" in second.stdout
+    assert (tmp_path / "out" / "sweeps" / "t" / "console.log").is_file()  # the trials' output went there
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("sweep-test")
-    runs = client.search_runs([exp.experiment_id])
+    everything = client.search_runs([exp.experiment_id])
+    replayed = [
+        r for r in everything if "dive.sweep" not in r.data.tags and "mlflow.parentRunId" not in r.data.tags
+    ]
+    runs = [r for r in everything if r.info.run_id not in {x.info.run_id for x in replayed}]
     parents = [r for r in runs if r.data.tags.get("dive.sweep") == "t"]
     assert len(parents) == 1
     parent = parents[0]
@@ -212,25 +250,118 @@ def test_demo_sweep_interrupted_resumes_then_logs_parent_children_and_best_confi
     best_yaml = tmp_path / "out" / "sweeps" / "t" / "best_config.yaml"
     replay = load_config(str(best_yaml))
     assert replay.loss.lambda_avl == pytest.approx(float(best.data.params["loss.lambda_avl"]))
-    again = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / "train.py"), "--config", str(best_yaml)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    replayed = [
-        r
-        for r in client.search_runs([exp.experiment_id])
-        if r.info.run_id not in {x.info.run_id for x in runs}
-    ]
     assert (
         len(replayed) == 1
         and replayed[0].data.params["loss.lambda_avl"] == best.data.params["loss.lambda_avl"]
     )
     assert replayed[0].data.params["loss.lambda_pvl"] == best.data.params["loss.lambda_pvl"]
+
+
+ARTIFACTS = Path(os.environ.get("DIVE_TEST_ARTIFACTS", REPO / "test-artifacts")) / "mlflow-ui"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextmanager
+def _mlflow_server(store: str) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over ``store`` (one worker), stopped afterwards."""
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "mlflow server exited"
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+@pytest.mark.browser
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_mlflow_ui_shows_the_sweep_nested_with_charts_and_artifacts_in_a_real_browser(demo_sweep):
+    """What a person looks for in the UI: the sweep parent with its trials nested under it, a run's train/loss and
+    eval/* charts, its export/ and plot artifacts, and where it came from. Screenshots: test-artifacts/mlflow-ui."""
+    from playwright.sync_api import sync_playwright
+
+    store = f"sqlite:///{demo_sweep.tmp}/mlflow.db"
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("dive.sweep") == "t")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    child = children[0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _mlflow_server(store) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=_chromium(), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+        base = f"{url}/#/experiments/{exp.experiment_id}"
+
+        page.goto(f"{base}/runs")
+        page.get_by_text(parent.info.run_name, exact=True).wait_for()
+        names = [c.info.run_name for c in children]
+        assert not any(page.get_by_text(n, exact=True).is_visible() for n in names)  # nested: folded away
+        row = page.locator("[role=row]").filter(has_text=parent.info.run_name).first
+        row.locator("button[data-component-id*=runnamecellrenderer]").click()  # the parent's expander
+        for name in names:
+            page.get_by_text(name, exact=True).wait_for()
+        page.screenshot(path=str(ARTIFACTS / "sweep-nested.png"), full_page=True)
+
+        page.goto(f"{base}/runs/{child.info.run_id}")
+        page.get_by_role("link", name=parent.info.run_name).first.wait_for()  # its parent, linked
+        page.get_by_text("tune.py").first.wait_for()  # source: the sweep's entry point
+        page.get_by_text(child.data.tags["mlflow.source.git.commit"][:7]).first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "run-overview.png"), full_page=True)
+
+        page.goto(f"{base}/runs/{child.info.run_id}/model-metrics")
+        search = page.get_by_placeholder("Search metric charts")
+        search.fill("train/loss")
+        page.get_by_text("(train/loss)").first.wait_for()  # the line chart's legend names the metric
+        for metric in ("eval/id_acc", "eval/ood_avg", "eval/zs_avg"):
+            search.fill(metric)
+            page.get_by_text(metric.split("/")[-1], exact=True).first.wait_for()  # its chart, titled
+        search.fill("_avg")
+        page.get_by_text("zs_avg", exact=True).first.wait_for()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(ARTIFACTS / "run-eval-charts.png"), full_page=True)
+        search.fill(
+            "loss"
+        )  # the picture: every loss curve (an unfiltered page draws charts only when scrolled to)
+        page.get_by_text("(train/loss)").first.wait_for()
+        page.wait_for_timeout(2000)  # let the charts draw before the picture
+        page.screenshot(path=str(ARTIFACTS / "run-charts.png"), full_page=True)
+
+        page.goto(f"{base}/runs/{child.info.run_id}/artifacts")
+        for folder in ("export", "eval", "config"):
+            page.get_by_text(folder, exact=True).first.wait_for()
+        page.get_by_text("eval", exact=True).first.click()
+        page.get_by_text("accuracy.png", exact=True).first.click()
+        page.get_by_text("eval/accuracy.png").first.wait_for()
+        page.locator("img[src^='blob:']").first.wait_for()  # the plot itself renders
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "run-artifacts.png"), full_page=True)
+        browser.close()
+    assert len(list(ARTIFACTS.glob("*.png"))) >= 5
 
 
 EMOJISHIFT_SPACES = sorted((REPO / "tune_configs" / "emojishift").glob("*.yaml"))
