@@ -92,12 +92,8 @@ class Console:
     def _redirect_fd(self) -> None:
         try:
             fd = sys.stderr.fileno()
-        except (
-            AttributeError,
-            OSError,
-            ValueError,
-        ):  # a captured or in-memory stderr: nothing native to catch
-            return
+        except (AttributeError, OSError, ValueError):
+            return  # a captured or in-memory stderr: nothing native to catch
         sys.stderr.flush()
         self._saved_fd, self._saved_stderr = os.dup(fd), sys.stderr
         os.dup2(self._file.fileno(), fd)
