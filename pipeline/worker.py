@@ -242,6 +242,11 @@ def _device_batch(loop: _Loop, id_batch: dict[str, torch.Tensor], index: int) ->
     return batch
 
 
+def _samples_per_s(loop: _Loop, elapsed: float) -> float:
+    """ID samples per second since this epoch's first batch (what MLflow and the progress line both show)."""
+    return loop.done_in_epoch * loop.cfg.optim.global_batch / max(elapsed, 1e-9)
+
+
 def _log_step(loop: _Loop, terms: dict[str, torch.Tensor], elapsed: float, waited: float) -> None:
     """Loss terms averaged over ranks (every rank joins the all-reduce); rank 0 logs every ``log_every`` steps."""
     if loop.logger is None and loop.cfg.scaling.num_workers <= 1:
@@ -249,12 +254,12 @@ def _log_step(loop: _Loop, terms: dict[str, torch.Tensor], elapsed: float, waite
     logged = {f"train/{k}": mean_across_ranks(v).item() for k, v in sorted(terms.items())}
     step = loop.step
     if loop.logger is not None:
-        loop.logger.post_progress(loop, logged, elapsed)
+        loop.logger.post_progress(loop, logged, _samples_per_s(loop, elapsed))
     if loop.logger is None or not (step % loop.info.log_every == 0 or step == 1 or step == loop.max_steps):
         return
     logged["train/lr"] = loop.scheduler.get_last_lr()[0]
     logged["train/center_norm"] = loop.task.center.norm().item()
-    logged["train/samples_per_s"] = loop.done_in_epoch * loop.cfg.optim.global_batch / max(elapsed, 1e-9)
+    logged["train/samples_per_s"] = _samples_per_s(loop, elapsed)
     logged["train/data_wait_frac"] = waited / max(elapsed, 1e-9)
     loop.logger.log(logged, step)
 
@@ -384,7 +389,7 @@ class _RankZeroLogger:
         self.t0 = time.perf_counter()
         self._posted = 0.0
 
-    def post_progress(self, loop: _Loop, logged: dict[str, float], elapsed: float) -> None:
+    def post_progress(self, loop: _Loop, logged: dict[str, float], samples_per_s: float) -> None:
         """The driver's progress line: fire-and-forget, throttled (a fast GPU step must not wait on it)."""
         now = time.perf_counter()
         last = loop.step in (1, loop.max_steps) or loop.done_in_epoch == loop.steps_per_epoch
@@ -398,7 +403,7 @@ class _RankZeroLogger:
                 "epoch": loop.epoch,
                 "epochs": loop.cfg.optim.epochs,
                 "terms": {k.removeprefix("train/"): v for k, v in logged.items()},
-                "samples_per_s": loop.done_in_epoch * loop.cfg.optim.global_batch / max(elapsed, 1e-9),
+                "samples_per_s": samples_per_s,
             }
         )
 
