@@ -9,6 +9,7 @@ key and what was expected, so a bad config fails on the driver before any Ray wo
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ class OptimConfig:
     # Max gradient norm; 0 disables clipping.
     grad_clip: float = 0.0
     seed: int = 0
+    # A step whose loss or gradients are NaN/inf is skipped (dive/guard.py); this many in a row fail the run
+    # (0: never fail).
+    max_nonfinite_steps: int = 10
 
 
 # ---------------------------------------------------------------------------------------------------- eval
@@ -293,6 +297,7 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     ``check_paths=False`` skips existence checks for data that is generated later (the built-in demo).
     """
     errors = _Errors()
+    _check_finite(cfg, errors.need)
     _check_loss(cfg.loss, errors.need)
     _check_optim(cfg, errors.need)
     _check_scaling_model(cfg.scaling, cfg.model, errors.need)
@@ -305,6 +310,14 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
 
 
 _Need = Callable[[bool, str, str, Any], None]
+
+
+def _check_finite(cfg: Config, need: _Need) -> None:
+    """Every float of the config is a number: ``loss.lambda_avl=inf`` or ``optim.lr=nan`` would pass every range
+    check below (``nan >= 0`` is False, but ``inf >= 0`` is True) and poison the run."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float):
+            need(math.isfinite(value), key, "a finite number", value)
 
 
 def _check_loss(loss: LossConfig, need: _Need) -> None:
@@ -328,6 +341,12 @@ def _check_optim(cfg: Config, need: _Need) -> None:
     need(optim.max_steps >= 0, "optim.max_steps", "a step count >= 0 (0: no cap)", optim.max_steps)
     need(optim.grad_accum >= 1, "optim.grad_accum", "an integer >= 1", optim.grad_accum)
     need(optim.grad_clip >= 0, "optim.grad_clip", "a norm >= 0 (0: off)", optim.grad_clip)
+    need(
+        optim.max_nonfinite_steps >= 0,
+        "optim.max_nonfinite_steps",
+        "a step count >= 0 (0: never fail)",
+        optim.max_nonfinite_steps,
+    )
     need(scaling.num_workers >= 1, "scaling.num_workers", "an integer >= 1", scaling.num_workers)
     need(optim.global_batch >= 1, "optim.global_batch", "an integer >= 1", optim.global_batch)
     per_step = max(scaling.num_workers, 1) * max(optim.grad_accum, 1)

@@ -156,6 +156,10 @@ class DiveTask(nn.Module):
         return out["image_features"], out["text_features"]
 
     # ---------------------------------------------------------------------------------------------- centre
+    def discard_pending(self) -> None:
+        """Forget this step's difference vectors: a skipped step must not move the centre."""
+        self._pending.clear()
+
     @torch.no_grad()
     def update_center(self) -> None:
         """EMA update of m from the vectors of this step's forward passes; call after the optimiser step.

@@ -24,6 +24,7 @@ import torch
 from dive import zeroshot
 from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, VAL_OBJECTIVES, Config, Method, from_dict
 from dive.distributed import mean_across_ranks
+from dive.guard import NonFiniteGuard, grads_finite, nonfinite_terms
 from dive.metrics import accuracy, retrieval_accuracy, val_objective
 from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
@@ -87,6 +88,7 @@ class _Loop:
     ref_batches: Iterator[dict[str, torch.Tensor]] | None = None
     autocast: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
     prompt_rng: torch.Generator = field(default_factory=torch.Generator)
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
 
     @property
     def finished(self) -> bool:
@@ -151,6 +153,7 @@ def _setup(cfg: Config, info: RunInfo) -> _Loop:
         prompts=PromptTable(bundle.tokenizer, info.classnames, info.templates),
         steps_per_epoch=steps_per_epoch,
         max_steps=max_steps,
+        guard=NonFiniteGuard(cfg.optim.max_nonfinite_steps),
     )
 
 
@@ -206,7 +209,7 @@ def _train_epoch(loop: _Loop) -> None:
             t_fetch = time.perf_counter()
             continue
         terms = _optimizer_step(
-            loop.task, micro, loop.optimizer, loop.scheduler, cfg, loop.step, loop.autocast
+            loop.task, micro, loop.optimizer, loop.scheduler, cfg, loop.step, loop.autocast, loop.guard
         )
         micro = []
         loop.step += 1
@@ -258,6 +261,7 @@ def _log_step(loop: _Loop, terms: dict[str, torch.Tensor], elapsed: float, waite
     if loop.logger is None or not (step % loop.info.log_every == 0 or step == 1 or step == loop.max_steps):
         return
     logged["train/lr"] = loop.scheduler.get_last_lr()[0]
+    logged["train/nonfinite_steps"] = float(loop.guard.total)
     logged["train/center_norm"] = loop.task.center.norm().item()
     logged["train/samples_per_s"] = _samples_per_s(loop, elapsed)
     logged["train/data_wait_frac"] = waited / max(elapsed, 1e-9)
@@ -281,8 +285,12 @@ def _optimizer_step(
     cfg: Config,
     step: int,
     autocast: contextlib.AbstractContextManager[Any],
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Accumulate gradients over the micro-batches (syncing DDP only on the last), step, then update m."""
+    """Accumulate gradients over the micro-batches (syncing DDP only on the last), step, then update m.
+
+    A step whose loss terms or gradients are not finite (on any rank) is skipped whole — no optimiser step, no
+    schedule step, no centre update — and counted by ``guard``, which fails the run after too many in a row."""
     totals: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
@@ -297,8 +305,21 @@ def _optimizer_step(
             (terms["loss"] / len(micro)).backward()
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    if guard is not None:
+        bad = nonfinite_terms(totals)
+        local = float(bool(bad) or not grads_finite(trainable))
+        if guard.check(
+            step,
+            bad,
+            grads_ok=mean_across_ranks(torch.tensor(local, device=totals["loss"].device)).item() == 0.0,
+        ):
+            _log.warning("[dive] step %d skipped: non-finite %s", step, ", ".join(guard.last_terms))
+            optimizer.zero_grad(set_to_none=True)
+            task.discard_pending()
+            return totals
     if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in task.parameters() if p.requires_grad], cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
