@@ -173,6 +173,8 @@ class TrackingConfig:
     run_name: str = ""
     # Exports, eval tables and plots are written under this folder (made absolute on the driver).
     output_dir: str = "outputs"
+    # Step metrics go to MLflow every N optimiser steps (and at the first and last step).
+    log_every: int = 10
 
 
 # ---------------------------------------------------------------------------------------------------- scaling
@@ -301,6 +303,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _check_loss(cfg.loss, errors.need)
     _check_optim(cfg, errors.need)
     _check_scaling_model(cfg.scaling, cfg.model, errors.need)
+    errors.need(
+        cfg.tracking.log_every >= 1, "tracking.log_every", "a step count >= 1", cfg.tracking.log_every
+    )
     _check_eval(cfg.eval, check_paths, errors.need)
     if check_paths:
         _check_paths(cfg, errors.need)

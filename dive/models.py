@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,15 @@ from dive import litemini
 from dive.bundle import ModelBundle
 from dive.config import ModelConfig
 
-__all__ = ["ModelBundle", "build_model", "embed_dim", "fingerprint", "frozen_teacher", "get_tokenizer"]
+__all__ = [
+    "ModelBundle",
+    "build_model",
+    "embed_dim",
+    "fingerprint",
+    "frozen_teacher",
+    "teacher_fingerprint",
+    "get_tokenizer",
+]
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODEL = "dive-tiny"
@@ -79,6 +88,7 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBu
         pretrained = None  # the folder holds the weights; open_clip ignores `pretrained` for local-dir
         source = name
     else:
+        _resolve_model_cfg(name, False)  # an unknown name fails here, naming the key, before any loading
         if pretrained and open_clip.get_pretrained_cfg(name, pretrained):
             quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
         elif pretrained and not Path(pretrained).is_file():
@@ -148,6 +158,19 @@ def fingerprint(model: nn.Module) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def teacher_fingerprint(bundle: ModelBundle) -> str:
+    """What cached teacher embeddings depend on: the weights *and* how inputs reach them (image size, mean/std,
+    resize mode, interpolation, the tokenizer's context length). ``lite-minilm-64`` and ``-128`` share weights,
+    so a weights-only hash let a 64 px cache feed a 128 px run."""
+    inputs = {
+        "preprocess": {k: bundle.preprocess_cfg[k] for k in sorted(bundle.preprocess_cfg)},
+        "context_length": getattr(bundle.tokenizer, "context_length", None),
+    }
+    h = hashlib.sha256(fingerprint(bundle.model).encode())
+    h.update(json.dumps(inputs, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

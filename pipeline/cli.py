@@ -7,6 +7,7 @@
 ``dive eval``       same as ``python pipeline/evaluate.py`` (score an export on a config's suites)
 ``dive wise``       same as ``python pipeline/wise.py`` (WiSE-FT curve)
 ``dive export``     same as ``python pipeline/export.py`` (export a run from its latest checkpoint)
+``dive sync``       send what a run spooled while MLflow was unreachable (pipeline.tracking)
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def _export(argv: Sequence[str]) -> int:
     return export.main(argv)
 
 
+def _sync(argv: Sequence[str]) -> int:
+    import argparse
+
+    from pipeline.tracking import sync
+
+    parser = argparse.ArgumentParser(prog="dive sync", description="send a run's MLflow spool, in order")
+    parser.add_argument("run_dir", help="the run's output folder (<output_dir>/<mlflow run id>)")
+    return sync(parser.parse_args(argv).run_dir)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data": (_data, "convert sources to shards; cache teacher embeddings"),
     "validate": (_validate, "check a run config (and its datasets) without starting Ray"),
@@ -63,6 +74,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "eval": (_eval, "score an export on a config's suites: same as python pipeline/evaluate.py"),
     "wise": (_wise, "WiSE-FT exports and curve: same as python pipeline/wise.py"),
     "export": (_export, "open_clip export of a run from its latest checkpoint: python pipeline/export.py"),
+    "sync": (_sync, "send what a run spooled while MLflow was unreachable"),
 }
 
 

@@ -23,6 +23,8 @@ from mlflow.tracking import MlflowClient
 from dive.config import Config, flatten
 
 MAX_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+SPOOL = "mlflow-spool.jsonl"  # in the run's output folder: what the tracker could not take yet, in order
+RETRY_S, MAX_RETRY_S = 15.0, 300.0  # while it is down, try again after this long, doubling up to the cap
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -77,11 +79,20 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
 
 @dataclass
 class Run:
-    """One MLflow run, addressed by id. Start one with :meth:`start`, reopen one with :meth:`resume`."""
+    """One MLflow run, addressed by id. Start one with :meth:`start`, reopen one with :meth:`resume`.
+
+    With a ``spool`` file, the tracker going away never stops training: a metric, tag or artifact call that
+    fails (after MLflow's own HTTP retries with backoff) is appended to the spool, later calls queue behind it,
+    and the spool is replayed in order — original timestamps and steps — once the tracker answers again (tried
+    every ``RETRY_S``, doubling), at :meth:`end`, or on resume (:meth:`resume`, ``dive sync``).
+    """
 
     uri: str
     run_id: str
     client: MlflowClient = field(repr=False, default=None)  # type: ignore[assignment]
+    spool: Path | None = None
+    _retry_at: float = field(default=0.0, repr=False)
+    _wait: float = field(default=RETRY_S, repr=False)
 
     def __post_init__(self) -> None:
         if self.client is None:
@@ -110,10 +121,12 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, uri: str, run_id: str) -> Run:
-        """Reopen an interrupted run: fails early, naming the id, if the store has no such run."""
-        run = cls(uri, run_id)
+    def resume(cls, uri: str, run_id: str, spool: Path | None = None) -> Run:
+        """Reopen an interrupted run: fails early, naming the id, if the store has no such run; what an earlier
+        attempt spooled is sent first."""
+        run = cls(uri, run_id, spool=spool)
         run.client.get_run(run_id)
+        run.replay()
         run.client.update_run(run_id, status="RUNNING")
         return run
 
@@ -123,29 +136,116 @@ class Run:
             self.client.log_batch(self.run_id, params=items[i : i + MAX_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        self._send("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, ts=_now_ms())
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        self._send("text", text=text, path=path)
 
     def log_dict(self, data: Mapping[str, Any], path: str) -> None:
-        self.client.log_dict(self.run_id, dict(data), path)
+        self._send("dict", data=dict(data), path=path)
 
     def log_artifact(self, file: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(file), folder)
+        self._send("artifact", file=str(Path(file).resolve()), folder=folder)
 
     def log_artifacts(self, folder: str | Path, path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), path)
+        self._send("artifacts", folder=str(Path(folder).resolve()), path=path)
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._send("tag", key=key, value=value)
 
     def end(self, status: str = "FINISHED") -> None:
-        """FINISHED, FAILED or KILLED: a run is never left RUNNING by the code that opened it."""
-        self.client.set_terminated(self.run_id, status)
+        """FINISHED, FAILED or KILLED: a run is never left RUNNING by the code that opened it. With the tracker
+        down the status is spooled behind everything else, and this says where the spool is."""
+        self._send("end", status=status)
+        if self.pending():
+            print(
+                f"[dive] MLflow ({self.uri}) is unreachable: {self.pending()} record(s) of run {self.run_id} "
+                f"are kept in {self.spool}; send them with `dive sync {self.spool.parent}` "
+                "(or --resume the run)",
+                file=sys.stderr,
+            )
+
+    # ------------------------------------------------------------------------------------------ the spool
+    def pending(self) -> int:
+        """Records waiting in the spool."""
+        if self.spool is None or not self.spool.is_file():
+            return 0
+        return sum(1 for line in self.spool.read_text().splitlines() if line.strip())
+
+    def replay(self) -> bool:
+        """Send the spool in order; True when it is empty. Stops at the first failure, keeping the rest."""
+        if not self.pending():
+            return True
+        lines = [line for line in self.spool.read_text().splitlines() if line.strip()]
+        for i, line in enumerate(lines):
+            record = json.loads(line)
+            try:
+                self._call(record["op"], record["kw"])
+            except Exception as err:  # noqa: BLE001  (whatever the store raises: keep the rest, retry later)
+                self._rewrite(lines[i:])
+                self._down(err)
+                return False
+        self.spool.unlink()
+        self._wait = RETRY_S
+        print(f"[dive] MLflow reachable again: {len(lines)} spooled record(s) sent", file=sys.stderr)
+        return True
+
+    def _send(self, op: str, **kw: Any) -> None:
+        if self.spool is None:
+            self._call(op, kw)
+            return
+        if self.pending() and (time.monotonic() < self._retry_at or not self.replay()):
+            self._append(op, kw)  # queue behind what is waiting: the order of records is kept
+            return
+        try:
+            self._call(op, kw)
+        except Exception as err:  # noqa: BLE001
+            self._down(err)
+            self._append(op, kw)
+
+    def _call(self, op: str, kw: Mapping[str, Any]) -> None:
+        c, rid = self.client, self.run_id
+        if op == "metrics":
+            items = [Metric(k, v, kw["ts"], kw["step"]) for k, v in kw["metrics"].items()]
+            for i in range(0, len(items), 1000):
+                c.log_batch(rid, metrics=items[i : i + 1000])
+        elif op == "text":
+            c.log_text(rid, kw["text"], kw["path"])
+        elif op == "dict":
+            c.log_dict(rid, kw["data"], kw["path"])
+        elif op == "artifact":
+            c.log_artifact(rid, kw["file"], kw["folder"])
+        elif op == "artifacts":
+            c.log_artifacts(rid, kw["folder"], kw["path"])
+        elif op == "tag":
+            c.set_tag(rid, kw["key"], kw["value"])
+        elif op == "end":
+            c.set_terminated(rid, kw["status"])
+        else:
+            raise ValueError(f"{self.spool}: unknown spooled record {op!r}")
+
+    def _append(self, op: str, kw: Mapping[str, Any]) -> None:
+        assert self.spool is not None
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool, "a") as fh:
+            fh.write(json.dumps({"op": op, "kw": kw}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _rewrite(self, lines: list[str]) -> None:
+        assert self.spool is not None
+        tmp = self.spool.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.spool)
+
+    def _down(self, err: BaseException) -> None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(
+            f"[dive] MLflow call failed ({first}); spooling to {self.spool}, next try in {self._wait:.0f} s",
+            file=sys.stderr,
+        )
+        self._retry_at = time.monotonic() + self._wait
+        self._wait = min(self._wait * 2, MAX_RETRY_S)
 
     def child_ended(self, run_id: str, status: str) -> bool:
         """Close a child run (e.g. a pruned or failed sweep trial that could not close itself). A child this
@@ -174,6 +274,27 @@ class Run:
         tag = f"{model_name}/{version.version}"
         self.set_tag("dive.registered_model", tag)
         return tag
+
+
+def sync(run_dir: str | Path) -> int:
+    """``dive sync``: replay a run folder's spool to the tracking store its saved config names; 0 when empty."""
+    from dive.config import load_config
+
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        print(f"error: {folder}: no config.yaml (expected a run output folder)", file=sys.stderr)
+        return 2
+    run = Run(
+        tracking_uri(load_config(str(folder / "config.yaml"))), folder.resolve().name, spool=folder / SPOOL
+    )
+    if not run.pending():
+        print(f"{folder}: nothing spooled")
+        return 0
+    return 0 if run.replay() else 1
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def parent_run(

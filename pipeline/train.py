@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
 from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError
+from pipeline.preflight import Checked, preflight
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -176,15 +179,16 @@ def run(
     ``tags`` go onto a new MLflow run. With a ``console`` (a command's, not a sweep trial's) worker output goes
     to its log file, in the run's output folder, and a progress line shows the training.
     """
-    from dive.models import build_model
     from pipeline.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
+    checked = preflight(cfg)  # everything knowable fails here: before Ray, before an MLflow run exists
+    teacher_bundle = checked.teacher
     start_ray(cfg, console)
-    mlrun, out_dir = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags, console)
+    mlrun = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags)
     try:
-        teacher_bundle = build_model(cfg.model)
-        datasets, info = _streams(cfg, teacher_bundle, mlrun)
+        out_dir = _run_folder(cfg, mlrun, console)
+        datasets, info = _streams(cfg, checked, mlrun)
         if console is not None:
             info.progress = board_actor()
         trainer = _trainer(cfg, datasets, info, callbacks)
@@ -203,9 +207,9 @@ def run(
         report = finish(cfg, mlrun, export_dir, out_dir)
         _log_console(mlrun, console)
         mlrun.end("FINISHED")
-    except BaseException:
+    except BaseException as err:  # never left RUNNING: Ctrl-C or `ray job stop` is KILLED, the rest FAILED
         _log_console(mlrun, console)
-        mlrun.end("FAILED")
+        mlrun.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     return RunResult(
         mlrun.run_id,
@@ -236,53 +240,62 @@ def _open_run(
     resume_run_id: str | None,
     on_start: Callable[[str], None] | None,
     tags: Mapping[str, str] | None = None,
-    console: Console | None = None,
-) -> tuple[Any, Path]:
-    """The run's MLflow run (resumed or new, with its resolved config) and its output folder."""
+) -> Any:
+    """The run's MLflow run: resumed, or new with its resolved config."""
     from pipeline import tracking
 
     uri = tracking.tracking_uri(cfg)
     if resume_run_id:
-        mlrun = tracking.Run.resume(uri, resume_run_id)
+        spool = Path(cfg.tracking.output_dir) / resume_run_id / tracking.SPOOL
+        mlrun = tracking.Run.resume(uri, resume_run_id, spool)
     else:
         mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id, tags=tags)
-        mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
-    if on_start is not None:
-        on_start(mlrun.run_id)
+        mlrun.spool = Path(cfg.tracking.output_dir) / mlrun.run_id / tracking.SPOOL
+    try:
+        if not resume_run_id:
+            mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
+        if on_start is not None:
+            on_start(mlrun.run_id)
+    except BaseException as err:
+        mlrun.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    return mlrun
+
+
+def _run_folder(cfg: Config, mlrun: Any, console: Console | None) -> Path:
+    """``<output_dir>/<run id>`` with the run's config (what ``--resume`` reads); the console log moves in."""
     out_dir = Path(cfg.tracking.output_dir) / mlrun.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
     if console is None:
-        print(f"[dive] MLflow run {mlrun.run_id} ({uri})", flush=True)
+        print(f"[dive] MLflow run {mlrun.run_id} ({mlrun.uri})", flush=True)
     else:
         log = console.attach(out_dir)
-        console.say(f"[dive] MLflow run {mlrun.run_id} ({uri})")
+        console.say(f"[dive] MLflow run {mlrun.run_id} ({mlrun.uri})")
         console.say(f"[dive] log:  {log}  (Ray, worker and library output; -v shows it here)")
-    return mlrun, out_dir
+    return out_dir
 
 
-def _streams(cfg: Config, teacher_bundle: Any, mlrun: Any) -> tuple[dict[str, Any], Any]:
-    """The ID and reference Ray Datasets (the teacher cache used when it matches this teacher), and the
-    RunInfo the workers need."""
-    from dive.models import fingerprint
-    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, check_teacher_cache
+def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any], Any]:
+    """The ID and reference Ray Datasets (with the teacher cache's columns when preflight found it matches),
+    and the RunInfo the workers need."""
+    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset
     from pipeline.data.streams import SkipCounter, read_stream
     from pipeline.worker import RunInfo
 
-    size = teacher_bundle.preprocess_cfg["size"][0]
+    use_cache = checked.use_teacher_cache
     counter = SkipCounter.remote()
     common = dict(
-        size=size,
+        size=checked.teacher.preprocess_cfg["size"][0],
         max_pixels=cfg.data.max_image_pixels,
         model_name=cfg.model.name,
         column_map=cfg.data.column_map,
         counter=counter,
     )
     id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, augment=cfg.data.augment, **common)
-    datasets, use_cache = {"id": id_ds}, False
+    datasets = {"id": id_ds}
     if cfg.data.reference:
         ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
-        use_cache = check_teacher_cache(cfg.data.reference, ref_manifest, fingerprint(teacher_bundle.model))
         datasets["ref"], _ = read_stream(
             cfg.data.reference,
             CAPTIONED,
@@ -294,6 +307,8 @@ def _streams(cfg: Config, teacher_bundle: Any, mlrun: Any) -> tuple[dict[str, An
     info = RunInfo(
         run_id=mlrun.run_id,
         tracking_uri=mlrun.uri,
+        spool=str(mlrun.spool),
+        log_every=cfg.tracking.log_every,
         id_rows=id_manifest.num_rows,
         classnames=id_manifest.classnames,
         templates=id_manifest.templates,
@@ -437,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_avl=500")
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     resume_run_id = None
     try:
         if args.resume:
@@ -460,7 +477,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the MLflow run is marked KILLED; continue it with --resume <its output folder>",
+            file=sys.stderr,
+        )
+        return 130
     return 0
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    """SIGTERM (``ray job stop``, a scheduler's pre-emption) unwinds like Ctrl-C, so the run ends KILLED."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

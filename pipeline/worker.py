@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class RunInfo:
     classnames: list[str]
     templates: list[str]
     use_teacher_cache: bool
+    spool: str = ""  # where rank 0 keeps what MLflow could not take (pipeline.tracking.Run)
     skip_counter: Any = None
     progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
@@ -111,6 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loop.epoch += 1
         loop.done_in_epoch = 0
         _report(loop, _validate(loop))
+    if loop.logger is not None:  # what an outage spooled on this node goes now, if the tracker is back
+        loop.logger.run.replay()
 
 
 def _setup(cfg: Config, info: RunInfo) -> _Loop:
@@ -175,11 +179,13 @@ def _distribute(loop: _Loop, resumed: bool) -> None:
         loop.task.head = ray.train.torch.prepare_model(loop.task.head)
     loop.task.train()
     if loop.rank == 0:
-        loop.logger = _RankZeroLogger(loop.info)
+        loop.logger = _RankZeroLogger(loop.info, resumed)
         loop.validator = _Validator(cfg, loop.bundle, loop.device)
         if resumed:  # visible in MLflow: where a restarted worker group resumed
             center = loop.task.center.norm().item()
-            loop.logger.log({"train/resumed_from_step": loop.step, "train/center_norm": center}, loop.step)
+            loop.logger.log(
+                {"train/resumed_from_step": loop.step, "train/center_norm": center}, loop.step, always=True
+            )
     if loop.device.type == "cuda" and cfg.model.precision == "bf16":
         loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     per_micro = world * cfg.optim.grad_accum  # each rank takes 1/world of a batch, in grad_accum pieces
@@ -402,13 +408,28 @@ def _report(loop: _Loop, extra: dict[str, float] | None = None) -> None:
 class _RankZeroLogger:
     """Step metrics (and the skipped-sample count) to the run the driver created."""
 
-    def __init__(self, info: RunInfo) -> None:
+    def __init__(self, info: RunInfo, resumed: bool = False) -> None:
         from pipeline.tracking import Run
 
-        self.run = Run(info.tracking_uri, info.run_id)
+        # A tracker outage must cost a step seconds, not minutes: MLflow's HTTP retries (default 7, backoff
+        # factor 2) shortened here, in this worker process only; the spool keeps what still fails.
+        for key, value in (("MAX_RETRIES", "2"), ("BACKOFF_FACTOR", "1"), ("TIMEOUT", "15")):
+            os.environ.setdefault(f"MLFLOW_HTTP_REQUEST_{key}", value)
+        self.run = Run(info.tracking_uri, info.run_id, spool=Path(info.spool) if info.spool else None)
         self.info = info
         self.t0 = time.perf_counter()
         self._posted = 0.0
+        # Steps between the checkpoint and the fault were logged before it: a restarted worker group (or a
+        # resumed driver) trains them again but does not log them twice.
+        self.logged_upto = self._last_logged_step() if resumed else -1
+
+    def _last_logged_step(self) -> int:
+        try:
+            history = self.run.metric_history(["train/loss"])["train/loss"]
+        except Exception as err:  # noqa: BLE001  (tracker down: duplicates are better than no training)
+            _log.warning("[dive] could not read the run's logged steps (%s); steps may be logged twice", err)
+            return -1
+        return max((step for step, _ in history), default=-1)
 
     def post_progress(self, loop: _Loop, logged: dict[str, float], samples_per_s: float) -> None:
         """The driver's progress line: fire-and-forget, throttled (a fast GPU step must not wait on it)."""
@@ -428,7 +449,10 @@ class _RankZeroLogger:
             }
         )
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def log(self, metrics: dict[str, float], step: int, always: bool = False) -> None:
+        """``always``: log even at a step that was logged before the restart (the resume marker)."""
+        if step <= self.logged_upto and not always:
+            return
         if self.info.skip_counter is not None:
             metrics["data/skipped"] = float(sum(ray.get(self.info.skip_counter.totals.remote()).values()))
         self.run.log_metrics(metrics, step)

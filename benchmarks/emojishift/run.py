@@ -144,12 +144,12 @@ def ensure_data(cache: Path, quick: bool) -> None:
 
 def ensure_teacher_cache(cfg: Any) -> None:
     """Teacher embeddings of the reference set: the frozen teacher's pass is then read, not recomputed."""
-    from dive.models import build_model, fingerprint
+    from dive.models import build_model, teacher_fingerprint
     from pipeline.convert import cache_teacher
-    from pipeline.data.format import CAPTIONED, check_dataset, check_teacher_cache
+    from pipeline.data.format import CAPTIONED, check_dataset
 
     manifest = check_dataset(cfg.data.reference, CAPTIONED)
-    if not check_teacher_cache(cfg.data.reference, manifest, fingerprint(build_model(cfg.model).model)):
+    if manifest.teacher_fingerprint != teacher_fingerprint(build_model(cfg.model)):  # absent or stale
         log(f"caching the teacher's embeddings into {cfg.data.reference}")
         cache_teacher(cfg.data.reference, cfg.model)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,20 @@ from pipeline.convert.common import (
     _check_out,
     _convert,
     _record,
+    read_text,
 )
 from pipeline.data.format import CAPTIONED, DataError, Manifest
 
 
-def _caption_rows(path: Path, image_column: str, caption_column: str) -> list[tuple[int, dict[str, Any]]]:
+def _caption_rows(
+    path: Path, image_column: str, caption_column: str, encoding: str = "utf-8-sig"
+) -> list[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise DataError(f"{path}: unknown captions format '{path.suffix}' (expected a .csv or .jsonl file)")
+    text = read_text(path, encoding)
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 raise DataError(f"{path}: empty CSV file (expected a header row naming the columns)")
@@ -35,31 +42,27 @@ def _caption_rows(path: Path, image_column: str, caption_column: str) -> list[tu
             for row in reader:
                 rows.append((reader.line_num, row))
         return rows
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        with open(path, encoding="utf-8-sig") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg}); expected one object per line"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise DataError(
-                        f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}"
-                    )
-                rows.append((lineno, row))
-        for column, flag in ((image_column, "--image-column"), (caption_column, "--caption-column")):
-            if rows and not any(column in row for _, row in rows):
+    rows = []
+    with io.StringIO(text) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
                 raise DataError(
-                    f"{path}: missing column '{column}' ({flag}): no row has it; the first row has keys "
-                    f"{sorted(rows[0][1])}"
-                )
-        return rows
-    raise DataError(f"{path}: unknown captions format '{path.suffix}' (expected a .csv or .jsonl file)")
+                    f"{path}:{lineno}: not valid JSON ({err.msg}); expected one object per line"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append((lineno, row))
+    for column, flag in ((image_column, "--image-column"), (caption_column, "--caption-column")):
+        if rows and not any(column in row for _, row in rows):
+            raise DataError(
+                f"{path}: missing column '{column}' ({flag}): no row has it; the first row has keys "
+                f"{sorted(rows[0][1])}"
+            )
+    return rows
 
 
 def convert_captions(
@@ -73,8 +76,11 @@ def convert_captions(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     workers: int = 0,
+    encoding: str = "utf-8-sig",
 ) -> Manifest:
     """A CSV or JSONL file of (image path, caption) rows → a captioned set in ``out``.
+
+    ``encoding`` is the file's text encoding (default UTF-8, with or without a byte-order mark).
 
     Relative image paths are resolved against ``base_dir`` (default: the file's folder); the key of a row is
     its image path as written. A row whose image file does not exist is skipped as ``missing``.
@@ -89,7 +95,7 @@ def convert_captions(
         raise DataError(
             f"{base}: --base-dir is not a folder (expected the folder image paths are relative to)"
         )
-    rows = _caption_rows(path, image_column, caption_column)
+    rows = _caption_rows(path, image_column, caption_column, encoding)
     if not rows:
         raise DataError(f"{path}: no rows (expected one image path and caption per row)")
     records = []

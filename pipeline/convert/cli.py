@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--caption-column", default="caption", help="column with the caption (default %(default)s)"
     )
     p.add_argument("--base-dir", help="folder image paths are relative to (default: the file's folder)")
+    p.add_argument(
+        "--encoding", default="utf-8-sig", help="the file's text encoding (default UTF-8, BOM or not)"
+    )
 
     p = sub.add_parser("wds", help="webdataset .tar shards -> a captioned (or labelled) set")
     p.add_argument("src", help="a .tar file or a folder of *.tar files (uncompressed)")
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classnames", help="labelled sets: class names file, one per line (line i = label i)")
     p.add_argument("--templates", help="labelled sets: prompt templates file, one per line with {}")
+    p.add_argument("--encoding", default="utf-8", help="caption members' text encoding (default %(default)s)")
 
     p = sub.add_parser(
         "cache-teacher", help="add the frozen teacher's embeddings to a captioned set, in place"
@@ -127,6 +131,7 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             image_column=args.image_column,
             caption_column=args.caption_column,
             base_dir=args.base_dir,
+            encoding=args.encoding,
             **common,
         )
         out, skipped = args.out, manifest.skipped
@@ -139,6 +144,7 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             label_ext=args.label_ext,
             classnames=args.classnames,
             templates=args.templates,
+            encoding=args.encoding,
             **common,
         )
         out, skipped = args.out, manifest.skipped

@@ -20,6 +20,7 @@ from dive.config import MAX_IMAGE_PIXELS
 from dive.zeroshot import DEFAULT_TEMPLATES
 from pipeline.data.format import (
     BAD_LABEL,
+    BAD_TEXT,
     CAPTIONED,
     EMPTY,
     LABELLED,
@@ -90,7 +91,7 @@ _DETAIL = {
 
 
 def load_record(
-    rec: Mapping[str, Any], *, kind: str, max_pixels: int, num_classes: int = 0
+    rec: Mapping[str, Any], *, kind: str, max_pixels: int, num_classes: int = 0, encoding: str = "utf-8"
 ) -> dict[str, Any]:
     """Read and check one source sample: the per-record function of both the in-process and the Ray path.
 
@@ -115,9 +116,11 @@ def load_record(
     text_offset = rec.get("text_offset")
     if text_offset is not None and text_offset >= 0:
         try:
-            text = _read_bytes(rec["path"], text_offset, rec["text_size"]).decode("utf-8", "replace")
+            text = _read_bytes(rec["path"], text_offset, rec["text_size"]).decode(encoding)
         except OSError as err:
             return skip(MISSING, f"cannot read {rec['path']}: {err.strerror or err}")
+        except UnicodeDecodeError as err:  # stored as mojibake otherwise
+            return skip(BAD_TEXT, f"the text member is not valid {encoding} ({err.reason}); set --encoding")
     if kind == CAPTIONED:
         caption = text if text is not None else rec.get("caption")
         if caption is None:
@@ -140,8 +143,9 @@ def load_record(
     if rec.get("missing"):
         return skip(MISSING, rec["missing"])
     try:
-        offset = rec.get("offset")
-        data = _read_bytes(rec["path"], -1 if offset is None else offset, rec.get("size") or -1)
+        offset, size = rec.get("offset"), rec.get("size")
+        # size 0 is a 0-byte tar member (skipped as empty), not "read to the end of the tar"
+        data = _read_bytes(rec["path"], -1 if offset is None else offset, -1 if size is None else size)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return skip(MISSING, f"no such image file {rec['path']}")
     except OSError as err:
@@ -193,6 +197,31 @@ def _report_skip(where: str, reason: str, detail: str) -> None:
     tqdm.write(
         f"skipped {where}: {reason} ({detail})" if detail else f"skipped {where}: {reason}", file=sys.stdout
     )
+
+
+def check_encoding(encoding: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(
+            f"--encoding: unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+
+
+def read_text(path: Path, encoding: str) -> str:
+    """A source file's text; a byte that is not ``encoding`` is an error naming the file, the line and the fix."""
+    check_encoding(encoding)
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not valid {encoding} (byte {data[err.start]:#04x}); pass --encoding with the "
+            "file's encoding, e.g. --encoding latin-1 or cp1252"
+        ) from None
 
 
 def _check_out(out: PathLike, overwrite: bool) -> Path:
@@ -252,13 +281,15 @@ def _convert(
     rows_per_shard: int,
     overwrite: bool,
     workers: int,
+    encoding: str = "utf-8",
 ) -> Manifest:
     """Load every record (in process or through Ray Data), skip and report bad ones, write the rest."""
     if rows_per_shard < 1:
         raise DataError(f"--rows-per-shard must be >= 1, got {rows_per_shard}")
     if max_pixels < 1:
         raise DataError(f"--max-pixels must be >= 1, got {max_pixels}")
-    kw = dict(kind=manifest.kind, max_pixels=max_pixels, num_classes=manifest.num_classes)
+    check_encoding(encoding)
+    kw = dict(kind=manifest.kind, max_pixels=max_pixels, num_classes=manifest.num_classes, encoding=encoding)
     column = "label" if manifest.kind == LABELLED else "caption"
     with (
         ShardWriter(out, manifest, rows_per_shard, overwrite) as writer,

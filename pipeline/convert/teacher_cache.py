@@ -87,7 +87,7 @@ class TeacherEmbedder:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         expect_fingerprint: str = "",
     ) -> None:
-        from dive.models import build_model, embed_dim, fingerprint
+        from dive.models import build_model, embed_dim, teacher_fingerprint
 
         bundle = build_model(model_cfg)
         if state is not None:
@@ -97,9 +97,9 @@ class TeacherEmbedder:
                 state = ray.get(state)
             bundle.model.load_state_dict(state)
         self.model = bundle.model.eval().requires_grad_(False)
-        if expect_fingerprint and fingerprint(self.model) != expect_fingerprint:
+        if expect_fingerprint and teacher_fingerprint(bundle) != expect_fingerprint:
             raise RuntimeError(
-                f"teacher on this worker is {fingerprint(self.model)}, expected {expect_fingerprint}"
+                f"teacher on this worker is {teacher_fingerprint(bundle)}, expected {expect_fingerprint}"
             )
         self.preprocess = stream_image_transform(bundle)
         self.tokenizer = bundle.tokenizer
@@ -112,25 +112,14 @@ class TeacherEmbedder:
 
 def _build_teacher(model_cfg: ModelConfig) -> Any:
     """build_model, with an unknown name or unloadable weights as a one-line DataError."""
-    import open_clip
+    from dive.models import build_model
 
-    from dive import litemini
-    from dive.models import LOCAL_DIR, build_model, register_model_configs
-
-    register_model_configs()
-    name = model_cfg.name
-    known = name.startswith(LOCAL_DIR) or litemini.is_litemini_name(name)
-    if not known and open_clip.get_model_config(name) is None:
-        raise DataError(
-            f"--model-name: unknown open_clip model '{name}' (expected a name from open_clip.list_models(), "
-            f"'dive-tiny', 'lite-minilm[-<px>]', or '{LOCAL_DIR}<export folder>')"
-        )
     try:
         return build_model(model_cfg)
     except (ValueError, RuntimeError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise DataError(
-            f"cannot build the teacher {name!r} (pretrained {model_cfg.pretrained!r}): {first}"
+            f"cannot build the teacher {model_cfg.name!r} (pretrained {model_cfg.pretrained!r}): {first}"
         ) from None
 
 
@@ -149,7 +138,7 @@ def cache_teacher(
     added to ``skipped``. ``workers`` > 0 runs the teacher in that many Ray Data actors (``map_batches`` over
     ``read_parquet``); the embeddings equal the in-process ones.
     """
-    from dive.models import embed_dim, fingerprint
+    from dive.models import embed_dim, teacher_fingerprint
 
     folder = Path(dataset)
     if folder.is_dir() and is_webdataset(folder):
@@ -165,7 +154,7 @@ def cache_teacher(
     rows_per_shard = max(pq.ParquetFile(f).metadata.num_rows for f in files)
     bundle = _build_teacher(model_cfg)
     model = bundle.model.eval().requires_grad_(False)
-    teacher_fp, dim = fingerprint(model), embed_dim(model)
+    teacher_fp, dim = teacher_fingerprint(bundle), embed_dim(model)
     new = replace(manifest, teacher_fingerprint=teacher_fp, teacher_dim=dim)
     with ShardWriter(folder, new, rows_per_shard, overwrite=True) as writer, ray_if(workers):
         writer.skipped.update({k: v for k, v in manifest.skipped.items() if k != "total"})

@@ -33,6 +33,7 @@ def convert_wds(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     workers: int = 0,
+    encoding: str = "utf-8",
 ) -> Manifest:
     """Webdataset tars (one ``.tar`` or a folder of ``*.tar``) → a captioned set in ``out``.
 
@@ -40,7 +41,9 @@ def convert_wds(
     member whose extension is in ``image_ext`` is the image; ``caption_ext`` holds the caption. When
     ``label_ext`` is given and no sample has a caption, the set is labelled instead: the member holds an
     integer label, ``classnames`` (a list, or a file with one name per line; line i = label i) is required,
-    and labels outside it are skipped as ``bad_label``.
+    and labels outside it are skipped as ``bad_label``. Caption members are decoded as ``encoding``; one that
+    is not valid text in it is skipped as ``bad_text`` (never stored as mojibake), as is a 0-byte image member
+    (``empty``) — each skips that sample only.
     """
     root = Path(src)
     if not root.exists():
@@ -75,7 +78,9 @@ def convert_wds(
     if kind == LABELLED:
         manifest.classnames = names
         manifest.templates = _templates(templates)
-    return _convert(records, out_path, manifest, "wds", max_pixels, rows_per_shard, overwrite, workers)
+    return _convert(
+        records, out_path, manifest, "wds", max_pixels, rows_per_shard, overwrite, workers, encoding
+    )
 
 
 def _records(

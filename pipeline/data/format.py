@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -43,6 +44,7 @@ EMPTY, UNDECODABLE, TOO_LARGE, NO_CAPTION, BAD_LABEL = (
     "bad_label",
 )
 MISSING = "missing"  # converters: the source names an image file (or tar member) that does not exist
+BAD_TEXT = "bad_text"  # converters: a caption or label member that is not valid text in --encoding
 
 
 class DataError(ValueError):
@@ -83,7 +85,36 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         raise DataError(f"{path}: not a valid manifest ({err})") from None
     if manifest.kind not in KINDS:
         raise DataError(f"{path}: key 'kind' must be one of {KINDS}, got {manifest.kind!r}")
+    _check_manifest_types(path, manifest)
     return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_manifest_types(path: Path, m: Manifest) -> None:
+    """JSON holds any type: ``"classnames": "cat,dog"`` or ``"num_rows": "2"`` would otherwise pass and fail
+    later (a string iterates as characters) or crash with a TypeError far from the file."""
+    problems = []
+    for key in ("name", "source", "fingerprint", "teacher_fingerprint"):
+        if not isinstance(getattr(m, key), str):
+            problems.append(f"'{key}' must be a string, got {getattr(m, key)!r}")
+    for key in ("num_rows", "teacher_dim", "schema_version"):
+        if not _is_count(getattr(m, key)):
+            problems.append(f"'{key}' must be an integer >= 0, got {getattr(m, key)!r}")
+    for key in ("classnames", "templates"):
+        value = getattr(m, key)
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            problems.append(f"'{key}' must be a list of strings, got {value!r:.80}")
+    if isinstance(m.templates, list):
+        bad = [t for t in m.templates if isinstance(t, str) and "{}" not in t]
+        if bad:
+            problems.append(f"'templates' must each hold '{{}}' (where the class name goes), got {bad[:3]}")
+    if not isinstance(m.skipped, dict) or not all(_is_count(v) for v in m.skipped.values()):
+        problems.append(f"'skipped' must map reasons to counts, got {m.skipped!r:.80}")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:
@@ -266,7 +297,12 @@ def _check_webdataset(folder: Path, kind: str | None, column_map: Mapping[str, s
         h.update(f"{tar.name}:{tar.stat().st_size}:{len(samples)};".encode())
     if rows == 0:
         raise DataError(f"{folder}: the webdataset tars hold no samples")
-    manifest.num_rows = manifest.num_rows or rows
+    if manifest.num_rows and manifest.num_rows != rows:
+        raise DataError(
+            f"{folder / MANIFEST}: 'num_rows' is {manifest.num_rows} but the tars hold {rows} samples "
+            "(drop the key to count them, or fix it)"
+        )
+    manifest.num_rows = rows
     manifest.fingerprint = manifest.fingerprint or h.hexdigest()[:16]
     return manifest
 
@@ -315,7 +351,38 @@ def check_dataset(
                 raise DataError(
                     f"{f}: column '{source}' has type {schema.field(source).type}, expected {expected}"
                 )
+        if manifest.kind == LABELLED:
+            _check_labels(f, columns["label"], manifest.num_classes)
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if rows != manifest.num_rows:
+        raise DataError(
+            f"{Path(folder) / MANIFEST}: 'num_rows' is {manifest.num_rows} but the {len(files)} shard(s) hold "
+            f"{rows} rows; the manifest does not describe these shards (re-write it, or re-convert the data)"
+        )
     return manifest
+
+
+def _check_labels(file: Path, column: str, num_classes: int) -> None:
+    """Every label is set and in [0, num_classes), read from each row group's statistics (the footer, no data
+    pages) — a null label would otherwise crash inside a Ray Data task without naming the file."""
+    pf = pq.ParquetFile(file)
+    index = pf.schema_arrow.get_field_index(column)
+    for g in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(g).column(index).statistics
+        if stats is not None and stats.has_null_count and stats.has_min_max:
+            nulls, low, high = stats.null_count, stats.min, stats.max
+        else:  # a writer that keeps no statistics: read this row group's labels
+            values = pf.read_row_group(g, columns=[column]).column(0)
+            nulls = values.null_count
+            low = pa.compute.min(values).as_py() if len(values) > nulls else 0
+            high = pa.compute.max(values).as_py() if len(values) > nulls else 0
+        if nulls:
+            raise DataError(f"{file}: row group {g} has {nulls} null value(s) in column '{column}'")
+        if low < 0 or high >= num_classes:
+            raise DataError(
+                f"{file}: row group {g} has labels in [{low}, {high}] in column '{column}', expected "
+                f"0 … {num_classes - 1} (one per entry of 'classnames')"
+            )
 
 
 def check_teacher_cache(folder: str | os.PathLike[str], manifest: Manifest, teacher_fp: str) -> bool:
@@ -362,7 +429,10 @@ class ShardWriter:
     """Write rows into Parquet shards and a manifest, all-or-nothing.
 
     Rows go to a temporary folder next to ``out``; only a complete dataset is moved into place, so an interrupted
-    conversion never leaves a half-written dataset and never destroys an existing one unless ``overwrite``.
+    conversion never leaves a half-written dataset and never destroys an existing one unless ``overwrite`` —
+    and even then the old data stays until the new set is complete (then the two are swapped by renames). Any
+    failure, a full disk included, removes the temporary folder. A lock file beside ``out`` makes a second
+    writer to the same output fail at once instead of silently replacing the first one's data.
     """
 
     def __init__(
@@ -378,10 +448,15 @@ class ShardWriter:
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
             raise DataError(f"{self.out}: exists and is not empty (pass --overwrite to replace it)")
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _writer_lock(self.out)
         self.manifest = manifest
         self.rows_per_shard = rows_per_shard
         self.skipped: Counter[str] = Counter()
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        try:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        except OSError:
+            _release(self._lock)
+            raise
         self._rows: list[dict[str, Any]] = []
         self._count = 0
         self._shards = 0
@@ -409,22 +484,56 @@ class ShardWriter:
         self.manifest.skipped = {"total": sum(self.skipped.values()), **dict(sorted(self.skipped.items()))}
         self.manifest.fingerprint = content_fingerprint(shard_files(self._tmp))
         write_manifest(self._tmp, self.manifest)
-        if self.out.exists():
-            shutil.rmtree(self.out)
+        old = None
+        if (
+            self.out.exists()
+        ):  # the old set is renamed away only now, and deleted once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old.", dir=self.out.parent))
+            self.out.replace(old / "data")
         self._tmp.replace(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _release(self._lock)
         return self.manifest
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
+        _release(self._lock)
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:  # e.g. the disk filled while the last shard or the manifest was written
+            self.abort()
+            raise
+
+
+def _writer_lock(out: Path) -> Any:
+    """An exclusive lock on ``out`` for one writer (filelock: released on exit, even by a killed process's OS)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DataError(
+            f"{out}: another conversion is writing this folder (lock {lock.lock_file}); wait for it to end, "
+            "or write to another folder"
+        ) from None
+    return lock
+
+
+def _release(lock: Any) -> None:
+    """Remove the lock file while still holding it (no clutter beside the data), then release it. A writer that
+    starts in between fails at once (timeout 0) rather than wait on the old file."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
 
 
 def _rows_to_table(rows: list[dict[str, Any]], kind: str) -> pa.Table:

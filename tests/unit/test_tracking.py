@@ -50,3 +50,97 @@ def test_runs_carry_mlflow_source_tags_and_a_sweep_trial_takes_its_drivers(tmp_p
         assert tags["mlflow.source.git.commit"] == head.stdout.strip()
     trial = tracking.Run.start(cfg, tags={"mlflow.source.name": "pipeline/tune.py"})
     assert trial.client.get_run(trial.run_id).data.tags["mlflow.source.name"] == "pipeline/tune.py"
+
+
+class _Outage:
+    """The run's MlflowClient, failing every call while ``down`` (as a stopped server or a locked store does)."""
+
+    def __init__(self, client):
+        self.client, self.down, self.calls = client, False, 0
+
+    def __getattr__(self, name):
+        real = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            self.calls += 1
+            if self.down:
+                raise ConnectionError("tracking server unreachable")
+            return real(*args, **kwargs)
+
+        return call
+
+
+def _spooled_run(tmp_path):
+    cfg = load_config(overrides=[f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=t"])
+    run = tracking.Run.start(cfg)
+    run.spool = tmp_path / "run" / tracking.SPOOL
+    run.client = _Outage(run.client)
+    return run
+
+
+def test_an_outage_is_spooled_and_replayed_in_order_with_original_steps_and_nothing_twice(
+    tmp_path, monkeypatch, capsys
+):
+    run = _spooled_run(tmp_path)
+    run.log_metrics({"train/loss": 1.0}, step=1)
+    run.client.down = True
+    run.log_metrics({"train/loss": 0.9}, step=2)  # fails: spooled, and the next try waits RETRY_S
+    calls = run.client.calls
+    run.log_metrics({"train/loss": 0.8}, step=3)  # within the wait: queued without calling the tracker
+    run.log_text("hello", "notes/a.txt")
+    assert run.client.calls == calls and run.pending() == 3
+    assert "spooling to" in capsys.readouterr().err
+    run.client.down = False
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: 1e12)  # the wait is over
+    run.log_metrics({"train/loss": 0.7}, step=4)  # replays the spool first, then sends this one
+    assert run.pending() == 0 and not run.spool.exists()
+    history = run.metric_history(["train/loss"])["train/loss"]
+    assert sorted(history) == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7)]
+    assert run.client.download_artifacts(run.run_id, "notes/a.txt", str(tmp_path))
+    assert "spooled record(s) sent" in capsys.readouterr().err
+
+
+def test_a_run_ended_while_the_tracker_is_down_keeps_its_status_in_the_spool_for_dive_sync(tmp_path, capsys):
+    from dive.config import to_yaml
+    from pipeline.cli import main
+
+    run = _spooled_run(tmp_path)
+    folder = run.spool.parent
+    folder.mkdir(parents=True)
+    (folder / "file.txt").write_text("export card")
+    run.client.down = True
+    run.log_artifact(folder / "file.txt", "export")
+    run.end("FINISHED")  # no exception: the status waits in the spool behind the artifact
+    err = capsys.readouterr().err
+    assert "2 record(s)" in err and "dive sync" in err
+    assert run.client.client.get_run(run.run_id).info.status == "RUNNING"
+    run_dir = tmp_path / "outputs" / run.run_id  # dive sync reads a run folder: its config and its spool
+    run_dir.mkdir(parents=True)
+    run.spool.replace(run_dir / tracking.SPOOL)
+    cfg = load_config(overrides=[f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=t"])
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    assert main(["sync", str(run_dir)]) == 0
+    stored = run.client.client.get_run(run.run_id)
+    assert stored.info.status == "FINISHED" and not (run_dir / tracking.SPOOL).exists()
+    assert [a.path for a in run.client.client.list_artifacts(run.run_id, "export")] == ["export/file.txt"]
+    assert main(["sync", str(run_dir)]) == 0 and "nothing spooled" in capsys.readouterr().out
+
+
+def test_a_restarted_worker_group_does_not_log_a_step_twice(tmp_path):
+    """Steps after the last checkpoint were logged before the fault; training them again logs nothing new,
+    except the resume marker."""
+    from pipeline.worker import RunInfo, _RankZeroLogger
+
+    cfg = load_config(overrides=[f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=t"])
+    run = tracking.Run.start(cfg)
+    info = RunInfo(run.run_id, run.uri, id_rows=10, classnames=["a"], templates=["{}"], use_teacher_cache=False)
+    first = _RankZeroLogger(info)
+    for step in (1, 2, 3, 4):
+        first.log({"train/loss": 1.0 / step}, step)
+    again = _RankZeroLogger(info, resumed=True)  # the checkpoint was at step 2
+    again.log({"train/resumed_from_step": 2.0, "train/center_norm": 0.5}, 2, always=True)
+    for step in (3, 4, 5):
+        again.log({"train/loss": 0.9 / step}, step)
+    steps = [s for s, _ in run.metric_history(["train/loss"])["train/loss"]]
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert run.metric_history(["train/resumed_from_step"])["train/resumed_from_step"] == [(2, 2.0)]

@@ -1,0 +1,124 @@
+"""Everything about a run that can be known before Ray starts, checked on the driver in seconds.
+
+A wrong tracking URI, an unwritable folder, a batch larger than the dataset, a bad model tag or a teacher cache
+made for other weights or other pixels would otherwise surface a minute later — after Ray, the MLflow run and the
+worker group exist — as a stack trace from inside a worker, with the MLflow run left behind. Each check raises
+:class:`~dive.config.ConfigError` or :class:`~pipeline.data.format.DataError` naming the key or file and what
+was expected; ``main`` turns those into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from dive.bundle import ModelBundle
+from dive.config import USES_REFERENCE, Config, ConfigError
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest, check_dataset, check_teacher_cache
+
+TRACKING_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Checked:
+    """What the checks produced that the run reuses: the built teacher and whether its cache applies."""
+
+    teacher: ModelBundle
+    use_teacher_cache: bool
+
+
+def preflight(cfg: Config) -> Checked:
+    """All checks of a validated, resolved config, cheapest first; returns what the run reuses."""
+    from pipeline.tracking import tracking_uri
+
+    check_tracking(tracking_uri(cfg))
+    check_writable("tracking.output_dir", cfg.tracking.output_dir)
+    if cfg.scaling.storage_path and "://" not in cfg.scaling.storage_path:
+        check_writable("scaling.storage_path", cfg.scaling.storage_path)
+    id_manifest = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
+    ref_manifest = None
+    if cfg.data.reference and cfg.loss.method in USES_REFERENCE:
+        ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
+    check_batches(cfg, id_manifest, ref_manifest)
+    teacher = build_checked(cfg)
+    use_cache = ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
+    return Checked(teacher, use_cache)
+
+
+def check_tracking(uri: str) -> None:
+    """An HTTP tracking server answers its ``/health`` endpoint; a local store's folder is writable."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=TRACKING_TIMEOUT_S) as response:
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
+        except (OSError, urllib.error.URLError) as err:
+            raise ConfigError(
+                f"tracking.uri: no MLflow server answers at {uri} ({getattr(err, 'reason', err)}); start it "
+                "(`mlflow server`), fix tracking.uri / $MLFLOW_TRACKING_URI, or leave both empty for a local "
+                "store (mlflow.db)"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        check_writable("tracking.uri", str(Path(uri.removeprefix("sqlite:///")).parent), uri)
+    elif uri.startswith("file://"):
+        check_writable("tracking.uri", uri.removeprefix("file://"), uri)
+
+
+def check_writable(key: str, folder: str, shown: str | None = None) -> None:
+    """``folder`` exists (or can be made) and takes a file: better now than when the export is written."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dive-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{key}: cannot write to {shown or folder} ({err.strerror or err}); expected a writable folder"
+        ) from None
+
+
+def check_batches(cfg: Config, id_manifest: Manifest, ref_manifest: Manifest | None) -> None:
+    """One step needs ``optim.global_batch`` ID rows and ``data.ref_batch`` reference rows (batches are full:
+    drop_last), so a larger batch than the set would train zero steps or hang on an empty reference stream."""
+    problems = []
+    if cfg.optim.global_batch > id_manifest.num_rows:
+        problems.append(
+            f"optim.global_batch: {cfg.optim.global_batch} is larger than data.id_train "
+            f"({cfg.data.id_train}: {id_manifest.num_rows} rows); expected at most {id_manifest.num_rows}"
+        )
+    ref_batch = cfg.data.ref_batch or cfg.optim.global_batch
+    if ref_manifest is not None and ref_batch > ref_manifest.num_rows:
+        key = "data.ref_batch" if cfg.data.ref_batch else "data.ref_batch (0: optim.global_batch)"
+        problems.append(
+            f"{key}: {ref_batch} is larger than data.reference ({cfg.data.reference}: "
+            f"{ref_manifest.num_rows} rows); expected at most {ref_manifest.num_rows}"
+        )
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def build_checked(cfg: Config) -> ModelBundle:
+    """The teacher (= the student's starting point), with an unknown name, tag or weights file as one line."""
+    from dive.models import build_model
+
+    try:
+        return build_model(cfg.model)
+    except (ValueError, RuntimeError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        if first.startswith(("model.name", "model.pretrained")):
+            raise ConfigError(first) from None
+        raise ConfigError(
+            f"model: cannot build {cfg.model.name!r} with pretrained {cfg.model.pretrained!r}: {first}"
+        ) from None
+
+
+def teacher_cache_applies(cfg: Config, manifest: Manifest, teacher: ModelBundle) -> bool:
+    """True when the reference set caches this teacher's embeddings at this run's preprocessing; a cache made
+    by another teacher (or at another image size) is an error, not silently used."""
+    from dive.models import teacher_fingerprint
+
+    return check_teacher_cache(cfg.data.reference, manifest, teacher_fingerprint(teacher))

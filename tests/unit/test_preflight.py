@@ -1,0 +1,95 @@
+"""pipeline.preflight and the order of run(): everything knowable fails before Ray starts and before an MLflow
+run exists; a failure after that ends the run FAILED (KILLED when interrupted), never RUNNING."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dive.config import ConfigError, load_config
+from pipeline import train
+from pipeline.preflight import check_tracking, preflight
+from tests.conftest import tiny_run_overrides
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Any test here that reaches start_ray has failed: the point is to fail before it."""
+
+    def started(*_a, **_k):
+        raise AssertionError("Ray was started before the config's problem was found")
+
+    monkeypatch.setattr(train, "start_ray", started)
+
+
+def _cfg(demo, tmp_path, *extra: str):
+    return train.resolve_paths(load_config(overrides=[*tiny_run_overrides(demo, tmp_path, "pre"), *extra]))
+
+
+def _runs(tmp_path) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_an_unreachable_tracking_server_is_refused_in_seconds():
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ConfigError, match=rf"tracking\.uri: no MLflow server answers at {uri}"):
+        check_tracking(uri)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "optim.global_batch=4096",
+            r"optim\.global_batch: 4096 is larger than data\.id_train \(.*id_train.*rows\)",
+        ),
+        ("data.ref_batch=4096", r"data\.ref_batch: 4096 is larger than data\.reference"),
+        ("model.pretrained=no-such-tag", r"^model\.pretrained: 'no-such-tag' is neither an open_clip tag"),
+        ("model.name=no-such-model", r"^model\.name: unknown open_clip model 'no-such-model'"),
+        ("tracking.output_dir={blocked}/out", r"tracking\.output_dir: cannot write to .*blocked/out"),
+        ("scaling.storage_path={blocked}/ray", r"scaling\.storage_path: cannot write to .*blocked/ray"),
+        (
+            "tracking.uri=sqlite:///{blocked}/m.db",
+            r"tracking\.uri: cannot write to sqlite:///.*blocked/m\.db",
+        ),
+    ],
+)
+def test_run_refuses_a_knowable_problem_before_ray_and_before_an_mlflow_run(
+    demo, tmp_path, no_ray, override, match
+):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder is expected")
+    cfg = _cfg(demo, tmp_path, "loss.method=dive", override.format(blocked=blocked))
+    with pytest.raises(ConfigError, match=match):
+        train.run(cfg)
+    assert _runs(tmp_path) == []
+
+
+def test_preflight_passes_a_sound_config_and_returns_the_teacher(demo, tmp_path):
+    checked = preflight(_cfg(demo, tmp_path, "loss.method=dive"))
+    assert checked.teacher.preprocess_cfg["size"][0] > 0 and checked.use_teacher_cache is False
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_a_run_that_fails_or_is_interrupted_after_it_opened_is_never_left_running(
+    demo, tmp_path, monkeypatch, error, status
+):
+    monkeypatch.setattr(train, "start_ray", lambda *_a, **_k: None)
+
+    def streams(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(train, "_streams", streams)
+    with pytest.raises(type(error)):
+        train.run(_cfg(demo, tmp_path))
+    (run,) = _runs(tmp_path)
+    assert run.info.status == status
