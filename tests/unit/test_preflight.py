@@ -93,3 +93,22 @@ def test_a_run_that_fails_or_is_interrupted_after_it_opened_is_never_left_runnin
         train.run(_cfg(demo, tmp_path))
     (run,) = _runs(tmp_path)
     assert run.info.status == status
+
+
+def test_sigterm_unwinds_like_ctrl_c_so_the_command_exits_130(demo, tmp_path, monkeypatch):
+    """`ray job stop` and schedulers send SIGTERM: it must reach run()'s handler (KILLED), not end the process."""
+    import os
+    import signal
+    import time
+
+    def terminated(*_a, **_k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    monkeypatch.setattr(train, "run", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert train.main(tiny_run_overrides(demo, tmp_path, "pre")) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
