@@ -1,0 +1,476 @@
+"""Performance benchmark: DiVE's step cost against its floor, the pipeline against a bare loop, fixed costs.
+
+    python benchmarks/perf/run.py                 # full size (about 15 min on 2 cores)
+    python benchmarks/perf/run.py --quick         # small size, ≤ 3 min
+    python benchmarks/perf/run.py --device cuda   # step cost on a GPU (bf16 autocast); CPU parts as usual
+
+Everything is measured side by side in one invocation and reported as **ratios**, so a slower or busier machine
+moves both sides of each ratio together. It prints a Markdown table and writes ``results.json`` (flat keys, see
+``KEYS``) next to this file; ``--update-readme`` writes the table into ``benchmarks/perf/README.md``.
+
+1. **Step cost** (``steps``): one optimiser step of FLYP, DiVE with the live teacher and DiVE with cached teacher
+   embeddings, at B' = B, B/2, B/4 — each configuration in a fresh process (same threads, same synthetic batch,
+   the pipeline's own ``_optimizer_step``), interleaved over rounds, median step time. The floor of DiVE with a
+   cache is one student forward + backward over B + B' samples: ``(B + B') / B`` × FLYP. Memory: peak RSS above
+   the process's footprint before the model is built (CPU), ``max_memory_allocated`` (CUDA).
+2. **Pipeline overhead** (``pipeline``): samples/s of one Ray Train worker fed by Ray Data vs a bare in-process
+   loop over in-memory tensors (same model, batch, threads, method), and ``train/data_wait_frac``.
+3. **Fixed cost** (``pipeline``): from ``run()`` to the end of the first step minus one step, and from the last
+   step to the returned result (export + evaluation), read off the MLflow metric timestamps of the same run;
+   evaluation images/s through Ray Data vs bare batch inference of the same export on the same decoded images.
+4. **Scaling** (full size only): samples/s with 2 workers vs 1 on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(ROOT))
+
+README = HERE / "README.md"
+RESULTS = HERE / "results.json"
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+KEYS = (
+    "dive_cached_over_flyp",
+    "floor",
+    "dive_mem_over_flyp",
+    "pipeline_over_bare",
+    "data_wait_frac",
+    "first_step_s",
+    "fixed_cost_s",
+    "eval_over_bare",
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    models: tuple[str, ...]
+    batch: int  # B: ID samples per step
+    steps: int  # timed steps per configuration and round
+    warmup: int
+    rounds: int
+    pipeline_steps: int
+    pipeline_batch: int
+    scaling: bool
+
+
+SIZES = {
+    "full": Size(("dive-tiny", "lite-minilm-64"), 32, 12, 3, 2, 48, 128, True),  # the demo's batch
+    "quick": Size(("dive-tiny", "lite-minilm-64"), 16, 4, 1, 1, 12, 16, False),  # the tiny demo: 48 ID rows
+    "test": Size(("dive-tiny",), 8, 2, 1, 1, 0, 0, False),  # the unit test: shape only, no Ray
+}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step-cost configuration, measured in its own process."""
+
+    model: str
+    method: str  # flyp | dive
+    teacher: str  # "" (flyp) | live | cached
+    batch: int
+    ref_batch: int
+    steps: int
+    warmup: int
+    threads: int
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        if self.method == "flyp":
+            return "FLYP"
+        return f"DiVE {self.teacher}, B'={self.ref_batch}"
+
+
+# ---------------------------------------------------------------------------------------------------- 1. steps
+def step_specs(size: Size, threads: int, device: str) -> list[StepSpec]:
+    specs = []
+    b = size.batch
+    for model in size.models:
+        specs.append(StepSpec(model, "flyp", "", b, 0, size.steps, size.warmup, threads, device))
+        for teacher in ("live", "cached"):
+            for ref in (b, b // 2, b // 4):
+                specs.append(
+                    StepSpec(model, "dive", teacher, b, ref, size.steps, size.warmup, threads, device)
+                )
+    return specs
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRss:
+    """Samples this process's RSS every 2 ms while active (CPU has no max_memory_allocated)."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def measure_step(spec: StepSpec) -> dict[str, float]:
+    """Median seconds per optimiser step and peak memory of one configuration (call in a fresh process)."""
+    import contextlib
+
+    import torch
+
+    from dive.config import Config, LossConfig, Method, ModelConfig
+    from dive.models import build_model, embed_dim, frozen_teacher
+    from dive.optim import build_optimizer, cosine_with_warmup
+    from dive.task import DiveTask
+    from pipeline.worker import _optimizer_step
+
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(0)
+    cuda = spec.device.startswith("cuda")
+    base = _rss_mb()
+    bundle = build_model(ModelConfig(name=spec.model))
+    method = Method(spec.method)
+    teacher = frozen_teacher(bundle.model) if spec.teacher == "live" else None
+    task = DiveTask(
+        bundle.model,
+        teacher,
+        LossConfig(method=method, lambda_avl=1.0, lambda_pvl=1.0),
+        embed_dim(bundle.model),
+    ).to(spec.device)
+    task.train()
+    optimizer = build_optimizer(task.named_parameters(), 1e-5, 0.1)
+    scheduler = cosine_with_warmup(optimizer, 0, 10**6)
+    batch = {
+        k: v.to(spec.device)
+        for k, v in synthetic_batch(bundle, spec.batch, spec.ref_batch, spec.teacher).items()
+    }
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    cfg = Config()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with _PeakRss() as peak:
+        for i in range(spec.warmup + spec.steps):
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            _optimizer_step(task, [batch], optimizer, scheduler, cfg, i, autocast)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= spec.warmup:
+                times.append(time.perf_counter() - t)
+    memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak.peak - base
+    return {"step_s": statistics.median(times), "memory_mb": memory}
+
+
+def synthetic_batch(bundle: Any, n_id: int, n_ref: int, teacher: str) -> dict[str, Any]:
+    """A batch in the task's schema: random pixels, real tokenised prompts and captions; with ``cached``, unit
+    teacher embeddings as the cache columns hold them."""
+    import torch
+
+    from dive.models import embed_dim
+
+    g = torch.Generator().manual_seed(0)
+    size = bundle.preprocess_cfg["size"][0]
+    words = ["circle", "square", "star", "cross", "heart", "moon", "sun", "tree"]
+    batch = {
+        "id_image": torch.randn(n_id, 3, size, size, generator=g),
+        "id_label": torch.arange(n_id) % len(words),
+        "id_text": bundle.tokenizer([f"a photo of a {words[i % len(words)]}." for i in range(n_id)]),
+    }
+    if n_ref:
+        batch["ref_image"] = torch.randn(n_ref, 3, size, size, generator=g)
+        batch["ref_text"] = bundle.tokenizer(
+            [f"a red {words[i % len(words)]} on the left" for i in range(n_ref)]
+        )
+    if teacher == "cached":
+        d = embed_dim(bundle.model)
+        for key in ("ref_teacher_image", "ref_teacher_text"):
+            batch[key] = torch.nn.functional.normalize(torch.randn(n_ref, d, generator=g), dim=-1)
+    return batch
+
+
+def _in_child(spec: StepSpec) -> dict[str, float]:
+    """``measure_step`` in a fresh interpreter: no allocator or cache state carried between configurations."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(asdict(spec))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec.name} on {spec.model} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_steps(specs: list[StepSpec], rounds: int, in_process: bool = False) -> list[dict[str, Any]]:
+    """Every spec once per round, the order reversed every other round (drift hits all alike); medians."""
+    samples: dict[StepSpec, list[dict[str, float]]] = {s: [] for s in specs}
+    for r in range(rounds):
+        for spec in specs if r % 2 == 0 else list(reversed(specs)):
+            samples[spec].append(measure_step(spec) if in_process else _in_child(spec))
+    rows = []
+    for spec in specs:
+        rows.append(
+            {
+                **asdict(spec),
+                "name": spec.name,
+                "step_s": statistics.median(x["step_s"] for x in samples[spec]),
+                "memory_mb": statistics.median(x["memory_mb"] for x in samples[spec]),
+            }
+        )
+    for row in rows:  # ratios to FLYP of the same model, and to the floor (B + B') / B
+        flyp = next(r for r in rows if r["model"] == row["model"] and r["method"] == "flyp")
+        row["over_flyp"] = row["step_s"] / flyp["step_s"]
+        row["floor"] = (row["batch"] + row["ref_batch"]) / row["batch"]
+        row["over_floor"] = row["over_flyp"] / row["floor"]
+        row["mem_over_flyp"] = row["memory_mb"] / max(flyp["memory_mb"], 1e-9)
+    return rows
+
+
+def step_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The flat keys of step cost: DiVE cached at B' = B on lite-minilm-64 (dive-tiny where it is absent)."""
+    models = {r["model"] for r in rows}
+    model = "lite-minilm-64" if "lite-minilm-64" in models else sorted(models)[0]
+    at_b = next(
+        r for r in rows if r["model"] == model and r["teacher"] == "cached" and r["ref_batch"] == r["batch"]
+    )
+    live = next(
+        r for r in rows if r["model"] == model and r["teacher"] == "live" and r["ref_batch"] == r["batch"]
+    )
+    return {
+        "step_model": model,
+        "dive_cached_over_flyp": at_b["over_flyp"],
+        "floor": at_b["floor"],
+        "dive_cached_over_floor": at_b["over_floor"],
+        "dive_live_over_flyp": live["over_flyp"],
+        "dive_mem_over_flyp": at_b["mem_over_flyp"],
+        "dive_live_mem_over_flyp": live["mem_over_flyp"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------- 2.–4. pipeline
+def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
+    """One real run on the demo (1 worker, FLYP and DiVE alike: the demo's method), timed against a bare loop."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.train import prepare_config, run
+
+    work = ROOT / "outputs" / "perf"
+    work.mkdir(parents=True, exist_ok=True)
+    demo_dir = ROOT / ".cache" / ("perf-demo-tiny" if quick else "dive-demo")
+    overrides = [
+        f"data.demo={demo_dir}",
+        f"data.demo_size={'tiny' if quick else 'default'}",
+        "scaling.num_workers=1",
+        f"scaling.cpus_per_worker={threads}",
+        f"scaling.threads_per_worker={threads}",
+        f"optim.max_steps={size.pipeline_steps}",
+        f"optim.global_batch={size.pipeline_batch}",
+        "optim.epochs=100",
+        "tracking.log_every=1",
+        "tracking.experiment=perf",
+        f"tracking.uri=sqlite:///{work}/mlflow.db",
+        f"tracking.output_dir={work}/outputs",
+        f"scaling.storage_path={work}/ray",
+    ]
+    cfg = prepare_config(None, overrides)
+    t0 = time.time()
+    result = run(cfg)
+    t_end = time.time()
+    client = MlflowClient(result.tracking_uri)
+    loss = sorted(client.get_metric_history(result.run_id, "train/loss"), key=lambda m: m.step)
+    waits = [m.value for m in client.get_metric_history(result.run_id, "train/data_wait_frac") if m.step > 1]
+    stamps = [m.timestamp / 1000 for m in loss]
+    intervals = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # steps 2…N (step 1 warms up)
+    pipe_step = statistics.median(intervals)
+    bare = bare_loop(cfg, size.pipeline_steps, threads)
+    first_step_s = stamps[0] - t0 - bare["step_s"]
+    tail_s = t_end - stamps[-1]
+    out: dict[str, Any] = {
+        "pipeline_samples_per_s": cfg.optim.global_batch / pipe_step,
+        "bare_samples_per_s": bare["samples_per_s"],
+        "pipeline_over_bare": (cfg.optim.global_batch / pipe_step) / bare["samples_per_s"],
+        "data_wait_frac": statistics.mean(waits) if waits else 0.0,
+        "first_step_s": first_step_s,
+        "tail_s": tail_s,
+        "run_s": t_end - t0,
+        "fixed_cost_s": (t_end - t0) - pipe_step * len(loss),
+        "pipeline_steps": len(loss),
+    }
+    out.update(eval_part(cfg, Path(result.export_dir), threads))
+    if size.scaling:
+        two = run(prepare_config(None, [*overrides, "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]))
+        hist = sorted(client.get_metric_history(two.run_id, "train/loss"), key=lambda m: m.step)
+        st = [m.timestamp / 1000 for m in hist]
+        two_step = statistics.median(b - a for a, b in zip(st[1:], st[2:], strict=False))
+        out["two_workers_over_one"] = pipe_step / two_step
+    return out
+
+
+def bare_loop(cfg: Any, steps: int, threads: int) -> dict[str, float]:
+    """The same model, method, batch and threads as the pipeline run, on in-memory tensors, in this process."""
+    import contextlib
+
+    import torch
+
+    from dive.config import USES_REFERENCE, USES_TEACHER
+    from dive.models import build_model, embed_dim, frozen_teacher
+    from dive.optim import build_optimizer, cosine_with_warmup
+    from dive.task import DiveTask
+    from pipeline.worker import _optimizer_step
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    bundle = build_model(cfg.model)
+    method = cfg.loss.method
+    teacher = frozen_teacher(bundle.model) if method in USES_TEACHER else None
+    task = DiveTask(bundle.model, teacher, cfg.loss, embed_dim(bundle.model))
+    task.train()
+    optimizer = build_optimizer(task.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, max(steps, 1))
+    ref = (cfg.data.ref_batch or cfg.optim.global_batch) if method in USES_REFERENCE else 0
+    batch = synthetic_batch(bundle, cfg.optim.global_batch, ref, "live")
+    _optimizer_step(task, [batch], optimizer, scheduler, cfg, 0, contextlib.nullcontext())  # warm-up
+    t = time.perf_counter()
+    for i in range(steps):
+        _optimizer_step(task, [batch], optimizer, scheduler, cfg, i + 1, contextlib.nullcontext())
+    seconds = time.perf_counter() - t
+    return {"step_s": seconds / steps, "samples_per_s": cfg.optim.global_batch * steps / seconds}
+
+
+def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
+    """Evaluation images/s through ``evaluate_accuracy`` (Ray Data) vs bare batch inference, same export/sets."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from dive.config import ModelConfig
+    from dive.models import build_model
+    from pipeline.data.format import LABELLED, check_dataset, iter_rows
+    from pipeline.evaluate import evaluate_accuracy, suites_from_config
+
+    model_cfg = ModelConfig(name=f"local-dir:{export}")
+    suites = suites_from_config(cfg)
+    images = sum(check_dataset(s.folder, LABELLED).num_rows for s in suites)
+    t = time.perf_counter()
+    evaluate_accuracy({"student": model_cfg}, suites, cfg, threads=threads)
+    pipe_s = time.perf_counter() - t
+    bundle = build_model(model_cfg)
+    model = bundle.model.eval()
+    torch.set_num_threads(threads)
+    decoded = [
+        bundle.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB"))
+        for s in suites
+        for r in iter_rows(s.folder, ["image"])
+    ]
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(decoded), cfg.eval.batch_size):
+            model.encode_image(torch.stack(decoded[i : i + cfg.eval.batch_size]), normalize=True)
+    bare_s = time.perf_counter() - t
+    return {
+        "eval_images": images,
+        "eval_images_per_s": images / pipe_s,
+        "eval_bare_images_per_s": images / bare_s,
+        "eval_over_bare": (images / pipe_s) / (images / bare_s),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    lines = [
+        "| model | configuration | step s | × FLYP | floor (B+B')/B | × floor | memory MB | mem × FLYP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['name']} | {r['step_s']:.3f} | {r['over_flyp']:.2f} | {r['floor']:.2f} | "
+            f"{r['over_floor']:.2f} | {r['memory_mb']:.0f} | {r['mem_over_flyp']:.2f} |"
+        )
+    keys = [k for k in summary if k not in ("step_model",)]
+    lines += ["", "| key | value |", "|---|---|"]
+    lines += [
+        f"| `{k}` | {summary[k]:.3g} |" if isinstance(summary[k], float) else f"| `{k}` | {summary[k]} |"
+        for k in keys
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = README.read_text()
+    start, end = readme.index(MARKERS[0]), readme.index(MARKERS[1])
+    README.write_text(readme[: start + len(MARKERS[0])] + "\n" + text + "\n" + readme[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="the small size (≤ 3 min)")
+    parser.add_argument("--size", choices=sorted(SIZES), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--device", default="cpu", help="step cost on this torch device (cuda: bf16 autocast)"
+    )
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2), help="torch threads")
+    parser.add_argument("--steps-only", action="store_true", help="step cost only (no Ray)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
+    parser.add_argument("--update-readme", action="store_true", help="write the table into the README")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:  # one step-cost configuration, in this fresh process
+        print(json.dumps(measure_step(StepSpec(**json.loads(args.child)))))
+        return 0
+    name = args.size or ("quick" if args.quick else "full")
+    size = SIZES[name]
+    t0 = time.perf_counter()
+    rows = run_steps(step_specs(size, args.threads, args.device), size.rounds)
+    summary: dict[str, Any] = step_summary(rows)
+    if not args.steps_only and size.pipeline_steps:
+        summary.update(pipeline_part(size, name == "quick", args.threads))
+    summary["seconds"] = time.perf_counter() - t0
+    meta = {
+        "date": date.today().isoformat(),
+        "size": name,
+        "device": args.device,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "command": "python benchmarks/perf/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    text = table(rows, summary)
+    print(text)
+    args.out.write_text(json.dumps({**summary, "meta": meta, "steps": rows}, indent=2) + "\n")
+    if args.update_readme:
+        update_readme(f"{meta['date']}, {meta['machine']}, `{meta['command']}`:\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""benchmarks/perf/run.py on the tiny model: the table's shape and that every ratio is finite and positive
+(timings themselves are the benchmark's business, not a test's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "perf" / "run.py"
+_spec = importlib.util.spec_from_file_location("perf_run", _PATH)
+perf = importlib.util.module_from_spec(_spec)
+sys.modules["perf_run"] = perf  # dataclasses resolve their module by name
+_spec.loader.exec_module(perf)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return perf.run_steps(
+        perf.step_specs(perf.SIZES["test"], threads=1, device="cpu"), rounds=1, in_process=True
+    )
+
+
+def test_every_configuration_is_measured_with_finite_positive_ratios(rows):
+    assert [r["name"] for r in rows] == [
+        "FLYP",
+        "DiVE live, B'=8",
+        "DiVE live, B'=4",
+        "DiVE live, B'=2",
+        "DiVE cached, B'=8",
+        "DiVE cached, B'=4",
+        "DiVE cached, B'=2",
+    ]
+    assert [r["floor"] for r in rows] == [1.0, 2.0, 1.5, 1.25, 2.0, 1.5, 1.25]
+    for r in rows:
+        for key in ("step_s", "over_flyp", "over_floor", "memory_mb", "mem_over_flyp"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["name"], key, r[key])
+    assert rows[0]["over_flyp"] == 1.0
+
+
+def test_summary_keys_and_table_shape(rows):
+    summary = perf.step_summary(rows)
+    assert summary["step_model"] == "dive-tiny" and summary["floor"] == 2.0
+    assert summary["dive_cached_over_floor"] == pytest.approx(summary["dive_cached_over_flyp"] / 2.0)
+    text = perf.table(rows, summary)
+    lines = text.splitlines()
+    assert (
+        lines[0].startswith("| model | configuration |")
+        and len(lines) == 2 + len(rows) + 3 + len(summary) - 1
+    )
+
+
+def test_a_configuration_runs_in_its_own_process_and_the_command_writes_results(tmp_path, monkeypatch):
+    spec = perf.step_specs(perf.SIZES["test"], threads=1, device="cpu")[-1]
+    child = perf._in_child(spec)  # the real command's path: a fresh interpreter per configuration
+    assert set(child) == {"step_s", "memory_mb"} and child["step_s"] > 0
+    monkeypatch.setattr(perf, "_in_child", perf.measure_step)  # the rest in process: the shape is what counts
+    out = tmp_path / "results.json"
+    assert perf.main(["--size", "test", "--steps-only", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for key in ("dive_cached_over_flyp", "floor", "dive_mem_over_flyp"):
+        assert math.isfinite(results[key]) and results[key] > 0
+    assert len(results["steps"]) == 7 and results["meta"]["size"] == "test"
