@@ -85,6 +85,10 @@ class DataConfig:
     demo_size: str = "default"
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
     ref_batch: int = 0
+    # A preprocessed stream estimated at most this many MB is computed once and held in Ray's object store, so
+    # later epochs (and the cycling reference stream) do not decode every image again; an augmented ID stream is
+    # never held (its crops change every epoch). 0: always stream.
+    keep_in_memory_mb: int = 1024
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -375,6 +379,12 @@ def _check_optim(cfg: Config, need: _Need) -> None:
             data.ref_batch,
         )
     need(data.max_image_pixels > 0, "data.max_image_pixels", "a pixel count > 0", data.max_image_pixels)
+    need(
+        data.keep_in_memory_mb >= 0,
+        "data.keep_in_memory_mb",
+        "MB >= 0 (0: always stream)",
+        data.keep_in_memory_mb,
+    )
     need(data.demo_size in ("default", "tiny"), "data.demo_size", "'default' or 'tiny'", data.demo_size)
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)

@@ -293,10 +293,10 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         counter=counter,
     )
     id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, augment=cfg.data.augment, **common)
-    datasets = {"id": id_ds}
+    datasets = {"id": id_ds if cfg.data.augment else _held(cfg, id_ds, id_manifest.num_rows, common["size"])}
     if cfg.data.reference:
         ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
-        datasets["ref"], _ = read_stream(
+        ref_ds, _ = read_stream(
             cfg.data.reference,
             CAPTIONED,
             augment=False,
@@ -304,6 +304,8 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
             manifest=ref_manifest,
             **common,
         )
+        cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
+        datasets["ref"] = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
     info = RunInfo(
         run_id=mlrun.run_id,
         tracking_uri=mlrun.uri,
@@ -316,6 +318,17 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         skip_counter=counter,
     )
     return datasets, info
+
+
+def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> Any:
+    """``ds`` computed once into the object store when it is small (``data.keep_in_memory_mb``): a streamed
+    dataset is re-read and re-decoded by every epoch, and the reference stream by every cycle."""
+    mb = (
+        rows * (3 * size * size + 1024 + extra_bytes) / 2**20
+    )  # uint8 pixels + tokens/labels + cached vectors
+    if not cfg.data.keep_in_memory_mb or mb > cfg.data.keep_in_memory_mb:
+        return ds
+    return ds.materialize()
 
 
 def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[Any] | None) -> Any:

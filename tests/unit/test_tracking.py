@@ -133,7 +133,9 @@ def test_a_restarted_worker_group_does_not_log_a_step_twice(tmp_path):
 
     cfg = load_config(overrides=[f"tracking.uri=sqlite:///{tmp_path}/m.db", "tracking.experiment=t"])
     run = tracking.Run.start(cfg)
-    info = RunInfo(run.run_id, run.uri, id_rows=10, classnames=["a"], templates=["{}"], use_teacher_cache=False)
+    info = RunInfo(
+        run.run_id, run.uri, id_rows=10, classnames=["a"], templates=["{}"], use_teacher_cache=False
+    )
     first = _RankZeroLogger(info)
     for step in (1, 2, 3, 4):
         first.log({"train/loss": 1.0 / step}, step)
