@@ -241,6 +241,11 @@ class Console:
                 self._file.writelines(prefix + line + "\n" for line in data.get("lines", ()))
 
 
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line for the console: its first line (a library's message may run to pages)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 def _is_console(handler: logging.Handler) -> bool:
     """A handler that writes to a terminal stream: plain StreamHandlers and their kin (Ray's PlainRayHandler,
     MLflow's handler on its own stream object, rich's), never a file."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dive.bundle import ModelBundle
 from dive.config import USES_REFERENCE, Config, ConfigError
+from pipeline.console import error_line
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, check_dataset, check_teacher_cache
 
 TRACKING_TIMEOUT_S = 5.0
@@ -24,10 +25,13 @@ TRACKING_TIMEOUT_S = 5.0
 
 @dataclass
 class Checked:
-    """What the checks produced that the run reuses: the built teacher and whether its cache applies."""
+    """What the checks produced that the run reuses: the built teacher, whether its cache applies, and the
+    manifests already read (the streams reuse them rather than scan the shards again)."""
 
     teacher: ModelBundle
     use_teacher_cache: bool
+    id_manifest: Manifest
+    ref_manifest: Manifest | None
 
 
 def preflight(cfg: Config) -> Checked:
@@ -40,12 +44,13 @@ def preflight(cfg: Config) -> Checked:
         check_writable("scaling.storage_path", cfg.scaling.storage_path)
     id_manifest = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
     ref_manifest = None
-    if cfg.data.reference and cfg.loss.method in USES_REFERENCE:
+    if cfg.data.reference:
         ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
-    check_batches(cfg, id_manifest, ref_manifest)
+    uses_ref = cfg.loss.method in USES_REFERENCE
+    check_batches(cfg, id_manifest, ref_manifest if uses_ref else None)
     teacher = build_checked(cfg)
-    use_cache = ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
-    return Checked(teacher, use_cache)
+    use_cache = uses_ref and ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
+    return Checked(teacher, use_cache, id_manifest, ref_manifest)
 
 
 def check_tracking(uri: str) -> None:
@@ -108,7 +113,7 @@ def build_checked(cfg: Config) -> ModelBundle:
     try:
         return build_model(cfg.model)
     except (ValueError, RuntimeError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        first = error_line(err)
         if first.startswith(("model.name", "model.pretrained")):
             raise ConfigError(first) from None
         raise ConfigError(

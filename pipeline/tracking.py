@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from dive.config import Config, flatten
+from pipeline.console import error_line
 
 MAX_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 SPOOL = "mlflow-spool.jsonl"  # in the run's output folder: what the tracker could not take yet, in order
@@ -239,7 +240,7 @@ class Run:
         tmp.replace(self.spool)
 
     def _down(self, err: BaseException) -> None:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = error_line(err, 200)
         print(
             f"[dive] MLflow call failed ({first}); spooling to {self.spool}, next try in {self._wait:.0f} s",
             file=sys.stderr,

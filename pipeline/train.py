@@ -279,7 +279,7 @@ def _run_folder(cfg: Config, mlrun: Any, console: Console | None) -> Path:
 def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any], Any]:
     """The ID and reference Ray Datasets (with the teacher cache's columns when preflight found it matches),
     and the RunInfo the workers need."""
-    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset
+    from pipeline.data.format import CAPTIONED, LABELLED
     from pipeline.data.streams import SkipCounter, read_stream
     from pipeline.worker import RunInfo
 
@@ -292,10 +292,12 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         column_map=cfg.data.column_map,
         counter=counter,
     )
-    id_ds, id_manifest = read_stream(cfg.data.id_train, LABELLED, augment=cfg.data.augment, **common)
+    id_ds, id_manifest = read_stream(
+        cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=checked.id_manifest, **common
+    )
     datasets = {"id": id_ds if cfg.data.augment else _held(cfg, id_ds, id_manifest.num_rows, common["size"])}
-    if cfg.data.reference:
-        ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
+    ref_manifest = checked.ref_manifest
+    if ref_manifest is not None:
         ref_ds, _ = read_stream(
             cfg.data.reference,
             CAPTIONED,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dive.config import ModelConfig
+from pipeline.console import error_line
 from pipeline.convert.common import _DETAIL, DEFAULT_MAX_PIXELS, PathLike, _progress, _report_skip, ray_if
 from pipeline.data.format import (
     CAPTIONED,
@@ -117,7 +118,7 @@ def _build_teacher(model_cfg: ModelConfig) -> Any:
     try:
         return build_model(model_cfg)
     except (ValueError, RuntimeError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        first = error_line(err)
         raise DataError(
             f"cannot build the teacher {model_cfg.name!r} (pretrained {model_cfg.pretrained!r}): {first}"
         ) from None
