@@ -74,7 +74,8 @@ class DataConfig:
     reference: str = ""
     # Source column -> schema column, e.g. {jpg: image, txt: caption} for img2dataset output.
     column_map: dict[str, str] = field(default_factory=dict)
-    # Random-resized-crop + flip on ID training images. Reference images are never augmented, so that
+    # Random-resized-crop + flip on ID training images, drawn on the Train worker from a generator seeded by step
+    # and rank (the stream holds each image with a margin). Reference images are never augmented, so that
     # teacher embeddings of the reference set can be cached.
     augment: bool = True
     # Images with more pixels than this are skipped and counted (decompression-bomb guard).
@@ -86,9 +87,13 @@ class DataConfig:
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
     ref_batch: int = 0
     # A preprocessed stream estimated at most this many MB is computed once and held in Ray's object store, so
-    # later epochs (and the cycling reference stream) do not decode every image again; an augmented ID stream is
-    # never held (its crops change every epoch). 0: always stream.
+    # later epochs (and the cycling reference stream) do not decode every image again (an augmented ID stream too:
+    # its crops are drawn on the worker). 0: always stream.
     keep_in_memory_mb: int = 1024
+    # Every rank reads its rows in the same order on every run (Ray Data's preserve_order), so a run resumed after a
+    # lost worker, node or driver trains on exactly the batches an uninterrupted run would. false: blocks go to
+    # whichever worker asks first (a little faster on a busy cluster; a resume is then not exact).
+    exact_order: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------- loss

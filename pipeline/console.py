@@ -283,7 +283,9 @@ def board_actor() -> Any:
     """A :class:`ProgressBoard` actor (no CPU): rank 0 posts to it, the driver's view reads it."""
     import ray
 
-    return ray.remote(num_cpus=0)(ProgressBoard).remote()
+    from pipeline.ray_env import on_driver_node
+
+    return ray.remote(num_cpus=0)(ProgressBoard).options(**on_driver_node()).remote()
 
 
 class ProgressBoard:

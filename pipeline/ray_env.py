@@ -8,6 +8,14 @@ ended without ``ray stop``), each poll waits 40 s for that dead GCS, every fit e
 GCS-timeout traceback. Measured here, it cost 12 s of a 61 s EmojiShift quick run. So the local instance runs its
 dashboard on 127.0.0.1, and ``RAY_API_SERVER_ADDRESS``, which this instance's Ray processes inherit, points
 their state API at that dashboard and not at whatever cluster the file names.
+
+**Why the local instance is loopback-only.** A local instance serves this process alone, yet by default its GCS,
+raylet, worker and agent servers listen on every interface (measured: ``::`` and ``0.0.0.0``). ``ray.init`` has no
+option for it (``_node_ip_address="127.0.0.1"`` is rewritten to the machine's address), but Ray binds its servers
+to loopback when the node's address is 127.0.0.1, which is what it picks when ``ENABLE_RAY_CLUSTER`` is off (the
+macOS/Windows default, env ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). :func:`loopback_only` switches it off while
+the instance starts; ``tests/integration/test_ray_env.py`` checks every listening socket so a Ray upgrade that moves
+the knob is caught.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dive.config import Config
@@ -32,12 +40,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local instance starts: its node address is 127.0.0.1, so every server it starts binds there."""
+    from ray._private import ray_constants  # no public option exists (see the module docstring)
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+def on_driver_node() -> dict[str, Any]:
+    """``.options()`` pinning a run's small helper actors (skip counter, progress board) to the driver's node: where
+    Train V2 keeps its controller, so losing any other node loses neither (the run ends with the driver anyway)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+    }
+
+
 def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = True) -> None:
     """A fresh local instance with ``num_cpus`` logical CPUs; ``dashboard=False`` for work that runs no Train fit."""
     import ray
 
     if not dashboard:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        with loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         return
     port = free_port()
     # Set only while init spawns the raylet (its workers inherit it from there), then restored: left in this
@@ -45,14 +80,15 @@ def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = Tru
     previous = os.environ.get(API_SERVER_ENV)
     os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
     try:
-        context = ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",  # never exposed beyond this machine
-            dashboard_port=port,
-            log_to_driver=log_to_driver,
-        )
+        with loopback_only():
+            context = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",  # never exposed beyond this machine
+                dashboard_port=port,
+                log_to_driver=log_to_driver,
+            )
     finally:
         if previous is None:
             os.environ.pop(API_SERVER_ENV, None)

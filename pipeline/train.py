@@ -281,10 +281,12 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     and the RunInfo the workers need."""
     from pipeline.data.format import CAPTIONED, LABELLED
     from pipeline.data.streams import SkipCounter, read_stream
+    from pipeline.data.transforms import stream_size
+    from pipeline.ray_env import on_driver_node
     from pipeline.worker import RunInfo
 
     use_cache = checked.use_teacher_cache
-    counter = SkipCounter.remote()
+    counter = SkipCounter.options(**on_driver_node()).remote()
     common = dict(
         size=checked.teacher.preprocess_cfg["size"][0],
         max_pixels=cfg.data.max_image_pixels,
@@ -295,7 +297,9 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     id_ds, id_manifest = read_stream(
         cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=checked.id_manifest, **common
     )
-    datasets = {"id": id_ds if cfg.data.augment else _held(cfg, id_ds, id_manifest.num_rows, common["size"])}
+    # Also for the materialize in _held: its blocks, in read order, are what Train later splits.
+    id_ds.context.execution_options.preserve_order = cfg.data.exact_order
+    datasets = {"id": _held(cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment))}
     ref_manifest = checked.ref_manifest
     if ref_manifest is not None:
         ref_ds, _ = read_stream(
@@ -306,6 +310,7 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
             manifest=ref_manifest,
             **common,
         )
+        ref_ds.context.execution_options.preserve_order = cfg.data.exact_order
         cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
         datasets["ref"] = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
     info = RunInfo(
@@ -314,6 +319,7 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         spool=str(mlrun.spool),
         log_every=cfg.tracking.log_every,
         id_rows=id_manifest.num_rows,
+        ref_rows=ref_manifest.num_rows if ref_manifest is not None else 0,
         classnames=id_manifest.classnames,
         templates=id_manifest.templates,
         use_teacher_cache=use_cache,
@@ -335,11 +341,15 @@ def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> A
 
 def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[Any] | None) -> Any:
     """The TorchTrainer: the run's name and storage fixed by its MLflow run id, so a resume finds its checkpoints."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.worker import train_loop_per_worker
 
+    ingest = DataConfig.default_ingest_options()
+    # With preserve_order, Ray Data's splitter deals blocks in read order to the rank with the fewest rows so far:
+    # the same rows, in the same order, on every run (what makes a resume exact; data.exact_order).
+    ingest.preserve_order = cfg.data.exact_order
     resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
@@ -357,6 +367,7 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
             callbacks=callbacks or None,
         ),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
     )
 
 

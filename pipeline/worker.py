@@ -33,7 +33,7 @@ from dive.task import DiveTask
 from pipeline import checkpoint as training_state
 from pipeline.data.format import CAPTIONED, LABELLED
 from pipeline.data.streams import cycle_batches, load_val_set
-from pipeline.data.transforms import PromptTable, normalize_images
+from pipeline.data.transforms import PromptTable, normalize_images, random_resized_crop
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class RunInfo:
     skip_counter: Any = None
     progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
+    ref_rows: int = 0
 
 
 def total_steps(cfg: Config, id_rows: int) -> tuple[int, int]:
@@ -89,7 +90,9 @@ class _Loop:
     micro_id: int = 0  # ID rows per micro-batch on this rank
     ref_batches: Iterator[dict[str, torch.Tensor]] | None = None
     autocast: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    prompt_rng: torch.Generator = field(default_factory=torch.Generator)
+    rng: torch.Generator = field(
+        default_factory=torch.Generator
+    )  # prompts and crops, reseeded every micro-batch
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
 
     @property
@@ -191,7 +194,11 @@ def _distribute(loop: _Loop, resumed: bool) -> None:
     per_micro = world * cfg.optim.grad_accum  # each rank takes 1/world of a batch, in grad_accum pieces
     if cfg.loss.method in USES_REFERENCE:
         micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro
-        loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref)
+        # Resumed: continue the reference cycle where the interrupted run was (one reference micro-batch per ID
+        # micro-batch; each rank's shard holds rows // world rows, Ray Data's equal split).
+        per_cycle = max(loop.info.ref_rows // world // micro_ref, 1)
+        skip = loop.step * cfg.optim.grad_accum % per_cycle
+        loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref, skip=skip)
     loop.id_shard = ray.train.get_dataset_shard("id")
     loop.micro_id = cfg.optim.global_batch // per_micro
 
@@ -214,6 +221,7 @@ def _train_epoch(loop: _Loop) -> None:
         if len(micro) < accum:
             t_fetch = time.perf_counter()
             continue
+        torch.manual_seed(_step_seed(cfg, loop.step, loop.rank))  # dropout: the same masks after a resume
         terms = _optimizer_step(
             loop.task, micro, loop.optimizer, loop.scheduler, cfg, loop.step, loop.autocast, loop.guard
         )
@@ -230,17 +238,24 @@ def _train_epoch(loop: _Loop) -> None:
         t_fetch = time.perf_counter()
 
 
+def _step_seed(cfg: Config, step: int, rank: int) -> int:
+    """A seed fixed by (run seed, step, rank): what a step draws does not depend on what ran before it."""
+    return cfg.optim.seed * 1_000_003 + step * 1_009 + rank * 7
+
+
 def _device_batch(loop: _Loop, id_batch: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """One micro-batch on the device: normalised ID images, labels, a sampled prompt each (seeded by step, rank
-    and micro-batch, so a resumed run draws the same prompts) and the next reference batch."""
+    """One micro-batch on the device: ID images (cropped when ``data.augment``), normalised, labels, a sampled
+    prompt each — all drawn from a generator seeded by step, rank and micro-batch, so a resumed run draws the same —
+    and the next reference batch."""
     device, cfg = loop.device, loop.cfg
     mean, std = loop.bundle.preprocess_cfg["mean"], loop.bundle.preprocess_cfg["std"]
-    batch = {
-        "id_image": normalize_images(id_batch["image"].to(device), mean, std),
-        "id_label": id_batch["label"].to(device),
-    }
-    loop.prompt_rng.manual_seed(cfg.optim.seed * 1_000_003 + loop.step * 1_009 + loop.rank * 7 + index)
-    batch["id_text"] = loop.prompts.sample(id_batch["label"], loop.prompt_rng).to(device)
+    loop.rng.manual_seed(_step_seed(cfg, loop.step, loop.rank) + index)
+    batch = {"id_label": id_batch["label"].to(device)}
+    batch["id_text"] = loop.prompts.sample(id_batch["label"], loop.rng).to(device)
+    images = id_batch["image"].to(device)
+    if cfg.data.augment:
+        images = random_resized_crop(images, loop.bundle.preprocess_cfg["size"][0], loop.rng)
+    batch["id_image"] = normalize_images(images, mean, std)
     if loop.ref_batches is not None:
         ref = next(loop.ref_batches)
         batch["ref_image"] = normalize_images(ref["image"].to(device), mean, std)
@@ -454,7 +469,11 @@ class _RankZeroLogger:
         if step <= self.logged_upto and not always:
             return
         if self.info.skip_counter is not None:
-            metrics["data/skipped"] = float(sum(ray.get(self.info.skip_counter.totals.remote()).values()))
+            try:
+                metrics["data/skipped"] = float(sum(ray.get(self.info.skip_counter.totals.remote()).values()))
+            except ray.exceptions.RayActorError:  # its node is gone: the count is lost, training is not
+                _log.warning("[dive] the skipped-sample counter is gone; data/skipped is no longer logged")
+                self.info.skip_counter = None
         self.run.log_metrics(metrics, step)
         terms = "  ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if "loss" in k or k.startswith("val/")

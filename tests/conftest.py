@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -88,3 +90,22 @@ def tiny_run_overrides(demo, tmp: Path, experiment: str) -> list[str]:
         f"tracking.output_dir={tmp}/out",
         f"tracking.experiment={experiment}",
     ]
+
+
+def registered_checkpoints(storage: Path) -> int:
+    """Checkpoints the Ray Train controller has registered (a folder alone may still be mid-upload, and a worker
+    group restarted before registration rightly starts from scratch)."""
+    count = 0
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            count += len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
+        except (OSError, ValueError):
+            pass  # being rewritten
+    return count
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # exited meanwhile
+        return []

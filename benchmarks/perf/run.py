@@ -276,16 +276,12 @@ def step_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- 2.–4. pipeline
-def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
-    """Real runs on the demo (1 worker, the demo's method) timed against a bare loop; at full size also the same
-    run with every stream re-read each epoch (``data.keep_in_memory_mb=0``, the behaviour before held streams)
-    and with 2 workers."""
-    from pipeline.train import prepare_config
-
+def pipeline_overrides(quick: bool, size: Size, threads: int) -> list[str]:
+    """A 1-worker run on the demo data (the demo's method), MLflow and Ray output under ``outputs/perf``."""
     work = ROOT / "outputs" / "perf"
     work.mkdir(parents=True, exist_ok=True)
     demo_dir = ROOT / ".cache" / ("perf-demo-tiny" if quick else "dive-demo")
-    overrides = [
+    return [
         f"data.demo={demo_dir}",
         f"data.demo_size={'tiny' if quick else 'default'}",
         "scaling.num_workers=1",
@@ -300,6 +296,15 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
         f"tracking.output_dir={work}/outputs",
         f"scaling.storage_path={work}/ray",
     ]
+
+
+def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
+    """Real runs on the demo (1 worker, the demo's method) timed against a bare loop; at full size also the same
+    run with every stream re-read each epoch (``data.keep_in_memory_mb=0``, the behaviour before held streams)
+    and with 2 workers."""
+    from pipeline.train import prepare_config
+
+    overrides = pipeline_overrides(quick, size, threads)
     one = _timed_run(prepare_config(None, overrides))
     cfg = prepare_config(None, overrides)
     bare = bare_loop(cfg, size.pipeline_steps, threads)
@@ -321,10 +326,34 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
         out["streamed_run_s"] = streamed["run_s"]
         out["streamed_pipeline_over_bare"] = streamed["samples_per_s"] / bare["samples_per_s"]
         out["streamed_data_wait_frac"] = streamed["data_wait_frac"]
-        two = _timed_run(
-            prepare_config(None, [*overrides, "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"])
-        )
+        # The machine's threads split between the two workers (else two workers oversubscribe the cores).
+        halves = [f"scaling.threads_per_worker={max(threads // 2, 1)}", "scaling.cpus_per_worker=0.5"]
+        two = _timed_run(prepare_config(None, [*overrides, "scaling.num_workers=2", *halves]))
         out["two_workers_over_one"] = two["samples_per_s"] / one["samples_per_s"]
+    return out
+
+
+def order_part(size: Size, threads: int) -> dict[str, Any]:
+    """What ``data.exact_order`` (Ray Data's preserve_order) costs: 2 workers (whose split it fixes), streamed and
+    held streams, on / off / off / on so that drift over the runs cancels."""
+    from pipeline.train import prepare_config
+
+    two = [
+        *pipeline_overrides(False, size, threads),
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5",
+        f"scaling.threads_per_worker={max(threads // 2, 1)}",
+    ]
+    out: dict[str, Any] = {}
+    for stream, extra in (("streamed", ["data.keep_in_memory_mb=0"]), ("held", [])):
+        speed: dict[bool, list[float]] = {True: [], False: []}
+        for exact in (True, False, False, True):
+            cfg = prepare_config(None, [*two, *extra, f"data.exact_order={str(exact).lower()}"])
+            speed[exact].append(_timed_run(cfg)["samples_per_s"])
+        ordered, unordered = statistics.mean(speed[True]), statistics.mean(speed[False])
+        out[f"exact_order_{stream}_samples_per_s"] = ordered
+        out[f"unordered_{stream}_samples_per_s"] = unordered
+        out[f"exact_order_cost_{stream}"] = 1 - ordered / unordered
     return out
 
 
@@ -462,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2), help="torch threads")
     parser.add_argument("--steps-only", action="store_true", help="step cost only (no Ray)")
+    parser.add_argument(
+        "--order-only",
+        action="store_true",
+        help="only what data.exact_order costs (8 two-worker runs on the demo); written to order.json",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
     parser.add_argument("--update-readme", action="store_true", help="write the table into the README")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -472,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     name = args.size or ("quick" if args.quick else "full")
     size = SIZES[name]
     t0 = time.perf_counter()
+    if args.order_only:
+        order = order_part(SIZES["full"], args.threads)
+        print("\n".join(f"{k}: {v:.3f}" for k, v in order.items()))
+        (HERE / "order.json").write_text(
+            json.dumps({**order, "seconds": time.perf_counter() - t0}, indent=2) + "\n"
+        )
+        return 0
     rows = run_steps(step_specs(size, args.threads, args.device), size.rounds)
     summary: dict[str, Any] = step_summary(rows)
     if not args.steps_only and size.pipeline_steps:

@@ -175,12 +175,16 @@ def load_val_set(
     return out, manifest
 
 
-def cycle_batches(shard: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Repeat a dataset shard forever (the reference stream: the ID stream alone defines the epoch)."""
+def cycle_batches(shard: Any, batch_size: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Repeat a dataset shard forever (the reference stream: the ID stream alone defines the epoch), after
+    dropping the first ``skip`` batches (a resumed run continues the cycle where it stopped)."""
     while True:
         empty = True
         for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
             empty = False
+            if skip:
+                skip -= 1
+                continue
             yield batch
         if empty:
             raise RuntimeError(f"the reference stream yields no batch of {batch_size} rows per worker")

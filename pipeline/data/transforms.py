@@ -7,6 +7,7 @@ sets, the accuracy evaluation and the teacher-embedding cache all call these, so
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from pipeline.data.format import (
     BAD_LABEL,
@@ -31,17 +33,52 @@ def _tokenizer(model_name: str) -> Any:
     return get_tokenizer(model_name)
 
 
+# Random-resized crop of the augmented ID stream: area share and aspect ratio (torchvision's ranges, scale raised).
+CROP_SCALE = (0.6, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def stream_size(size: int, augment: bool) -> int:
+    """The side a stream stores: the model's ``size``, or for an augmented stream a margin (1.29×), so that the
+    worker's square crops (at least ``CROP_SCALE[0]`` of the area) are only shrunk to ``size``; at the most extreme
+    aspect the short side is stretched by at most 15 %. Held in memory, an augmented stream costs 1.67× the pixels."""
+    return math.ceil(size / math.sqrt(CROP_SCALE[0])) if augment else size
+
+
 @functools.lru_cache(maxsize=8)
-def image_transform(size: int, augment: bool) -> T.Compose:
-    """Train: random-resized crop + flip. Eval/reference: open_clip's eval geometry (resize shorter side, centre crop)."""
-    if augment:
-        return T.Compose(
-            [
-                T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                T.RandomHorizontalFlip(),
-            ]
+def image_transform(side: int) -> T.Compose:
+    """open_clip's eval geometry: resize the shorter side to ``side`` (bicubic), centre-crop a square."""
+    return T.Compose([T.Resize(side, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(side)])
+
+
+def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (N,3,S,S) → float (N,3,size,size), 0..255: per image a crop of ``CROP_SCALE`` of the area at an
+    aspect in ``CROP_RATIO`` (bicubic, antialiased), mirrored with p = 0.5.
+
+    On the Train worker, with every draw from ``generator`` (seeded by step and rank): torchvision's transform
+    in a Ray Data task draws from that process's global RNG, so a resumed run would crop differently."""
+    n, _, height, width = images.shape
+    u = torch.rand(n, 5, generator=generator).tolist()
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    out = []
+    for img, (a, r, y, x, flip) in zip(images, u, strict=True):
+        area = height * width * (CROP_SCALE[0] + a * (CROP_SCALE[1] - CROP_SCALE[0]))
+        ratio = math.exp(log_lo + r * (log_hi - log_lo))
+        w = min(width, round(math.sqrt(area * ratio)))
+        h = min(height, round(math.sqrt(area / ratio)))
+        top, left = int(y * (height - h + 1)), int(x * (width - w + 1))
+        crop = TF.resized_crop(
+            img.float(),
+            top,
+            left,
+            h,
+            w,
+            [size, size],
+            interpolation=T.InterpolationMode.BICUBIC,
+            antialias=True,
         )
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
+        out.append(TF.horizontal_flip(crop) if flip < 0.5 else crop)
+    return torch.stack(out).clamp_(0, 255)
 
 
 def preprocess_batch(
@@ -62,7 +99,8 @@ def preprocess_batch(
     token ids (N,L) and any cached ``teacher_*`` columns as float32 (N,D); ``passthrough`` columns follow the
     kept rows unchanged.
     """
-    transform = image_transform(size, augment)
+    side = stream_size(size, augment)
+    transform = image_transform(side)
     images: list[np.ndarray] = []
     keep: list[int] = []
     skipped: Counter[str] = Counter()
@@ -86,7 +124,7 @@ def preprocess_batch(
     if skipped and counter is not None:
         counter.add.remote(dict(skipped))
     out: dict[str, np.ndarray] = {
-        "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
+        "image": np.stack(images) if images else np.zeros((0, 3, side, side), np.uint8),
     }
     idx = np.asarray(keep, dtype=np.int64)
     for col in passthrough:
@@ -122,7 +160,7 @@ def stream_image_transform(bundle: Any) -> Any:
     mean, std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
     def transform(img: Image.Image) -> torch.Tensor:
-        pixels = np.asarray(image_transform(size, False)(img), dtype=np.uint8).transpose(2, 0, 1)
+        pixels = np.asarray(image_transform(size)(img), dtype=np.uint8).transpose(2, 0, 1)
         return normalize_images(torch.from_numpy(pixels.copy())[None], mean, std)[0]
 
     return transform

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.format import LABELLED, Manifest, encode_png, write_manifest
-from pipeline.data.streams import SkipCounter, read_stream
+from pipeline.data.streams import SkipCounter, cycle_batches, read_stream
 from pipeline.data.transforms import PromptTable, preprocess_batch, stream_image_transform
 from tests.conftest import write_tar
 
@@ -193,3 +193,18 @@ def test_webdataset_tars_stream_without_conversion_and_count_skips(ray_session, 
     batch = ds.take_batch(100, batch_format="numpy")
     assert manifest.num_rows == 3 and batch["label"].tolist() == [1]
     assert _totals(ray_session, counter, 2) == {"bad_label": 2}
+
+
+class _Shard:
+    """A stand-in for a Train dataset shard: the same 5 batches on every pass."""
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool):
+        return iter([{"i": torch.tensor([i])} for i in range(5)])
+
+
+def test_a_resumed_reference_cycle_continues_where_it_stopped():
+    straight = cycle_batches(_Shard(), 1)
+    seen = [int(next(straight)["i"]) for _ in range(12)]
+    assert seen == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    resumed = cycle_batches(_Shard(), 1, skip=7 % 5)  # 7 batches were consumed before the restart
+    assert [int(next(resumed)["i"]) for _ in range(5)] == seen[7:12]

@@ -1,4 +1,5 @@
-"""The local Ray instance answers Ray's state API from inside its own workers (Train V2's cleaner asks it)."""
+"""The local Ray instance answers Ray's state API from inside its own workers (Train V2's cleaner asks it), and
+listens on loopback only."""
 
 from __future__ import annotations
 
@@ -30,3 +31,46 @@ def test_state_api_inside_a_worker_reaches_this_instance(ray_session):
         assert ray.get(probe.own_state.remote(), timeout=120) == "ALIVE"
     finally:
         ray.kill(probe)
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _instance_processes(session_dir: str) -> list:
+    """This driver, the processes started with this session's folder (GCS, raylet, agents) and all their children."""
+    import psutil
+
+    roots = [psutil.Process()]
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(session_dir in arg for arg in proc.info["cmdline"] or ()):
+            roots.append(proc)
+    found = {}
+    for root in roots:
+        for proc in [root, *root.children(recursive=True)]:
+            found[proc.pid] = proc
+    return list(found.values())
+
+
+@pytest.mark.ray
+def test_the_local_instance_listens_on_loopback_only(ray_session):
+    import psutil
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_pid() -> int:  # makes sure a worker process (its own gRPC server) exists
+        return psutil.Process().pid
+
+    assert ray.get(worker_pid.remote(), timeout=120)
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    listening: list[tuple[str, str, int]] = []
+    for proc in _instance_processes(session_dir):
+        try:
+            conns = proc.net_connections(kind="inet")
+            name = proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        listening += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, f"the instance's servers were not found: {sorted(names)}"
+    exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
+    assert not exposed, f"listening beyond loopback (process, address, port): {exposed}"

@@ -472,8 +472,10 @@ def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny
 def test_ray_workers_give_the_same_rows_as_in_process(tmp_path, capsys):
     import ray
 
+    from pipeline.ray_env import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        start_local_ray(4, log_to_driver=False, dashboard=False)
     src = tmp_path / "src"
     for c, cls in enumerate(("cat", "dog", "eel")):
         (src / cls).mkdir(parents=True)
