@@ -90,9 +90,8 @@ class _Loop:
     micro_id: int = 0  # ID rows per micro-batch on this rank
     ref_batches: Iterator[dict[str, torch.Tensor]] | None = None
     autocast: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    rng: torch.Generator = field(
-        default_factory=torch.Generator
-    )  # prompts and crops, reseeded every micro-batch
+    # Prompts and crops, reseeded every micro-batch.
+    rng: torch.Generator = field(default_factory=torch.Generator)
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
 
     @property
@@ -195,7 +194,8 @@ def _distribute(loop: _Loop, resumed: bool) -> None:
     if cfg.loss.method in USES_REFERENCE:
         micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro
         # Resumed: continue the reference cycle where the interrupted run was (one reference micro-batch per ID
-        # micro-batch; each rank's shard holds rows // world rows, Ray Data's equal split).
+        # micro-batch; each rank's shard holds rows // world rows, Ray Data's equal split — of the manifest's rows,
+        # so a reference set with undecodable samples resumes near, not exactly at, its position).
         per_cycle = max(loop.info.ref_rows // world // micro_ref, 1)
         skip = loop.step * cfg.optim.grad_accum % per_cycle
         loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref, skip=skip)
