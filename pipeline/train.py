@@ -297,8 +297,6 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     id_ds, id_manifest = read_stream(
         cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=checked.id_manifest, **common
     )
-    # Also for the materialize in _held: its blocks, in read order, are what Train later splits.
-    id_ds.context.execution_options.preserve_order = cfg.data.exact_order
     datasets = {"id": _held(cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment))}
     ref_manifest = checked.ref_manifest
     if ref_manifest is not None:
@@ -310,7 +308,6 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
             manifest=ref_manifest,
             **common,
         )
-        ref_ds.context.execution_options.preserve_order = cfg.data.exact_order
         cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
         datasets["ref"] = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
     info = RunInfo(
@@ -336,6 +333,8 @@ def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> A
     )  # uint8 pixels + tokens/labels + cached vectors
     if not cfg.data.keep_in_memory_mb or mb > cfg.data.keep_in_memory_mb:
         return ds
+    # The held blocks, in read order, are what Train's split later deals: fixed here too (data.exact_order).
+    ds.context.execution_options.preserve_order = cfg.data.exact_order
     return ds.materialize()
 
 

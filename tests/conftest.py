@@ -109,3 +109,8 @@ def cmdline(proc: psutil.Process) -> list[str]:
         return proc.cmdline()
     except psutil.Error:  # exited meanwhile
         return []
+
+
+def train_workers(parent: psutil.Process) -> list[psutil.Process]:
+    """The Ray Train worker processes below ``parent`` (a driver that started a local instance, or a raylet)."""
+    return [proc for proc in parent.children(recursive=True) if "RayTrainWorker" in " ".join(cmdline(proc))]

@@ -298,6 +298,15 @@ def pipeline_overrides(quick: bool, size: Size, threads: int) -> list[str]:
     ]
 
 
+def two_workers(threads: int) -> list[str]:
+    """Two workers that split the machine's ``threads`` (else they oversubscribe the cores)."""
+    return [
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5",
+        f"scaling.threads_per_worker={max(threads // 2, 1)}",
+    ]
+
+
 def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     """Real runs on the demo (1 worker, the demo's method) timed against a bare loop; at full size also the same
     run with every stream re-read each epoch (``data.keep_in_memory_mb=0``, the behaviour before held streams)
@@ -326,9 +335,7 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
         out["streamed_run_s"] = streamed["run_s"]
         out["streamed_pipeline_over_bare"] = streamed["samples_per_s"] / bare["samples_per_s"]
         out["streamed_data_wait_frac"] = streamed["data_wait_frac"]
-        # The machine's threads split between the two workers (else two workers oversubscribe the cores).
-        halves = [f"scaling.threads_per_worker={max(threads // 2, 1)}", "scaling.cpus_per_worker=0.5"]
-        two = _timed_run(prepare_config(None, [*overrides, "scaling.num_workers=2", *halves]))
+        two = _timed_run(prepare_config(None, [*overrides, *two_workers(threads)]))
         out["two_workers_over_one"] = two["samples_per_s"] / one["samples_per_s"]
     return out
 
@@ -338,12 +345,7 @@ def order_part(size: Size, threads: int) -> dict[str, Any]:
     held streams, on / off / off / on so that drift over the runs cancels."""
     from pipeline.train import prepare_config
 
-    two = [
-        *pipeline_overrides(False, size, threads),
-        "scaling.num_workers=2",
-        "scaling.cpus_per_worker=0.5",
-        f"scaling.threads_per_worker={max(threads // 2, 1)}",
-    ]
+    two = [*pipeline_overrides(False, size, threads), *two_workers(threads)]
     out: dict[str, Any] = {}
     for stream, extra in (("streamed", ["data.keep_in_memory_mb=0"]), ("held", [])):
         speed: dict[bool, list[float]] = {True: [], False: []}

@@ -18,19 +18,17 @@ from ray._common.utils import get_ray_address_file
 from ray.cluster_utils import Cluster
 
 from pipeline.train import prepare_config, run
-from tests.conftest import cmdline, registered_checkpoints
+from tests.conftest import registered_checkpoints, train_workers
 
 
 def worker_node(nodes: list) -> object | None:
     """The node whose raylet is the parent of a live Train worker process."""
     for node in nodes:
         try:
-            raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-            children = raylet.children(recursive=True)
+            if train_workers(psutil.Process(node.all_processes["raylet"][0].process.pid)):
+                return node
         except (psutil.Error, KeyError, IndexError):
             continue
-        if any("RayTrainWorker" in " ".join(cmdline(proc)) for proc in children):
-            return node
     return None
 
 

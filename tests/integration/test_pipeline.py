@@ -18,7 +18,7 @@ from dive.models import register_model_configs
 from pipeline.checkpoint import STATE_FILE
 from pipeline.export import latest_checkpoint
 from pipeline.train import main, prepare_config, run
-from tests.conftest import cmdline, registered_checkpoints, tiny_run_overrides
+from tests.conftest import registered_checkpoints, tiny_run_overrides, train_workers
 
 _EXTRA = ("optim.max_steps=4", "loss.lambda_avl=10", "loss.lambda_pvl=10")
 # The exact-resume runs: two workers, the augmented ID stream (the default), DiVE's reference stream cycling beside
@@ -32,10 +32,14 @@ EXACT = (
 )
 
 
+def _overrides(demo, tmp: Path, *extra: str) -> list[str]:
+    return [*tiny_run_overrides(demo, tmp, "test"), *_EXTRA, *extra]
+
+
 def _config(demo, tmp: Path, *extra: str):
     base = tmp / "base.yaml"
     base.write_text("{}\n")
-    return prepare_config(str(base), [*tiny_run_overrides(demo, tmp, "test"), *_EXTRA, *extra])
+    return prepare_config(str(base), _overrides(demo, tmp, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +115,10 @@ def _kill_first_worker_after_checkpoint(storage: Path, killed: list[int], stop: 
         if registered_checkpoints(storage) >= 1:
             # Only this session's workers: the local Ray instance (and so its workers) descends from this process;
             # another Ray job on the machine keeps its own.
-            for proc in psutil.Process().children(recursive=True):
-                if "RayTrainWorker" in " ".join(cmdline(proc)):
-                    proc.kill()
-                    killed.append(proc.pid)
-                    return
+            for proc in train_workers(psutil.Process()):
+                proc.kill()
+                killed.append(proc.pid)
+                return
         time.sleep(0.05)
 
 
@@ -161,10 +164,15 @@ def test_a_driver_killed_then_resumed_ends_with_the_weights_of_an_uninterrupted_
     ray_session, demo, tmp_path, uninterrupted
 ):
     cfg = _config(demo, tmp_path, *EXACT)
-    overrides = [*tiny_run_overrides(demo, tmp_path, "test"), *_EXTRA, *EXACT]
     storage = Path(cfg.scaling.storage_path)
     driver = subprocess.Popen(
-        [sys.executable, "pipeline/train.py", "--config", str(tmp_path / "base.yaml"), *overrides],
+        [
+            sys.executable,
+            "pipeline/train.py",
+            "--config",
+            str(tmp_path / "base.yaml"),
+            *_overrides(demo, tmp_path, *EXACT),
+        ],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
