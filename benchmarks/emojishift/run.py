@@ -377,6 +377,57 @@ def plot_scatter(table: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+class Invocations:
+    """The wall time of every invocation into one report folder (``invocations.json``).
+
+    A benchmark interrupted and rerun resumes after its finished rows, so its time is the sum of its invocations,
+    not the last one's. Each invocation is recorded however it ends (finished, failed or interrupted); a report
+    folder from before the ledger counts as one invocation of its ``report.json``'s ``wall_s``.
+    """
+
+    def __init__(self, out: Path, command: str) -> None:
+        self.path = out / "invocations.json"
+        self.command = command
+        self._started = time.perf_counter()
+        self._date = date.today().isoformat()
+        self.past: list[dict[str, Any]] = []
+        if self.path.is_file():
+            self.past = json.loads(self.path.read_text())
+        elif (report := out / "report.json").is_file():
+            old = json.loads(report.read_text())
+            self.past = [
+                {
+                    "date": old["date"],
+                    "command": old["command"],
+                    "wall_s": old["wall_s"],
+                    "status": "finished",
+                }
+            ]
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._started
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every invocation so far, this one (finished) last."""
+        me = {"date": self._date, "command": self.command, "wall_s": self.elapsed_s(), "status": "finished"}
+        return [*self.past, me]
+
+    def total_s(self) -> float:
+        return sum(e["wall_s"] for e in self.entries())
+
+    def summary(self) -> str:
+        """`` over N invocations (a, b min)`` when resumed, else nothing."""
+        entries = self.entries()
+        if len(entries) == 1:
+            return ""
+        minutes = ", ".join(f"{e['wall_s'] / 60:.0f}" for e in entries)
+        return f" over {len(entries)} invocations ({minutes} min)"
+
+    def close(self, finished: bool) -> None:
+        entry = {**self.entries()[-1], "status": "finished" if finished else "stopped"}
+        self.path.write_text(json.dumps([*self.past, entry], indent=2))
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -441,7 +492,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = args.cache.expanduser().resolve()
     out = (args.out or Path("outputs") / f"emojishift-{size_name}").resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    command = "python benchmarks/emojishift/run.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    invocations = Invocations(out, command)
+    rc = 1
+    try:
+        rc = _benchmark(args, size_name, size, cache, out, invocations)
+        return rc
+    finally:
+        invocations.close(finished=rc == 0)
+
+
+def _benchmark(
+    args: argparse.Namespace, size_name: str, size: Size, cache: Path, out: Path, invocations: Invocations
+) -> int:
     ensure_data(cache, args.quick)
     os.environ["EMOJISHIFT"] = str(cache)  # config.yaml's paths; set before any config is loaded
     # Ray Train's controller polls its workers every 2 s by default: up to 2 s lost at the end of each of the runs.
@@ -518,16 +583,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.extend(done(n) for n in names.values())
 
     table = aggregate(rows)
-    wall = time.perf_counter() - started
-    command = "python benchmarks/emojishift/run.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
-    )
+    wall = invocations.total_s()
+    command = invocations.command
     meta = {
         "date": date.today().isoformat(),
         "machine": machine(),
         "command": command,
         "size": {"name": size_name, **size.__dict__},
         "wall_s": wall,
+        "invocations": invocations.entries(),
         "mlflow_parent_run": parent,
         "tracking_uri": tracking.tracking_uri(base),
     }
@@ -537,8 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     block = (
         f"Measured {meta['date']} on {meta['machine']}; `{command}`; {size.epochs} epochs of batch "
-        f"{size.batch} per method, {size.seeds} seed(s) for FLYP and DiVE; whole benchmark {wall / 60:.0f} min "
-        f"(MLflow parent run `{parent}`). Mean ± sample std over seeds; OOD/ZS avg are unweighted means over the "
+        f"{size.batch} per method, {size.seeds} seed(s) for FLYP and DiVE; whole benchmark {wall / 60:.0f} min"
+        f"{invocations.summary()} (MLflow parent run `{parent}`). Mean ± sample std over seeds; OOD/ZS avg are unweighted means over the "
         f"styles; RSA = mean of image/text/cross-modal RSA against the teacher on `ref_val`; train s = "
         f"`TorchTrainer.fit()` alone.\n\n{markdown_table(table)}"
     )
@@ -554,7 +618,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_readme:
         update_readme(README, block)
     print(markdown_table(table))
-    log(f"done in {wall / 60:.1f} min: {out / 'report.md'} (MLflow parent run {parent})")
+    log(
+        f"done in {invocations.elapsed_s() / 60:.1f} min ({wall / 60:.1f} min in all{invocations.summary()}): "
+        f"{out / 'report.md'} (MLflow parent run {parent})"
+    )
     return 0
 
 

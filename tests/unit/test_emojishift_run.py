@@ -191,3 +191,19 @@ def test_wise_rows_have_a_label_per_alpha() -> None:
     assert er.wise_key(0.25, "dive") == "wise25_dive"
     assert er.LABELS["wise75_flyp"] == "WiSE-FT α=0.75 (FLYP)"
     assert [a for a in er.WISE_ALPHAS] == [0.25, 0.5, 0.75]
+
+
+def test_a_resumed_benchmark_counts_the_time_of_every_invocation(tmp_path: Path) -> None:
+    """The report's wall time is the sum over invocations (stopped ones too), not the last invocation's; a folder
+    written before the ledger counts its report's time as one invocation."""
+    (tmp_path / "report.json").write_text('{"date": "2026-12-01", "command": "first", "wall_s": 600.0}')
+    first = er.Invocations(tmp_path, "second")
+    first.close(finished=False)
+    again = er.Invocations(tmp_path, "third")
+    assert [e["command"] for e in again.entries()] == ["first", "second", "third"]
+    assert [e["status"] for e in again.entries()] == ["finished", "stopped", "finished"]
+    assert 600.0 < again.total_s() < 660.0
+    assert again.summary().startswith(" over 3 invocations (10, 0, 0 min")
+    again.close(finished=True)
+    assert len(er.Invocations(tmp_path, "fourth").past) == 3
+    assert er.Invocations(tmp_path / "runs", "alone").summary() == ""
