@@ -86,10 +86,13 @@ class DataConfig:
     demo_size: str = "default"
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B').
     ref_batch: int = 0
-    # A preprocessed stream estimated at most this many MB is computed once and held in Ray's object store, so
-    # later epochs (and the cycling reference stream) do not decode every image again (an augmented ID stream too:
-    # its crops are drawn on the worker). 0: always stream.
+    # A preprocessed stream estimated at most this many MB is decoded once, not by every epoch and every cycle of
+    # the reference stream (an augmented ID stream too: its crops are drawn on the worker). 0: always stream.
     keep_in_memory_mb: int = 1024
+    # true: each worker reads its shard of such a stream once, in the background while its model builds, and keeps
+    # it in its memory (the first step comes sooner; no Ray Data restart at each epoch). false: the driver computes
+    # it into Ray's object store before training starts, and every epoch reads it from there.
+    keep_in_worker: bool = True
     # Every rank reads its rows in the same order on every run (Ray Data's preserve_order), so a run resumed after a
     # lost worker, node or driver trains on exactly the batches an uninterrupted run would. false: blocks go to
     # whichever worker asks first (a little faster on a busy cluster; a resume is then not exact).
@@ -154,6 +157,9 @@ class EvalConfig:
     rsa_set: str = ""
     rsa_samples: int = 1000
     batch_size: int = 256
+    # Suites of at most this many images in all are scored in the driver's process, where the models already
+    # are (no Ray Data start, no scoring actor); larger ones stream through Ray Data. 0: always Ray Data.
+    in_process_rows: int = 20_000
     # Also score the teacher (zero-shot) in every run's report. A benchmark that fine-tunes many times from one
     # teacher turns this off and scores the teacher once.
     with_teacher: bool = True

@@ -1,6 +1,7 @@
 """Evaluation: ID / OOD / zero-shot accuracy and RSA for the teacher and a fine-tuned model, side by side.
 
-Text heads are computed once per suite and model on the driver; images of all suites stream through one Ray Data
+Text heads are computed once per suite and model on the driver. Small suites (``eval.in_process_rows`` images in
+all) are then scored right there, where the models already are; larger ones stream through one Ray Data
 ``map_batches`` pass whose actor scores every model on every image. Also a command of its own:
 
     python pipeline/evaluate.py --config X.yaml --model local-dir:outputs/<run>/export
@@ -11,10 +12,11 @@ Text heads are computed once per suite and model on the driver; images of all su
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,20 @@ def suites_from_config(cfg: Config) -> list[Suite]:
 
 
 class _Scorer:
-    """Ray Data actor: holds every model under evaluation and its heads; returns per-image correctness."""
+    """Holds every model under evaluation and its heads; returns per-image correctness. A Ray Data actor for
+    large suites, called directly for small ones (``bundles`` already built there)."""
 
     def __init__(
-        self, models: dict[str, dict[str, Any]], heads: dict[str, list[np.ndarray]], threads: int
+        self,
+        models: dict[str, dict[str, Any]],
+        heads: dict[str, list[np.ndarray]],
+        threads: int,
+        bundles: Mapping[str, ModelBundle] | None = None,
     ) -> None:
-        torch.set_num_threads(threads)
-        self.models = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
+        if bundles is None:  # an actor: its own process, its own thread budget
+            torch.set_num_threads(threads)
+            bundles = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
+        self.models = dict(bundles)
         for b in self.models.values():
             b.model.eval()
         # Copies: arrays from the object store are read-only, which torch.from_numpy warns about in every actor.
@@ -100,6 +109,21 @@ def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str,
     }
 
 
+def _suite_batches(suites: Sequence[Suite], cfg: Config) -> Iterator[dict[str, np.ndarray]]:
+    """Every suite's rows in order, ``eval.batch_size`` at a time, tagged with the suite's index (the in-process
+    twin of the Ray Data read + ``_tag_suite``)."""
+    for index, suite in enumerate(suites):
+        rows = iter_rows(suite.folder, columns=["image", "label"], column_map=cfg.data.column_map)
+        while chunk := list(itertools.islice(rows, cfg.eval.batch_size)):
+            images = np.empty(len(chunk), dtype=object)
+            images[:] = [r["image"] for r in chunk]
+            yield {
+                "image": images,
+                "label": np.array([-1 if r["label"] is None else r["label"] for r in chunk], dtype=np.int64),
+                "set": np.full(len(chunk), index, dtype=np.int64),
+            }
+
+
 def _heads(
     bundle: ModelBundle, manifests: Sequence[Manifest], linear: LinearHead | None = None
 ) -> list[np.ndarray]:
@@ -131,7 +155,11 @@ def _linear_head(model: ModelConfig) -> LinearHead | None:
 def evaluate_accuracy(
     models: Mapping[str, ModelConfig], suites: Sequence[Suite], cfg: Config, threads: int = 1
 ) -> dict[str, list[SetResult]]:
-    """Accuracy of every model on every suite, in one streamed pass over the suites' images."""
+    """Accuracy of every model on every suite, in one pass over the suites' images.
+
+    Up to ``eval.in_process_rows`` images in all are decoded and scored in this process: for a few thousand
+    images Ray Data's start, its tasks and an actor that builds every model again cost many times the scoring
+    itself. Larger suites stream through Ray Data (parallel decode, ``threads`` per scoring actor)."""
     if not suites:
         return {name: [] for name in models}
     bundles = {name: build_model(m) for name, m in models.items()}
@@ -140,42 +168,44 @@ def evaluate_accuracy(
     column_map = cfg.data.column_map
     manifests = [check_dataset(suite.folder, LABELLED, column_map) for suite in suites]
     heads = {name: _heads(b, manifests, _linear_head(models[name])) for name, b in bundles.items()}
-    # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
-    files = {
-        str(f): i
-        for i, suite in enumerate(suites)
-        for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
-    }
     num_classes = max(m.num_classes for m in manifests)
-    ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
-    ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
-    ds = ds.map_batches(
-        preprocess_batch,
-        batch_format="numpy",
-        batch_size=256,
-        fn_kwargs=dict(
-            kind=LABELLED,
-            size=size,
-            augment=False,
-            max_pixels=cfg.data.max_image_pixels,
-            num_classes=num_classes,
-            passthrough=("set",),
-        ),
+    prep = dict(
+        kind=LABELLED,
+        size=size,
+        augment=False,
+        max_pixels=cfg.data.max_image_pixels,
+        num_classes=num_classes,
+        passthrough=("set",),
     )
-    scored = ds.map_batches(
-        _Scorer,
-        fn_constructor_kwargs={
-            "models": {n: asdict(m) for n, m in models.items()},
-            "heads": heads,
-            "threads": threads,
-        },
-        batch_size=cfg.eval.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=1,
-    )
+    if sum(m.num_rows for m in manifests) <= cfg.eval.in_process_rows:
+        scorer = _Scorer({}, heads, threads, bundles=bundles)
+        scored: Iterable[dict[str, np.ndarray]] = (
+            scorer(preprocess_batch(batch, **prep)) for batch in _suite_batches(suites, cfg)
+        )
+    else:
+        # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
+        files = {
+            str(f): i
+            for i, suite in enumerate(suites)
+            for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
+        }
+        ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
+        ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
+        ds = ds.map_batches(preprocess_batch, batch_format="numpy", batch_size=256, fn_kwargs=prep)
+        scored = ds.map_batches(
+            _Scorer,
+            fn_constructor_kwargs={
+                "models": {n: asdict(m) for n, m in models.items()},
+                "heads": heads,
+                "threads": threads,
+            },
+            batch_size=cfg.eval.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=1,
+        ).iter_batches(batch_format="numpy", batch_size=None)
     totals = {name: np.zeros((len(suites), 2), dtype=np.int64) for name in models}
-    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+    for batch in scored:
         for name in models:
             np.add.at(totals[name][:, 0], batch["set"], batch[f"correct_{name}"].astype(np.int64))
             np.add.at(totals[name][:, 1], batch["set"], 1)

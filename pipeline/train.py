@@ -182,29 +182,35 @@ def run(
     from pipeline.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
+    phases = _Phases()  # where a run's fixed cost goes: time/<phase>_s in MLflow
     checked = preflight(cfg)  # everything knowable fails here: before Ray, before an MLflow run exists
     teacher_bundle = checked.teacher
+    phases.mark("preflight")
     start_ray(cfg, console)
+    phases.mark("ray_start")
     mlrun = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags)
+    phases.mark("mlflow_open")
     try:
         out_dir = _run_folder(cfg, mlrun, console)
         datasets, info = _streams(cfg, checked, mlrun)
         if console is not None:
             info.progress = board_actor()
         trainer = _trainer(cfg, datasets, info, callbacks)
-        fit_start = time.perf_counter()
+        phases.mark("streams")
         with live_progress(info.progress, console):
             result = trainer.fit()
-        train_seconds = time.perf_counter() - fit_start
+        train_seconds = phases.mark("train")
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         state = load_checkpoint(result.checkpoint)
         export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, mlrun.run_id)
         mlrun.log_artifacts(export_dir, "export")
-        mlrun.log_metrics({"time/train_s": train_seconds})
+        phases.mark("export")
         if console is not None:
             console.say("[dive] training done; exporting and evaluating")
         report = finish(cfg, mlrun, export_dir, out_dir)
+        phases.mark("evaluate")
+        mlrun.log_metrics(phases.metrics())
         _log_console(mlrun, console)
         mlrun.end("FINISHED")
     except BaseException as err:  # never left RUNNING: Ctrl-C or `ray job stop` is KILLED, the rest FAILED
@@ -222,6 +228,24 @@ def run(
         dict(result.metrics),
         train_seconds,
     )
+
+
+class _Phases:
+    """Seconds per phase of a run, in order: the fixed cost around ``TorchTrainer.fit()`` made visible
+    (``time/train_s`` is ``fit()`` itself: worker start, data streams, steps, epoch-end validation)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, phase: str) -> float:
+        """Ends ``phase`` now; returns its seconds."""
+        now = time.perf_counter()
+        self.seconds[phase], self._last = now - self._last, now
+        return self.seconds[phase]
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{phase}_s": s for phase, s in self.seconds.items()}
 
 
 def _log_console(mlrun: Any, console: Console | None) -> None:
@@ -297,7 +321,12 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     id_ds, id_manifest = read_stream(
         cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=checked.id_manifest, **common
     )
-    datasets = {"id": _held(cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment))}
+    datasets: dict[str, Any] = {}
+    kept: list[str] = []  # the streams each worker reads once and keeps
+    datasets["id"], keep = _held(
+        cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment)
+    )
+    kept += ["id"] if keep else []
     ref_manifest = checked.ref_manifest
     if ref_manifest is not None:
         ref_ds, _ = read_stream(
@@ -309,7 +338,8 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
             **common,
         )
         cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
-        datasets["ref"] = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
+        datasets["ref"], keep = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
+        kept += ["ref"] if keep else []
     info = RunInfo(
         run_id=mlrun.run_id,
         tracking_uri=mlrun.uri,
@@ -321,21 +351,25 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         templates=id_manifest.templates,
         use_teacher_cache=use_cache,
         skip_counter=counter,
+        held=tuple(kept),
     )
     return datasets, info
 
 
-def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> Any:
-    """``ds`` computed once into the object store when it is small (``data.keep_in_memory_mb``): a streamed
-    dataset is re-read and re-decoded by every epoch, and the reference stream by every cycle."""
+def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> tuple[Any, bool]:
+    """``ds`` and whether the workers keep it: a stream estimated under ``data.keep_in_memory_mb`` is decoded once,
+    not by every epoch and every reference cycle. Each worker reads its shard once, in the background while its
+    model builds, and replays it (``data.keep_in_worker``); else it is computed here into the object store first."""
     mb = (
         rows * (3 * size * size + 1024 + extra_bytes) / 2**20
     )  # uint8 pixels + tokens/labels + cached vectors
     if not cfg.data.keep_in_memory_mb or mb > cfg.data.keep_in_memory_mb:
-        return ds
+        return ds, False
+    if cfg.data.keep_in_worker:
+        return ds, True
     # The held blocks, in read order, are what Train's split later deals: fixed here too (data.exact_order).
     ds.context.execution_options.preserve_order = cfg.data.exact_order
-    return ds.materialize()
+    return ds.materialize(), False
 
 
 def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[Any] | None) -> Any:

@@ -32,7 +32,7 @@ from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import DiveTask
 from pipeline import checkpoint as training_state
 from pipeline.data.format import CAPTIONED, LABELLED
-from pipeline.data.streams import cycle_batches, load_val_set
+from pipeline.data.streams import KeptShard, cycle_batches, load_val_set
 from pipeline.data.transforms import PromptTable, normalize_images, random_resized_crop
 
 _log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class RunInfo:
     progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
     ref_rows: int = 0
+    # Small streams: each worker reads its shard of them once and keeps it (data.keep_in_memory_mb).
+    held: tuple[str, ...] = ()
 
 
 def total_steps(cfg: Config, id_rows: int) -> tuple[int, int]:
@@ -101,11 +103,13 @@ class _Loop:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """setup → restore → distribute → for each epoch: train_epoch, validate, report (a checkpoint)."""
-    loop = _setup(from_dict(config["cfg"]), RunInfo(**config["info"]))
+    cfg, info = from_dict(config["cfg"]), RunInfo(**config["info"])
+    kept = _keep_streams(cfg, info)  # their first pass starts now, while the model builds
+    loop = _setup(cfg, info)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         _restore(loop, checkpoint)
-    _distribute(loop, resumed=checkpoint is not None)
+    _distribute(loop, checkpoint is not None, kept)
     while not loop.finished:
         _train_epoch(loop)
         if loop.step >= loop.max_steps and 0 < loop.done_in_epoch < loop.steps_per_epoch:
@@ -171,8 +175,24 @@ def _restore(loop: _Loop, checkpoint: Any) -> None:
     )
 
 
-def _distribute(loop: _Loop, resumed: bool) -> None:
-    """DDP around the student (and the FT head) only; rank 0's logger and validator; the two data streams."""
+def _micro_batches(cfg: Config, world: int) -> dict[str, int]:
+    """Rows per micro-batch on each rank, per stream: each rank takes 1/world of a batch, in grad_accum pieces."""
+    per_micro = world * cfg.optim.grad_accum
+    return {
+        "id": cfg.optim.global_batch // per_micro,
+        "ref": (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro,
+    }
+
+
+def _keep_streams(cfg: Config, info: RunInfo) -> dict[str, KeptShard]:
+    """This rank's shards of the small streams (``info.held``), their one Ray Data pass started in the background."""
+    micro = _micro_batches(cfg, ray.train.get_context().get_world_size())
+    return {name: KeptShard(ray.train.get_dataset_shard(name), micro[name]) for name in info.held}
+
+
+def _distribute(loop: _Loop, resumed: bool, kept: dict[str, KeptShard]) -> None:
+    """DDP around the student (and the FT head) only; rank 0's logger and validator; the two data streams
+    (``kept``: those read once and replayed from memory)."""
     cfg, world = loop.cfg, ray.train.get_context().get_world_size()
     # LP-FT leaves the tower unused while probing.
     ddp_kwargs = {"find_unused_parameters": cfg.loss.method is Method.lpft}
@@ -190,17 +210,19 @@ def _distribute(loop: _Loop, resumed: bool) -> None:
             )
     if loop.device.type == "cuda" and cfg.model.precision == "bf16":
         loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    per_micro = world * cfg.optim.grad_accum  # each rank takes 1/world of a batch, in grad_accum pieces
+    micro = _micro_batches(cfg, world)
     if cfg.loss.method in USES_REFERENCE:
-        micro_ref = (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro
+        micro_ref = micro["ref"]
         # Resumed: continue the reference cycle where the interrupted run was (one reference micro-batch per ID
         # micro-batch; each rank's shard holds rows // world rows, Ray Data's equal split — of the manifest's rows,
         # so a reference set with undecodable samples resumes near, not exactly at, its position).
         per_cycle = max(loop.info.ref_rows // world // micro_ref, 1)
         skip = loop.step * cfg.optim.grad_accum % per_cycle
-        loop.ref_batches = cycle_batches(ray.train.get_dataset_shard("ref"), micro_ref, skip=skip)
-    loop.id_shard = ray.train.get_dataset_shard("id")
-    loop.micro_id = cfg.optim.global_batch // per_micro
+        loop.ref_batches = cycle_batches(
+            kept.get("ref") or ray.train.get_dataset_shard("ref"), micro_ref, skip=skip
+        )
+    loop.id_shard = kept.get("id") or ray.train.get_dataset_shard("id")
+    loop.micro_id = micro["id"]
 
 
 def _train_epoch(loop: _Loop) -> None:

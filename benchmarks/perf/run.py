@@ -17,7 +17,8 @@ moves both sides of each ratio together. It prints a Markdown table and writes `
    loop over in-memory tensors (same model, batch, threads, method), and ``train/data_wait_frac``.
 3. **Fixed cost** (``pipeline``): from ``run()`` to the end of the first step minus one step, and from the last
    step to the returned result (export + evaluation), read off the MLflow metric timestamps of the same run;
-   evaluation images/s through Ray Data vs bare batch inference of the same export on the same decoded images.
+   evaluation images/s of ``evaluate_accuracy`` (in process for small sets, and forced through Ray Data) vs bare
+   batch inference (build, decode, encode in one process) of the same export on the same sets.
 4. **Scaling** (full size only): samples/s with 2 workers vs 1 on this machine.
 """
 
@@ -309,8 +310,9 @@ def two_workers(threads: int) -> list[str]:
 
 def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     """Real runs on the demo (1 worker, the demo's method) timed against a bare loop; at full size also the same
-    run with every stream re-read each epoch (``data.keep_in_memory_mb=0``, the behaviour before held streams)
-    and with 2 workers."""
+    run with every stream re-read each epoch (``data.keep_in_memory_mb=0``, the behaviour before held streams),
+    with small streams held by the driver in the object store (``data.keep_in_worker=false``), and with 2
+    workers."""
     from pipeline.train import prepare_config
 
     overrides = pipeline_overrides(quick, size, threads)
@@ -328,6 +330,20 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
         "run_s": one["run_s"],
         "fixed_cost_s": one["first_step_s"] - bare["step_s"] + one["tail_s"],
         "pipeline_steps": one["steps"],
+        # where the fixed cost goes (the run's time/<phase>_s): up to fit(), fit() to its first step, the tail
+        **{
+            f"fixed_{phase}_s": one["phases"][phase]
+            for phase in (
+                "preflight",
+                "ray_start",
+                "mlflow_open",
+                "streams",
+                "fit_to_first_step",
+                "export",
+                "evaluate",
+            )
+            if phase in one["phases"]
+        },
     }
     out.update(eval_part(cfg, Path(one["export_dir"]), threads))
     if size.scaling:
@@ -335,6 +351,12 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
         out["streamed_run_s"] = streamed["run_s"]
         out["streamed_pipeline_over_bare"] = streamed["samples_per_s"] / bare["samples_per_s"]
         out["streamed_data_wait_frac"] = streamed["data_wait_frac"]
+        # The earlier way to hold a small stream: computed into the object store by the driver before fit()
+        held = _timed_run(prepare_config(None, [*overrides, "data.keep_in_worker=false"]))
+        out["driver_held_first_step_s"] = held["first_step_s"] - bare["step_s"]
+        out["driver_held_run_s"] = held["run_s"]
+        out["driver_held_pipeline_over_bare"] = held["samples_per_s"] / bare["samples_per_s"]
+        out["driver_held_data_wait_frac"] = held["data_wait_frac"]
         two = _timed_run(prepare_config(None, [*overrides, *two_workers(threads)]))
         out["two_workers_over_one"] = two["samples_per_s"] / one["samples_per_s"]
     return out
@@ -374,7 +396,14 @@ def _timed_run(cfg: Any) -> dict[str, Any]:
     waits = [m.value for m in client.get_metric_history(result.run_id, "train/data_wait_frac") if m.step > 1]
     stamps = [m.timestamp / 1000 for m in loss]
     span = stamps[-1] - stamps[0]  # steps 2…N: step 1 also pays the first batches' latency
+    phases = {
+        k.removeprefix("time/").removesuffix("_s"): v
+        for k, v in client.get_run(result.run_id).data.metrics.items()
+        if k.startswith("time/")
+    }
+    before_fit = sum(phases.get(p, 0.0) for p in ("preflight", "ray_start", "mlflow_open", "streams"))
     return {
+        "phases": {**phases, "fit_to_first_step": stamps[0] - t0 - before_fit},
         "samples_per_s": cfg.optim.global_batch * (len(stamps) - 1) / span,
         "median_step_s": statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)),
         "data_wait_frac": statistics.mean(waits) if waits else 0.0,
@@ -418,7 +447,13 @@ def bare_loop(cfg: Any, steps: int, threads: int) -> dict[str, float]:
 
 
 def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
-    """Evaluation images/s through ``evaluate_accuracy`` (Ray Data) vs bare batch inference, same export/sets."""
+    """Evaluation images/s of ``evaluate_accuracy`` vs bare batch inference of the same export on the same sets.
+
+    Bare: one process builds the model, decodes every image of the sets and encodes them in batches — what a user
+    would write by hand. ``evaluate_accuracy`` also builds the text heads and scores them; it runs twice, as
+    configured (the demo's few thousand images: in process) and forced through Ray Data (``eval.in_process_rows
+    = 0``, the path of large sets). ``eval_forward_images_per_s`` is the forward pass alone, on decoded images."""
+    import copy
     import io
 
     import torch
@@ -429,30 +464,40 @@ def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
     from pipeline.data.format import LABELLED, check_dataset, iter_rows
     from pipeline.evaluate import evaluate_accuracy, suites_from_config
 
+    torch.set_num_threads(threads)
     model_cfg = ModelConfig(name=f"local-dir:{export}")
     suites = suites_from_config(cfg)
     images = sum(check_dataset(s.folder, LABELLED).num_rows for s in suites)
     t = time.perf_counter()
     evaluate_accuracy({"student": model_cfg}, suites, cfg, threads=threads)
     pipe_s = time.perf_counter() - t
+    ray_cfg = copy.deepcopy(cfg)
+    ray_cfg.eval.in_process_rows = 0
+    t = time.perf_counter()
+    evaluate_accuracy({"student": model_cfg}, suites, ray_cfg, threads=threads)
+    ray_s = time.perf_counter() - t
+
+    t = time.perf_counter()
     bundle = build_model(model_cfg)
     model = bundle.model.eval()
-    torch.set_num_threads(threads)
     decoded = [
         bundle.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB"))
         for s in suites
         for r in iter_rows(s.folder, ["image"])
     ]
-    t = time.perf_counter()
+    t_forward = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(decoded), cfg.eval.batch_size):
             model.encode_image(torch.stack(decoded[i : i + cfg.eval.batch_size]), normalize=True)
-    bare_s = time.perf_counter() - t
+    t_end = time.perf_counter()
+    bare_s, forward_s = t_end - t, t_end - t_forward
     return {
         "eval_images": images,
         "eval_images_per_s": images / pipe_s,
         "eval_bare_images_per_s": images / bare_s,
-        "eval_over_bare": (images / pipe_s) / (images / bare_s),
+        "eval_over_bare": bare_s / pipe_s,
+        "eval_ray_data_over_bare": bare_s / ray_s,
+        "eval_forward_images_per_s": images / forward_s,
     }
 
 

@@ -8,6 +8,7 @@ here and counted in a small named actor that rank 0 reads into the ``data/skippe
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -173,6 +174,64 @@ def load_val_set(
         passthrough=("caption",) if kind == CAPTIONED else (),
     )
     return out, manifest
+
+
+class KeptShard:
+    """A small stream's shard, read once by a background thread and then replayed from this worker's memory.
+
+    Started before the worker builds its model, the first pass (Ray Data's decode of this rank's rows) runs while
+    the model, teacher and DDP are set up, instead of before the worker group starts; later passes (epochs, the
+    reference cycle) replay it, with no Ray Data restart at every epoch start. With ``data.exact_order`` the rows
+    and their order are those a re-read would give, so a resumed run sees the same batches. Kept on the CPU: a GPU
+    worker moves each batch as it does a streamed one. Only for streams estimated under ``data.keep_in_memory_mb``.
+    """
+
+    def __init__(self, shard: Any, batch_size: int, drop_last: bool = True) -> None:
+        self.shard, self.batch_size, self.drop_last = shard, batch_size, drop_last
+        self._batches: list[dict[str, torch.Tensor]] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._ready = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="kept-shard", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for batch in self.shard.iter_torch_batches(
+                batch_size=self.batch_size, drop_last=self.drop_last, device="cpu"
+            ):
+                with self._ready:
+                    self._batches.append(batch)
+                    self._ready.notify_all()
+        except BaseException as err:  # noqa: BLE001  (raised in the training thread, by the pass that needs it)
+            self._error = err
+        finally:
+            with self._ready:
+                self._done = True
+                self._ready.notify_all()
+
+    def iter_torch_batches(
+        self, *, batch_size: int, drop_last: bool = True
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass: the batches read so far, then each as the reader brings it."""
+        if (batch_size, drop_last) != (self.batch_size, self.drop_last):
+            raise ValueError(
+                f"kept shard read in batches of {self.batch_size} (drop_last={self.drop_last}); "
+                f"asked for {batch_size} (drop_last={drop_last})"
+            )
+        i = 0
+        while True:
+            with self._ready:
+                while i >= len(self._batches) and not self._done:
+                    self._ready.wait()
+                if i < len(self._batches):
+                    batch = self._batches[i]
+                elif self._error is not None:
+                    raise RuntimeError(f"reading the kept stream failed: {self._error}") from self._error
+                else:
+                    return
+            i += 1
+            yield batch
 
 
 def cycle_batches(shard: Any, batch_size: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:

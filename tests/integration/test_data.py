@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.format import LABELLED, Manifest, encode_png, write_manifest
-from pipeline.data.streams import SkipCounter, cycle_batches, read_stream
+from pipeline.data.streams import KeptShard, SkipCounter, cycle_batches, read_stream
 from pipeline.data.transforms import PromptTable, preprocess_batch, stream_image_transform
 from tests.conftest import write_tar
 
@@ -196,9 +196,12 @@ def test_webdataset_tars_stream_without_conversion_and_count_skips(ray_session, 
 
 
 class _Shard:
-    """A stand-in for a Train dataset shard: the same 5 batches on every pass."""
+    """A stand-in for a Train dataset shard: the same 5 batches on every pass (``reads`` counts the passes)."""
 
-    def iter_torch_batches(self, batch_size: int, drop_last: bool):
+    reads = 0
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool, device: str = "auto"):
+        self.reads += 1
         return iter([{"i": torch.tensor([i])} for i in range(5)])
 
 
@@ -208,3 +211,29 @@ def test_a_resumed_reference_cycle_continues_where_it_stopped():
     assert seen == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
     resumed = cycle_batches(_Shard(), 1, skip=7 % 5)  # 7 batches were consumed before the restart
     assert [int(next(resumed)["i"]) for _ in range(5)] == seen[7:12]
+
+
+def test_a_kept_shard_is_read_once_in_the_background_and_replayed():
+    shard = _Shard()
+    kept = KeptShard(shard, 1)  # the reader starts at once: before any batch is asked for
+    partial = kept.iter_torch_batches(batch_size=1, drop_last=True)
+    assert [int(next(partial)["i"]) for _ in range(2)] == [0, 1]  # a pass left early does not stop the reader
+    first = [int(b["i"]) for b in kept.iter_torch_batches(batch_size=1, drop_last=True)]
+    assert first == [0, 1, 2, 3, 4]
+    cycled = cycle_batches(kept, 1, skip=3)
+    assert [int(next(cycled)["i"]) for _ in range(9)] == [3, 4, 0, 1, 2, 3, 4, 0, 1]
+    assert shard.reads == 1  # every later pass (epochs, reference cycles) from the worker's memory
+    with pytest.raises(ValueError, match="batches of 1"):
+        next(kept.iter_torch_batches(batch_size=2, drop_last=True))
+
+
+def test_a_kept_shard_whose_read_fails_raises_in_the_pass_that_needs_it():
+    class Broken:
+        def iter_torch_batches(self, **kwargs):
+            yield {"i": torch.tensor([0])}
+            raise OSError("shard gone")
+
+    batches = KeptShard(Broken(), 1).iter_torch_batches(batch_size=1, drop_last=True)
+    assert int(next(batches)["i"]) == 0
+    with pytest.raises(RuntimeError, match="shard gone"):
+        next(batches)

@@ -42,6 +42,40 @@ def test_webdataset_suite_scores_like_its_parquet_twin(ray_session, tmp_path):
     assert results[0].accuracy == results[1].accuracy
 
 
+@pytest.mark.ray
+def test_small_suites_are_scored_in_process_exactly_as_through_ray_data(ray_session, tmp_path, monkeypatch):
+    """Below ``eval.in_process_rows`` the suites are scored in the caller's process (no Ray Data at all) with the
+    same counts as the Ray Data pass: the same images decoded the same way, an undecodable one dropped alike."""
+    import pipeline.evaluate as ev
+
+    images = [*_images(10, seed=2), b"not an image"]
+    labels = [*(i % 3 for i in range(10)), 1]
+    suites = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        pq.write_table(
+            pa.table({"image": pa.array(images, pa.binary()), "label": labels}), folder / "0.parquet"
+        )
+        write_manifest(
+            folder,
+            Manifest(name, LABELLED, num_rows=11, classnames=["cat", "dog", "cow"], templates=["a {}."]),
+        )
+        suites.append(Suite(name, "ood", str(folder)))
+    models = {"m": ModelConfig()}
+
+    def no_ray_data(*args, **kwargs):
+        raise AssertionError("small suites went through Ray Data")
+
+    monkeypatch.setattr(ev, "open_dataset", no_ray_data)
+    in_process = evaluate_accuracy(models, suites, Config())
+    monkeypatch.undo()
+    through_ray = Config()
+    through_ray.eval.in_process_rows = 0
+    assert evaluate_accuracy(models, suites, through_ray) == in_process
+    assert [r.samples for r in in_process["m"]] == [10, 10]
+
+
 def test_rsa_sample_reads_mapped_parquet_and_webdataset_alike(tiny_bundle, tmp_path):
     images = _images(5, seed=1)
     captions = [f"picture {i}" for i in range(5)]

@@ -87,6 +87,10 @@ def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
     )
     assert result.metrics["val/objective"] == pytest.approx(metrics["val/objective"])
     assert 0.0 <= metrics["eval/id_acc"] <= 1.0 and -1.0 <= metrics["eval/rsa_mean"] <= 1.0
+    phases = ("preflight", "ray_start", "mlflow_open", "streams", "train", "export", "evaluate")
+    seconds = [metrics[f"time/{p}_s"] for p in phases]  # where the run's time went, phase by phase
+    assert all(s >= 0 for s in seconds) and sum(seconds) <= result.seconds
+    assert metrics["time/train_s"] == pytest.approx(result.train_seconds)
     steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
     assert max(steps) == 4
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
