@@ -27,7 +27,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dive.config import Config, ConfigError, load_config, to_dict, to_yaml, validate
+from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dict, to_yaml, validate
 from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError
 from pipeline.preflight import Checked, preflight
@@ -328,7 +328,8 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     )
     kept += ["id"] if keep else []
     ref_manifest = checked.ref_manifest
-    if ref_manifest is not None:
+    # Only a method with a reference term reads the stream (FLYP, FT and LP-FT would decode it for nothing).
+    if ref_manifest is not None and cfg.loss.method in USES_REFERENCE:
         ref_ds, _ = read_stream(
             cfg.data.reference,
             CAPTIONED,

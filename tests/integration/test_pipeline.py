@@ -127,6 +127,27 @@ def _kill_first_worker_after_checkpoint(storage: Path, killed: list[int], stop: 
 
 
 @pytest.mark.ray
+def test_a_method_without_a_reference_term_never_reads_the_reference_set(
+    ray_session, demo, tmp_path, monkeypatch
+):
+    """FT trains on ID images only: its run reads the ID stream and not the configured reference set (which a
+    kept stream would otherwise decode in the background, beside the training), and exports its trained head."""
+    from pipeline.data import streams
+
+    read = []
+    real = streams.read_stream
+    monkeypatch.setattr(
+        streams, "read_stream", lambda folder, *a, **k: read.append(folder) or real(folder, *a, **k)
+    )
+    cfg = _config(demo, tmp_path, "loss.method=ft")
+    assert cfg.data.reference  # configured, as in the demo
+    result = run(cfg)
+    assert read == [cfg.data.id_train]
+    assert MlflowClient(result.tracking_uri).get_run(result.run_id).info.status == "FINISHED"
+    assert (Path(result.export_dir) / "linear_head.safetensors").is_file()
+
+
+@pytest.mark.ray
 @pytest.mark.slow
 def test_killed_worker_resumes_exactly_from_last_checkpoint_in_the_same_mlflow_run(
     ray_session, demo, tmp_path, uninterrupted
