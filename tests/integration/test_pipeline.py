@@ -53,7 +53,8 @@ def uninterrupted(ray_session, demo, tmp_path_factory) -> dict:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
-    cfg = _config(demo, tmp_path)
+    # The kept streams' path (data.keep_in_worker; the default holds small streams on the driver).
+    cfg = _config(demo, tmp_path, "data.keep_in_worker=true")
     result = run(cfg)
     client = MlflowClient(tracking_uri=result.tracking_uri)
     mlrun = client.get_run(result.run_id)
