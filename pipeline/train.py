@@ -352,7 +352,7 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         templates=id_manifest.templates,
         use_teacher_cache=use_cache,
         skip_counter=counter,
-        held=tuple(kept),
+        kept=tuple(kept),
     )
     return datasets, info
 

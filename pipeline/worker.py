@@ -53,8 +53,8 @@ class RunInfo:
     progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
     ref_rows: int = 0
-    # Small streams: each worker reads its shard of them once and keeps it (data.keep_in_memory_mb).
-    held: tuple[str, ...] = ()
+    # Streams each worker reads once and keeps in its memory (small ones, with data.keep_in_worker).
+    kept: tuple[str, ...] = ()
 
 
 def total_steps(cfg: Config, id_rows: int) -> tuple[int, int]:
@@ -185,9 +185,9 @@ def _micro_batches(cfg: Config, world: int) -> dict[str, int]:
 
 
 def _keep_streams(cfg: Config, info: RunInfo) -> dict[str, KeptShard]:
-    """This rank's shards of the small streams (``info.held``), their one Ray Data pass started in the background."""
+    """This rank's shards of the streams it keeps (``info.kept``), their one Ray Data pass started in the background."""
     micro = _micro_batches(cfg, ray.train.get_context().get_world_size())
-    return {name: KeptShard(ray.train.get_dataset_shard(name), micro[name]) for name in info.held}
+    return {name: KeptShard(ray.train.get_dataset_shard(name), micro[name]) for name in info.kept}
 
 
 def _distribute(loop: _Loop, resumed: bool, kept: dict[str, KeptShard]) -> None:
