@@ -89,10 +89,9 @@ class DataConfig:
     # A preprocessed stream estimated at most this many MB is decoded once, not by every epoch and every cycle of
     # the reference stream (an augmented ID stream too: its crops are drawn on the worker). 0: always stream.
     keep_in_memory_mb: int = 1024
-    # false: the driver computes such a stream into Ray's object store before training starts, and every epoch
-    # reads it from there. true: each worker reads its shard once through Ray Data, in the background while its
-    # model builds, and replays it from its memory (steadier steps, but measured on 2 cores: a later first step,
-    # since that one streamed pass decodes slower than the driver's materialize; benchmarks/perf).
+    # The driver computes such a stream into Ray's object store before training starts. false: every epoch reads it
+    # from there (a Ray Data pass each). true: each worker reads its shard from there once, in the background while
+    # its model builds, and replays it from its own memory (a second copy of the shard; benchmarks/perf).
     keep_in_worker: bool = False
     # Every rank reads its rows in the same order on every run (Ray Data's preserve_order), so a run resumed after a
     # lost worker, node or driver trains on exactly the batches an uninterrupted run would. false: blocks go to

@@ -359,18 +359,18 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
 
 def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> tuple[Any, bool]:
     """``ds`` and whether the workers keep it: a stream estimated under ``data.keep_in_memory_mb`` is decoded once,
-    not by every epoch and every reference cycle. Each worker reads its shard once, in the background while its
-    model builds, and replays it (``data.keep_in_worker``); else it is computed here into the object store first."""
+    not by every epoch and every reference cycle: computed here into the object store before the workers start
+    (decoding while a worker builds its model is slower on few cores; benchmarks/perf). With
+    ``data.keep_in_worker`` each worker also keeps its shard after one read from there, made in the background
+    while its model builds, and replays it: no Ray Data restart at every epoch."""
     mb = (
         rows * (3 * size * size + 1024 + extra_bytes) / 2**20
     )  # uint8 pixels + tokens/labels + cached vectors
     if not cfg.data.keep_in_memory_mb or mb > cfg.data.keep_in_memory_mb:
         return ds, False
-    if cfg.data.keep_in_worker:
-        return ds, True
     # The held blocks, in read order, are what Train's split later deals: fixed here too (data.exact_order).
     ds.context.execution_options.preserve_order = cfg.data.exact_order
-    return ds.materialize(), False
+    return ds.materialize(), cfg.data.keep_in_worker
 
 
 def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[Any] | None) -> Any:

@@ -9,8 +9,9 @@ moves both sides of each ratio together. It prints a Markdown table and writes `
 ``KEYS``) next to this file; ``--update-readme`` writes the table into ``benchmarks/perf/README.md``.
 
 1. **Step cost** (``steps``): one optimiser step of FLYP, DiVE with the live teacher and DiVE with cached teacher
-   embeddings, at B' = B, B/2, B/4 — each configuration in a fresh process (same threads, same synthetic batch,
-   the pipeline's own ``_optimizer_step``), interleaved over rounds, median step time. The floor of DiVE with a
+   embeddings, at B' = B, B/2, B/4 — each configuration in a fresh process forked from one that has imported the
+   libraries (same threads, same synthetic batch, the pipeline's own ``_optimizer_step``), interleaved over
+   rounds, median step time. The floor of DiVE with a
    cache is one student forward + backward over B + B' samples: ``(B + B') / B`` × FLYP. Memory: peak RSS above
    the process's footprint before the model is built (CPU), ``max_memory_allocated`` (CUDA).
 2. **Pipeline overhead** (``pipeline``): samples/s of one Ray Train worker fed by Ray Data vs a bare in-process
@@ -25,14 +26,17 @@ moves both sides of each ratio together. It prints a Markdown table and writes `
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -141,8 +145,6 @@ class _PeakRss:
 
 def measure_step(spec: StepSpec) -> dict[str, float]:
     """Median seconds per optimiser step and peak memory of one configuration (call in a fresh process)."""
-    import contextlib
-
     import torch
 
     from dive.config import Config, LossConfig, Method, ModelConfig
@@ -190,6 +192,11 @@ def measure_step(spec: StepSpec) -> dict[str, float]:
     return {"step_s": statistics.median(times), "memory_mb": memory}
 
 
+def measure_fields(fields: dict[str, Any]) -> dict[str, float]:
+    """``measure_step`` of the ``StepSpec`` with these fields."""
+    return measure_step(StepSpec(**fields))
+
+
 def synthetic_batch(bundle: Any, n_id: int, n_ref: int, teacher: str) -> dict[str, Any]:
     """A batch in the task's schema: random pixels, real tokenised prompts and captions; with ``cached``, unit
     teacher embeddings as the cache columns hold them."""
@@ -217,25 +224,37 @@ def synthetic_batch(bundle: Any, n_id: int, n_ref: int, teacher: str) -> dict[st
     return batch
 
 
-def _in_child(spec: StepSpec) -> dict[str, float]:
-    """``measure_step`` in a fresh interpreter: no allocator or cache state carried between configurations."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(asdict(spec))],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{spec.name} on {spec.model} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+# What every configuration's process needs imported: loaded once into the fork server, not by each process.
+_PRELOAD = ["torch", "open_clip", "dive.task", "dive.models", "pipeline.worker", "benchmarks.perf.run"]
+
+
+def _fresh_processes() -> ProcessPoolExecutor:
+    """One new process per configuration, forked from a server that has already imported torch, open_clip and
+    the pipeline: no allocator or cache state carried between configurations (each measures its own peak RSS
+    above its own footprint), without an interpreter start and those imports (~15 s on 2 cores) for each."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+
+
+def _in_child(spec: StepSpec, pool: ProcessPoolExecutor) -> dict[str, float]:
+    """``measure_step`` in a fresh process of ``pool``."""
+    # By its importable name and as plain data: this file may run as __main__ or be loaded under another name.
+    measure = importlib.import_module("benchmarks.perf.run").measure_fields
+    try:
+        return pool.submit(measure, asdict(spec)).result()
+    except Exception as err:
+        raise RuntimeError(f"{spec.name} on {spec.model} failed: {err}") from err
 
 
 def run_steps(specs: list[StepSpec], rounds: int, in_process: bool = False) -> list[dict[str, Any]]:
     """Every spec once per round, the order reversed every other round (drift hits all alike); medians."""
     samples: dict[StepSpec, list[dict[str, float]]] = {s: [] for s in specs}
-    for r in range(rounds):
-        for spec in specs if r % 2 == 0 else list(reversed(specs)):
-            samples[spec].append(measure_step(spec) if in_process else _in_child(spec))
+    with contextlib.ExitStack() as stack:
+        pool = None if in_process else stack.enter_context(_fresh_processes())
+        for r in range(rounds):
+            for spec in specs if r % 2 == 0 else list(reversed(specs)):
+                samples[spec].append(measure_step(spec) if pool is None else _in_child(spec, pool))
     rows = []
     for spec in specs:
         rows.append(
@@ -417,8 +436,6 @@ def _timed_run(cfg: Any) -> dict[str, Any]:
 
 def bare_loop(cfg: Any, steps: int, threads: int) -> dict[str, float]:
     """The same model, method, batch and threads as the pipeline run, on in-memory tensors, in this process."""
-    import contextlib
-
     import torch
 
     from dive.config import USES_REFERENCE, USES_TEACHER
@@ -545,11 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
     parser.add_argument("--update-readme", action="store_true", help="write the table into the README")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:  # one step-cost configuration, in this fresh process
-        print(json.dumps(measure_step(StepSpec(**json.loads(args.child)))))
-        return 0
     name = args.size or ("quick" if args.quick else "full")
     size = SIZES[name]
     t0 = time.perf_counter()

@@ -186,6 +186,18 @@ def test_killed_worker_resumes_exactly_from_last_checkpoint_in_the_same_mlflow_r
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_workers_that_keep_their_shards_train_on_the_batches_a_re_read_gives(
+    ray_session, demo, tmp_path, uninterrupted
+):
+    """Replaying a kept shard (``data.keep_in_worker``) is a speed-up only: the same rows, order and crops on every
+    rank over 4 epochs as reading the held stream again each epoch, so the same weights."""
+    result = run(_config(demo, tmp_path, *EXACT, "data.keep_in_worker=true"))
+    state = torch.load(Path(result.checkpoint) / STATE_FILE, weights_only=True)
+    _assert_same_training_state(state, uninterrupted)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_driver_killed_then_resumed_ends_with_the_weights_of_an_uninterrupted_run(
     ray_session, demo, tmp_path, uninterrupted
 ):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -56,9 +57,14 @@ def test_summary_keys_and_table_shape(rows):
 
 def test_a_configuration_runs_in_its_own_process_and_the_command_writes_results(tmp_path, monkeypatch):
     spec = perf.step_specs(perf.SIZES["test"], threads=1, device="cpu")[-1]
-    child = perf._in_child(spec)  # the real command's path: a fresh interpreter per configuration
-    assert set(child) == {"step_s", "memory_mb"} and child["step_s"] > 0
-    monkeypatch.setattr(perf, "_in_child", perf.measure_step)  # the rest in process: the shape is what counts
+    with perf._fresh_processes() as pool:  # the real command's path: a fresh process per configuration
+        first, second = perf._in_child(spec, pool), perf._in_child(spec, pool)
+        pids = {f.result() for f in [pool.submit(os.getpid) for _ in range(2)]}
+    assert set(first) == {"step_s", "memory_mb"} and first["step_s"] > 0 and second["memory_mb"] > 0
+    assert len(pids) == 2 and os.getpid() not in pids  # not this process, and never one process twice
+    monkeypatch.setattr(
+        perf, "_in_child", lambda spec, pool: perf.measure_step(spec)
+    )  # the shape is what counts
     out = tmp_path / "results.json"
     assert perf.main(["--size", "test", "--steps-only", "--threads", "1", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
