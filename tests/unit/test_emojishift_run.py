@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "run.py"
 _spec = importlib.util.spec_from_file_location("emojishift_run", _PATH)
@@ -183,8 +184,25 @@ def test_goals_are_checked_on_the_table() -> None:
     assert got["zs"]["target"] == pytest.approx(0.18)
     assert [k for k, r in got.items() if r["met"]] == []
     assert er.goals(er.aggregate([_row("dive", 0, id_acc=0.5)])) == []  # nothing to compare with
-    text = er.markdown_goals(worse)
+    text = er.markdown_goals({"dive": worse})
     assert text.splitlines()[0] == "| goal | target | DiVE | met |" and "| no |" in text
+
+
+def test_each_dive_variant_is_checked_and_validation_alone_names_the_chosen_one(tmp_path: Path) -> None:
+    table = _table({"id_acc": 0.90, "ood_avg": 0.5, "zs_avg": 0.15, "rsa_mean": 0.9})
+    shared = er.aggregate([_row("dive_shared", 0, id_acc=0.986, ood_avg=0.53, zs_avg=0.27, rsa_mean=0.96)])
+    both = {k: er.goals([*table, *shared], k) for k in er.DIVE_VARIANTS}
+    assert [r["met"] for r in both["dive"]] == [False] * 6 and all(r["met"] for r in both["dive_shared"])
+    lines = er.markdown_goals(both).splitlines()
+    assert lines[0] == "| goal | target | DiVE | met | DiVE, one shared λ | met |"
+    assert lines[2].endswith("| 0.900 | no | 0.986 | yes |")
+    tuned = tmp_path / "tuned.yaml"
+    assert er.chosen_dive(tuned) is None  # no sweep yet
+    best = {"dive": 0.624, "dive_shared": 0.626, "flyp": 0.9}  # FLYP's higher score is not a DiVE variant's
+    tuned.write_text(
+        yaml.safe_dump({"_sweeps": {k: {"best": {"val/objective": v}} for k, v in best.items()}})
+    )
+    assert er.chosen_dive(tuned) == "dive_shared"
 
 
 def test_wise_rows_have_a_label_per_alpha() -> None:
