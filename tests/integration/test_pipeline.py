@@ -53,8 +53,8 @@ def uninterrupted(ray_session, demo, tmp_path_factory) -> dict:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_training_run_tracks_evaluates_and_exports(ray_session, demo, tmp_path):
-    # The kept streams' path (data.keep_in_worker; the default holds small streams on the driver).
-    cfg = _config(demo, tmp_path, "data.keep_in_worker=true")
+    # Held streams re-read from the object store every epoch (the default keeps each shard in its worker).
+    cfg = _config(demo, tmp_path, "data.keep_in_worker=false")
     result = run(cfg)
     client = MlflowClient(tracking_uri=result.tracking_uri)
     mlrun = client.get_run(result.run_id)
@@ -189,9 +189,9 @@ def test_killed_worker_resumes_exactly_from_last_checkpoint_in_the_same_mlflow_r
 def test_workers_that_keep_their_shards_train_on_the_batches_a_re_read_gives(
     ray_session, demo, tmp_path, uninterrupted
 ):
-    """Replaying a kept shard (``data.keep_in_worker``) is a speed-up only: the same rows, order and crops on every
-    rank over 4 epochs as reading the held stream again each epoch, so the same weights."""
-    result = run(_config(demo, tmp_path, *EXACT, "data.keep_in_worker=true"))
+    """Replaying a kept shard (``data.keep_in_worker``, the default) is a speed-up only: the same rows, order and
+    crops on every rank over 4 epochs as reading the held stream again each epoch, so the same weights."""
+    result = run(_config(demo, tmp_path, *EXACT, "data.keep_in_worker=false"))
     state = torch.load(Path(result.checkpoint) / STATE_FILE, weights_only=True)
     _assert_same_training_state(state, uninterrupted)
 
