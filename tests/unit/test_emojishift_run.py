@@ -4,6 +4,7 @@ the runs themselves go through pipeline.train.run, which the pipeline tests cove
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ def test_plan_runs_every_method_with_equal_steps_and_seeds_first() -> None:
     plan = er.run_configs(size, id_rows=1600, extra=["tracking.uri=x"])
     keys = [(m.key, seed) for m, seed, _ in plan]
     first = [k for k, s in keys if s == 0]
-    # seed 0 of every method before any extra seed (the shared-λ row waits for its own sweep)
-    assert first == [m.key for m in er.METHODS if m.key != "dive_shared"]
+    # seed 0 of every method before any extra seed (the shared-λ row waits for its own sweep; the ablations run
+    # only when named)
+    assert first == ["ft", "lpft", "flyp", "flyp_replay", "snd", "dive"]
     assert keys[len(first) :] == [("flyp", 1), ("dive", 1), ("flyp", 2), ("dive", 2)]
     for _method, seed, overrides in plan:
         assert "optim.epochs=3" in overrides and "optim.global_batch=32" in overrides
@@ -124,8 +126,20 @@ def test_methods_subset_and_unknown_method(tmp_path: Path, capsys) -> None:
     size = er.Size(epochs=1, batch=8, seeds=2, rsa_samples=10, val_samples=10)
     plan = er.run_configs(size, id_rows=40, extra=[], methods=["dive", "snd"])
     assert [(m.key, s) for m, s, _ in plan] == [("snd", 0), ("dive", 0), ("dive", 1)]
+    named = er.run_configs(size, id_rows=40, extra=[], methods=["dive_pvl", "dive_avl"])
+    # an ablation runs when named
+    assert [(m.key, s) for m, s, _ in named] == [("dive_avl", 0), ("dive_pvl", 0)]
     assert er.main(["--cache", str(tmp_path), "--methods", "dive,nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_the_report_keeps_rows_an_earlier_invocation_left_in_the_folder(tmp_path: Path) -> None:
+    for name, row in {"dive_avl-s0": _row("dive_avl", 0, id_acc=0.4), "flyp-s0": _row("flyp", 0, id_acc=0.9),
+                      "teacher": _row("teacher", 0, id_acc=0.3)}.items():  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(row))
+    planned = [_row("teacher", 0, id_acc=0.3), _row("flyp", 0, id_acc=0.9)]
+    assert er.earlier_rows(tmp_path, planned) == [_row("dive_avl", 0, id_acc=0.4)]  # each row once
+    assert er.earlier_rows(tmp_path / "none", planned) == []
 
 
 def test_swept_values_reach_their_methods_and_the_ablations(tmp_path):
@@ -137,7 +151,9 @@ def test_swept_values_reach_their_methods_and_the_ablations(tmp_path):
     tuned = er.load_tuned(tuned_file)
     assert set(tuned) == {"dive", "flyp"}  # the bookkeeping section is not a method
     size = er.SIZES["quick"]
-    plan = {m.key: o for m, _, o in er.run_configs(size, id_rows=40, extra=["optim.lr=9"], tuned=tuned)}
+    every = [m.key for m in er.METHODS]
+    runs = er.run_configs(size, id_rows=40, extra=["optim.lr=9"], methods=every, tuned=tuned)
+    plan = {m.key: o for m, _, o in runs}
     assert "dive_shared" not in plan  # no sweep of its own yet: no row
     assert "loss.lambda_avl=2.5" in plan["dive"] and "optim.lr=0.0003" in plan["dive"]
     avl = plan["dive_avl"]  # AVL only: DiVE's swept values, then its own λ_pvl = 0 wins
