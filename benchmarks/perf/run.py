@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import importlib
 import json
 import multiprocessing
@@ -248,6 +250,15 @@ def _in_child(spec: StepSpec, pool: ProcessPoolExecutor) -> dict[str, float]:
         raise RuntimeError(f"{spec.name} on {spec.model} failed: {err}") from err
 
 
+def _in_process(spec: StepSpec) -> dict[str, float]:
+    """``measure_step`` in this process (tests): the previous configuration's garbage is freed and its heap
+    handed back first, or RSS could fall below the footprint taken before the model is built."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc only; elsewhere RSS is what it is
+    return measure_step(spec)
+
+
 def run_steps(specs: list[StepSpec], rounds: int, in_process: bool = False) -> list[dict[str, Any]]:
     """Every spec once per round, the order reversed every other round (drift hits all alike); medians."""
     samples: dict[StepSpec, list[dict[str, float]]] = {s: [] for s in specs}
@@ -255,7 +266,7 @@ def run_steps(specs: list[StepSpec], rounds: int, in_process: bool = False) -> l
         pool = None if in_process else stack.enter_context(_fresh_processes())
         for r in range(rounds):
             for spec in specs if r % 2 == 0 else list(reversed(specs)):
-                samples[spec].append(measure_step(spec) if pool is None else _in_child(spec, pool))
+                samples[spec].append(_in_process(spec) if pool is None else _in_child(spec, pool))
     rows = []
     for spec in specs:
         rows.append(
