@@ -181,9 +181,9 @@ def run_configs(
 ) -> list[tuple[MethodRun, int, list[str]]]:
     """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares.
 
-    ``methods`` keeps only those keys (all but the ablations when empty); ``tuned`` (:func:`load_tuned`) adds each method's swept
-    values before its own overrides (so AVL-only still zeroes λ_pvl). A ``swept_only`` method runs only when its
-    sweep exists."""
+    ``methods`` keeps only those keys (all but the ablations when empty); ``tuned`` (:func:`load_tuned`) adds each
+    method's swept values before its own overrides (so AVL-only still zeroes λ_pvl). A ``swept_only`` method runs
+    only when its sweep exists."""
     tuned = tuned or {}
     steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
     common = [

@@ -339,6 +339,16 @@ def two_workers(threads: int) -> list[str]:
     ]
 
 
+def _versus_bare(prefix: str, run: dict[str, Any], bare: dict[str, float]) -> dict[str, float]:
+    """What every run compared with the main one reports: its wall time, its samples/s over the bare loop's and
+    its data wait, under ``prefix``."""
+    return {
+        f"{prefix}_run_s": run["run_s"],
+        f"{prefix}_pipeline_over_bare": run["samples_per_s"] / bare["samples_per_s"],
+        f"{prefix}_data_wait_frac": run["data_wait_frac"],
+    }
+
+
 def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     """Real runs on the demo (1 worker, the demo's method) timed against a bare loop: the first in this process
     (cold: it starts Ray, its Ray Data workers and MLflow's store, as a lone ``train.py`` does) and the same run
@@ -381,22 +391,16 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     warm = _timed_run(prepare_config(None, overrides))
     out["warm_first_step_s"] = warm["first_step_s"] - bare["step_s"]
     out["warm_fixed_cost_s"] = warm["first_step_s"] - bare["step_s"] + warm["tail_s"]
-    out["warm_run_s"] = warm["run_s"]
-    out["warm_pipeline_over_bare"] = warm["samples_per_s"] / bare["samples_per_s"]
-    out["warm_data_wait_frac"] = warm["data_wait_frac"]
+    out.update(_versus_bare("warm", warm, bare))
     out["warm_fixed_streams_s"] = warm["phases"].get("streams", 0.0)
     out["warm_fixed_fit_to_first_step_s"] = warm["phases"]["fit_to_first_step"]
     if size.scaling:
         streamed = _timed_run(prepare_config(None, [*overrides, "data.keep_in_memory_mb=0"]))
-        out["streamed_run_s"] = streamed["run_s"]
-        out["streamed_pipeline_over_bare"] = streamed["samples_per_s"] / bare["samples_per_s"]
-        out["streamed_data_wait_frac"] = streamed["data_wait_frac"]
+        out.update(_versus_bare("streamed", streamed, bare))
         # Held, but not kept by the workers: each epoch reads the object store again through Ray Data
         reread = _timed_run(prepare_config(None, [*overrides, "data.keep_in_worker=false"]))
         out["reread_first_step_s"] = reread["first_step_s"] - bare["step_s"]
-        out["reread_run_s"] = reread["run_s"]
-        out["reread_pipeline_over_bare"] = reread["samples_per_s"] / bare["samples_per_s"]
-        out["reread_data_wait_frac"] = reread["data_wait_frac"]
+        out.update(_versus_bare("reread", reread, bare))
         two = _timed_run(prepare_config(None, [*overrides, *two_workers(threads)]))
         out["two_workers_over_one"] = two["samples_per_s"] / warm["samples_per_s"]
     return out
