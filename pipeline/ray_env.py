@@ -66,6 +66,10 @@ def on_driver_node() -> dict[str, Any]:
     }
 
 
+#: Attempts at a local instance whose dashboard port was taken between :func:`free_port` and the dashboard's bind.
+PORT_ATTEMPTS = 3
+
+
 def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = True) -> None:
     """A fresh local instance with ``num_cpus`` logical CPUs; ``dashboard=False`` for work that runs no Train fit."""
     import ray
@@ -74,14 +78,40 @@ def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = Tru
         with loopback_only():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         return
-    port = free_port()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        try:
+            context = _init_with_dashboard(num_cpus, port, log_to_driver=log_to_driver)
+            break
+        except ValueError as exc:
+            # Ray refuses a named dashboard port another process bound after we found it free (CI saw it once in
+            # 325 tests); the GCS it had already started is stopped before the next try with a new port.
+            if "already occupied" not in str(exc) or attempt == PORT_ATTEMPTS:
+                raise
+            _stop_half_started_node(exc)
+            print(
+                f"[dive] Ray dashboard port {port} was taken as Ray started; retrying with another.",
+                file=sys.stderr,
+            )
+    url = context.dashboard_url or ""
+    if not url.endswith(f":{port}"):
+        print(
+            f"[dive] Ray dashboard is at {url or 'no address'}, not port {port}: Train's placement-group cleaner "
+            "may log state-API warnings (harmless).",
+            file=sys.stderr,
+        )
+
+
+def _init_with_dashboard(num_cpus: int, port: int, *, log_to_driver: bool) -> Any:
+    import ray
+
     # Set only while init spawns the raylet (its workers inherit it from there), then restored: left in this
     # process, it would redirect every later `ray job submit` or state query that inherits it to this instance.
     previous = os.environ.get(API_SERVER_ENV)
     os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
     try:
         with loopback_only():
-            context = ray.init(
+            return ray.init(
                 address="local",
                 num_cpus=num_cpus,
                 include_dashboard=True,
@@ -94,14 +124,23 @@ def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = Tru
             os.environ.pop(API_SERVER_ENV, None)
         else:
             os.environ[API_SERVER_ENV] = previous
-    url = context.dashboard_url or ""
-    # Another process may have taken the port between our check and the dashboard's bind.
-    if not url.endswith(f":{port}"):
-        print(
-            f"[dive] Ray dashboard is at {url or 'no address'}, not port {port}: Train's placement-group cleaner "
-            "may log state-API warnings (harmless).",
-            file=sys.stderr,
-        )
+
+
+def _stop_half_started_node(exc: BaseException) -> None:
+    """Stop the processes (GCS, monitor) of the node whose start raised ``exc``.
+
+    ``ray.init`` does not clean up after a failed head start and keeps no handle to the node (they would live on
+    until this process exits), so the node is found in the raising frames.
+    """
+    from ray._private.node import Node
+
+    tb = exc.__traceback__
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("self")
+        if isinstance(node, Node):
+            node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+            return
+        tb = tb.tb_next
 
 
 def init_ray(cfg: Config, min_cpus: float = 0) -> None:

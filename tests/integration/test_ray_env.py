@@ -74,3 +74,41 @@ def test_the_local_instance_listens_on_loopback_only(ray_session):
     assert {"gcs_server", "raylet"} <= names, f"the instance's servers were not found: {sorted(names)}"
     exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
     assert not exposed, f"listening beyond loopback (process, address, port): {exposed}"
+
+
+TAKEN_PORT_SCRIPT = """
+import socket, sys
+import psutil, ray
+import pipeline.ray_env as ray_env
+
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()  # another process's server on the port we are about to be handed
+ports = iter([taken.getsockname()[1]])
+real = ray_env.free_port
+ray_env.free_port = lambda: next(ports, None) or real()
+ray_env.start_local_ray(4, log_to_driver=False)
+gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == "gcs_server"]
+print("TAKEN", taken.getsockname()[1], "URL", ray.worker.get_dashboard_url(), "GCS", len(gcs))
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_dashboard_port_taken_while_ray_starts_is_retried_and_the_half_started_node_stopped():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", TAKEN_PORT_SCRIPT], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "was taken as Ray started; retrying" in proc.stderr
+    found = re.search(r"TAKEN (\d+) URL (\S+) GCS (\d+)", proc.stdout)
+    assert found, proc.stdout
+    taken, url, gcs = found.groups()
+    assert url.startswith("127.0.0.1:") and not url.endswith(f":{taken}")
+    assert gcs == "1", "the first attempt's GCS server is still running beside the second's"
