@@ -87,10 +87,13 @@ METHODS = (
     MethodRun("dive", "DiVE", ("loss.method=dive",), seeded=True, wise=True),
     MethodRun("dive_avl", "DiVE, AVL only", ("loss.method=dive", "loss.lambda_pvl=0"), ablation=True),
     MethodRun("dive_pvl", "DiVE, PVL only", ("loss.method=dive", "loss.lambda_avl=0"), ablation=True),
-    MethodRun("dive_shared", "DiVE, one shared λ", ("loss.method=dive",), seeded=True, swept_only=True),
+    MethodRun(
+        "dive_shared", "DiVE, one shared λ", ("loss.method=dive",), seeded=True, wise=True, swept_only=True
+    ),
 )
 # The two ways DiVE is tuned (separate λ_avl / λ_pvl, one shared λ): each is checked against the goals, and the
-# one whose sweep scored the higher best val/objective is DiVE as chosen on validation.
+# one whose sweep scored the higher best val/objective is DiVE as chosen on validation. Only that one runs every
+# seed and WiSE-FT (see for_choice).
 DIVE_VARIANTS = ("dive", "dive_shared")
 # Which sweep's chosen values (tuned.yaml) a method's runs take: the ablations keep DiVE's other settings.
 TUNED_FROM = {"dive_avl": "dive", "dive_pvl": "dive"}
@@ -107,6 +110,18 @@ def chosen_dive(path: Path = TUNED) -> str | None:
         if key in DIVE_VARIANTS and sweep.get("best", {}).get("val/objective") is not None
     }
     return max(scores, key=scores.__getitem__) if scores else None
+
+
+def for_choice(methods: Sequence[MethodRun], chosen: str | None) -> tuple[MethodRun, ...]:
+    """``methods`` with the seeds and WiSE-FT of DiVE given to the variant ``chosen`` on validation alone; the
+    other variant runs seed 0, enough to check it against the goals. Two seeds of the variant no one would pick
+    are what keeps the table run within its 2 h. Without a choice (no sweep yet) the methods are unchanged."""
+    if chosen is None:
+        return tuple(methods)
+    return tuple(
+        replace(m, seeded=m.key == chosen, wise=m.key == chosen) if m.key in DIVE_VARIANTS else m
+        for m in methods
+    )
 
 
 def load_tuned(path: Path = TUNED) -> dict[str, list[str]]:
@@ -178,12 +193,13 @@ def run_configs(
     extra: Sequence[str],
     methods: Sequence[str] = (),
     tuned: dict[str, list[str]] | None = None,
+    chosen: str | None = None,
 ) -> list[tuple[MethodRun, int, list[str]]]:
     """(method, seed, overrides) in run order: seed 0 of every method first, so a cut-short run still compares.
 
     ``methods`` keeps only those keys (all but the ablations when empty); ``tuned`` (:func:`load_tuned`) adds each
     method's swept values before its own overrides (so AVL-only still zeroes λ_pvl). A ``swept_only`` method runs
-    only when its sweep exists."""
+    only when its sweep exists. ``chosen`` (:func:`chosen_dive`) is the DiVE variant that runs every seed."""
     tuned = tuned or {}
     steps = size.epochs * (id_rows // size.batch)  # the loader drops the last partial batch
     common = [
@@ -195,16 +211,17 @@ def run_configs(
         f"loss.lp_steps={steps // 2}",  # LP-FT: half the steps probe, half fine-tune
     ]
     plan = []
+    methods_now = for_choice(METHODS, chosen)
     for seed in range(size.seeds):
-        for method in METHODS:
+        for method in methods_now:
             if (method.key not in methods) if methods else method.ablation:
                 continue
             if method.swept_only and method.key not in tuned:
                 continue
-            chosen = tuned.get(TUNED_FROM.get(method.key, method.key), [])
+            swept = tuned.get(TUNED_FROM.get(method.key, method.key), [])
             if seed == 0 or method.seeded:
                 plan.append(
-                    (method, seed, [*common, *chosen, *method.overrides, f"optim.seed={seed}", *extra])
+                    (method, seed, [*common, *swept, *method.overrides, f"optim.seed={seed}", *extra])
                 )
     return plan
 
@@ -555,7 +572,8 @@ def _benchmark(
     try:
         base = prepare_config(str(CONFIG), list(args.overrides))
         id_rows = check_dataset(base.data.id_train, LABELLED).num_rows
-        plan = run_configs(size, id_rows, args.overrides, args.methods, load_tuned())
+        chosen = chosen_dive()
+        plan = run_configs(size, id_rows, args.overrides, args.methods, load_tuned(), chosen)
         configs = [(m, seed, prepare_config(str(CONFIG), o)) for m, seed, o in plan]
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -631,16 +649,18 @@ def _benchmark(
         "tracking_uri": tracking.tracking_uri(base),
     }
     checked = {k: rows_ for k in DIVE_VARIANTS if (rows_ := goals(table, k))}
-    chosen = chosen_dive()
     (out / "report.json").write_text(
         json.dumps(
             {**meta, "table": table, "goals": checked, "dive_chosen_on_validation": chosen, "runs": rows},
             indent=2,
         )
     )
+    seeded_dive = (
+        f"{LABELS[chosen]} (chosen on validation; the other DiVE variant seed 0)" if chosen else "DiVE"
+    )
     block = (
         f"Measured {meta['date']} on {meta['machine']}; `{command}`; {size.epochs} epochs of batch "
-        f"{size.batch} per method, {size.seeds} seed(s) for FLYP and DiVE; whole benchmark {wall / 60:.0f} min"
+        f"{size.batch} per method, {size.seeds} seed(s) for FLYP and {seeded_dive}; whole benchmark {wall / 60:.0f} min"
         f"{invocations.summary()} (MLflow parent run `{parent}`). Mean ± sample std over seeds; OOD/ZS avg are unweighted means over the "
         f"styles; RSA = mean of image/text/cross-modal RSA against the teacher on `ref_val`; train s = "
         f"`TorchTrainer.fit()` alone.\n\n{markdown_table(table)}"

@@ -162,6 +162,24 @@ def test_swept_values_reach_their_methods_and_the_ablations(tmp_path):
     assert not [o for o in plan["snd"] if o.startswith("optim.lr=0.0")]  # unswept methods keep the config
 
 
+def test_only_the_dive_variant_chosen_on_validation_runs_every_seed_and_wise_ft() -> None:
+    size = er.Size(epochs=1, batch=8, seeds=3, rsa_samples=10, val_samples=10)
+    tuned = {"dive": ["loss.lambda_avl=3"], "dive_shared": ["loss.lambda_avl=0.2", "loss.lambda_pvl=0.2"]}
+    plan = er.run_configs(size, id_rows=40, extra=[], tuned=tuned, chosen="dive_shared")
+    seeds = {}
+    for method, seed, _ in plan:
+        seeds.setdefault(method.key, []).append(seed)
+    assert seeds["dive_shared"] == [0, 1, 2] and seeds["flyp"] == [0, 1, 2]
+    assert seeds["dive"] == [0]  # the variant validation did not pick: checked on one seed
+    wise = {m.key for m, _, _ in plan if m.wise}
+    assert wise == {"flyp", "dive_shared"}
+    assert er.LABELS["wise50_dive_shared"] == "WiSE-FT α=0.5 (DiVE, one shared λ)"
+    # no sweep has chosen yet: DiVE (separate λs) keeps its seeds and WiSE-FT
+    before = er.run_configs(size, id_rows=40, extra=[], tuned={}, chosen=None)
+    assert [s for m, s, _ in before if m.key == "dive"] == [0, 1, 2]
+    assert {m.key for m, _, _ in before if m.wise} == {"flyp", "dive"}
+
+
 def test_above_curve_interpolates_and_holds_the_ends() -> None:
     curve = [(0.9, 0.3), (0.3, 0.2), (0.6, 0.4)]  # unsorted on purpose: (ID, metric)
     assert er.above_curve(curve, (0.45, 0.35)) == pytest.approx(0.05)  # curve at 0.45 is 0.30
