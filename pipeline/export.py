@@ -18,19 +18,16 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dive.config import Config, ConfigError, load_config
 
 
-def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[Path, dict]:
-    """(folder, state) of the newest checkpoint, by step, of the run whose output folder is ``run_dir`` and
-    whose saved config is ``cfg``."""
-    from pipeline.checkpoint import STATE_FILE, load
+def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, dict]:
+    """(folder, state) of the newest intact checkpoint, by step, of the run whose output folder is ``run_dir``
+    and whose saved config is ``cfg`` (:func:`pipeline.checkpoint.newest_intact`: incomplete ones are passed
+    over and named on stderr)."""
+    from pipeline.checkpoint import load_newest, run_folder
 
-    trial = Path(cfg.scaling.storage_path) / f"dive-{run_dir.name[:12]}"
-    folders = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
-    if not folders:
-        raise FileNotFoundError(
-            f"{run_dir}: no checkpoint under {trial} (expected checkpoint_*/{STATE_FILE})"
-        )
-    states = [(f.parent, load(f.parent)) for f in folders]
-    return max(states, key=lambda fs: fs[1]["step"])
+    found, state = load_newest(*run_folder(cfg.scaling.storage_path, run_dir.name))
+    for path, reason in found.skipped:
+        print(f"[dive] passed over {path}: {reason}", file=sys.stderr)
+    return found.path, state
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"{run_dir}: no config.yaml (expected a run output folder)")
         cfg = load_config(run_dir / "config.yaml")
         folder, state = latest_checkpoint(run_dir, cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:  # NoIntactCheckpoint included
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = export_checkpoint(cfg, state, args.out or run_dir / "export", build_model(cfg.model), run_dir.name)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dive.bundle import ModelBundle
 from dive.config import USES_REFERENCE, Config, ConfigError
+from pipeline.checkpoint import Found
 from pipeline.console import error_line
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, check_dataset, check_teacher_cache
 
@@ -32,13 +33,16 @@ class Checked:
     use_teacher_cache: bool
     id_manifest: Manifest
     ref_manifest: Manifest | None
+    resume_from: Found | None = None  # the checkpoint a resume starts from (None: from step 0)
 
 
-def preflight(cfg: Config) -> Checked:
+def preflight(cfg: Config, resume_run_id: str | None = None) -> Checked:
     """All checks of a validated, resolved config, cheapest first; returns what the run reuses."""
     from pipeline.tracking import tracking_uri
 
-    check_tracking(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    check_tracking(uri)
+    resume_from = check_resumable(cfg, uri, resume_run_id) if resume_run_id else None
     check_writable("tracking.output_dir", cfg.tracking.output_dir)
     if cfg.scaling.storage_path and "://" not in cfg.scaling.storage_path:
         check_writable("scaling.storage_path", cfg.scaling.storage_path)
@@ -50,7 +54,31 @@ def preflight(cfg: Config) -> Checked:
     check_batches(cfg, id_manifest, ref_manifest if uses_ref else None)
     teacher = build_checked(cfg)
     use_cache = uses_ref and ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
-    return Checked(teacher, use_cache, id_manifest, ref_manifest)
+    return Checked(teacher, use_cache, id_manifest, ref_manifest, resume_from)
+
+
+def check_resumable(cfg: Config, uri: str, run_id: str) -> Found | None:
+    """A resume continues an interrupted run from its newest intact checkpoint (None: it stopped before its first
+    one). A run that FINISHED is refused, so its status and results are never relabelled; so is a run whose
+    checkpoints all fail verification. What killed writers left half-written is removed first."""
+    from pipeline.checkpoint import NoIntactCheckpoint, newest_intact, remove_partials, run_folder
+    from pipeline.tracking import Run
+
+    status = Run.status(uri, run_id)
+    if status == "FINISHED":
+        raise ConfigError(
+            f"--resume: MLflow run {run_id} already FINISHED; --resume continues interrupted runs only (its "
+            "results stay as they are). To train further, start a new run, e.g. from its export: "
+            "model.pretrained=local-dir:<its export folder>"
+        )
+    fs, folder = run_folder(cfg.scaling.storage_path, run_id)
+    remove_partials(fs, folder)
+    try:
+        return newest_intact(fs, folder)
+    except NoIntactCheckpoint as err:
+        if not err.incomplete:
+            return None
+        raise ConfigError(f"--resume: {err}; start a new run") from None
 
 
 def check_tracking(uri: str) -> None:

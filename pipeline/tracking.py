@@ -121,6 +121,11 @@ class Run:
         run.log_params(flatten(cfg))
         return run
 
+    @staticmethod
+    def status(uri: str, run_id: str) -> str:
+        """The MLflow status of ``run_id`` (``FINISHED``, ``FAILED``, ``KILLED``, ``RUNNING``…)."""
+        return MlflowClient(tracking_uri=uri).get_run(run_id).info.status
+
     @classmethod
     def resume(cls, uri: str, run_id: str, spool: Path | None = None) -> Run:
         """Reopen an interrupted run: fails early, naming the id, if the store has no such run; what an earlier

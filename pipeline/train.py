@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dict, to_yaml, validate
+from pipeline.checkpoint import CheckpointWriteError
 from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError
 from pipeline.preflight import Checked, preflight
@@ -179,11 +180,12 @@ def run(
     ``tags`` go onto a new MLflow run. With a ``console`` (a command's, not a sweep trial's) worker output goes
     to its log file, in the run's output folder, and a progress line shows the training.
     """
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.checkpoint import load_newest
 
     t0 = time.perf_counter()
     phases = _Phases()  # where a run's fixed cost goes: time/<phase>_s in MLflow
-    checked = preflight(cfg)  # everything knowable fails here: before Ray, before an MLflow run exists
+    # Everything knowable fails here: before Ray, before an MLflow run exists (or is reopened).
+    checked = preflight(cfg, resume_run_id)
     teacher_bundle = checked.teacher
     phases.mark("preflight")
     start_ray(cfg, console)
@@ -192,6 +194,11 @@ def run(
     phases.mark("mlflow_open")
     try:
         out_dir = _run_folder(cfg, mlrun, console)
+        if resume_run_id:
+            _say(
+                console,
+                f"[dive] resuming from {checked.resume_from.describe() if checked.resume_from else 'step 0'}",
+            )
         datasets, info = _streams(cfg, checked, mlrun)
         if console is not None:
             info.progress = board_actor()
@@ -202,7 +209,7 @@ def run(
         train_seconds = phases.mark("train")
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
-        state = load_checkpoint(result.checkpoint)
+        _, state = load_newest(result.checkpoint.filesystem, os.path.dirname(result.checkpoint.path))
         export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, mlrun.run_id)
         mlrun.log_artifacts(export_dir, "export")
         phases.mark("export")
@@ -215,7 +222,14 @@ def run(
         mlrun.end("FINISHED")
     except BaseException as err:  # never left RUNNING: Ctrl-C or `ray job stop` is KILLED, the rest FAILED
         _log_console(mlrun, console)
-        mlrun.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, KeyboardInterrupt):
+            mlrun.end("KILLED")
+            raise
+        write_error = _checkpoint_write_error(err)
+        mlrun.set_tag("dive.failure", str(write_error or err)[:1000])
+        mlrun.end("FAILED")
+        if write_error is not None:  # one line for the user, not the worker group's traceback
+            raise write_error from err
         raise
     return RunResult(
         mlrun.run_id,
@@ -246,6 +260,37 @@ class _Phases:
 
     def metrics(self) -> dict[str, float]:
         return {f"time/{phase}_s": s for phase, s in self.seconds.items()}
+
+
+def _say(console: Console | None, line: str) -> None:
+    if console is None:
+        print(line, flush=True)
+    else:
+        console.say(line)
+
+
+def _checkpoint_write_error(err: BaseException) -> BaseException | None:
+    """The :class:`~pipeline.checkpoint.CheckpointWriteError` behind a failed ``fit()``, wherever Ray wrapped it
+    (a worker group's failures, a task error's cause, an exception chain)."""
+    from pipeline.checkpoint import CheckpointWriteError
+
+    stack: list[Any] = [err]
+    seen: set[int] = set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CheckpointWriteError):
+            return e
+        stack += [
+            e.__cause__,
+            e.__context__,
+            getattr(e, "cause", None),
+            getattr(e, "controller_failure", None),
+        ]
+        stack += list(getattr(e, "worker_failures", {}).values())
+    return None
 
 
 def _log_console(mlrun: Any, console: Console | None) -> None:
@@ -378,6 +423,7 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.checkpoint import train_run_name
     from pipeline.worker import train_loop_per_worker
 
     ingest = DataConfig.default_ingest_options()
@@ -394,7 +440,7 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
             resources_per_worker=resources,
         ),
         run_config=RunConfig(
-            name=f"dive-{info.run_id[:12]}",
+            name=train_run_name(info.run_id),
             storage_path=cfg.scaling.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
@@ -537,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as err:  # the run is FAILED, with this reason as its dive.failure tag
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "interrupted: the MLflow run is marked KILLED; continue it with --resume <its output folder>",

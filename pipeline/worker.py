@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
 import tempfile
 import time
 from collections.abc import Iterator
@@ -168,8 +169,13 @@ def _setup(cfg: Config, info: RunInfo) -> _Loop:
 
 
 def _restore(loop: _Loop, checkpoint: Any) -> None:
-    """A restarted worker group continues from the last report: weights, optimiser, schedule, centre, position."""
-    state = training_state.load_checkpoint(checkpoint, loop.device)
+    """A restarted worker group continues from the newest checkpoint that verifies (the last report's, unless
+    it is incomplete): weights, optimiser, schedule, centre, position."""
+    found, state = training_state.load_newest(
+        checkpoint.filesystem, posixpath.dirname(checkpoint.path.rstrip("/")), loop.device
+    )
+    if found.skipped:
+        _log.warning("[dive] resuming from %s", found.describe())
     loop.step, loop.epoch, loop.done_in_epoch = training_state.restore(
         state, loop.task, loop.optimizer, loop.scheduler
     )
@@ -439,7 +445,20 @@ def _report(loop: _Loop, extra: dict[str, float] | None = None) -> None:
     state = training_state.capture(loop.task, loop.optimizer, loop.scheduler, position, loop.info.run_id)
     with tempfile.TemporaryDirectory() as folder:
         training_state.save(state, folder)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_upload_fn=_publish,
+        )
+
+
+def _publish(checkpoint: Any, name: str) -> Any:
+    """Ray Train's upload step, all or nothing (:func:`pipeline.checkpoint.publish`): a reader never finds a
+    half-written checkpoint, and a failed write leaves nothing behind."""
+    storage = ray.train.get_context().get_storage()
+    dest = storage.build_checkpoint_path_from_name(name)
+    training_state.publish(checkpoint.path, storage.storage_filesystem, dest)
+    return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
 
 
 class _RankZeroLogger:

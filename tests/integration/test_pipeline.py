@@ -291,8 +291,9 @@ def test_resume_continues_the_same_mlflow_run_from_the_latest_checkpoint(ray_ses
     first = run(cfg)
     first_state = torch.load(Path(first.checkpoint) / STATE_FILE, weights_only=True)
     run_dir = Path(cfg.tracking.output_dir) / first.run_id
-    assert main(["--resume", str(run_dir), "optim.max_steps=5"]) == 0
     client = MlflowClient(tracking_uri=first.tracking_uri)
+    client.set_terminated(first.run_id, "KILLED")  # as Ctrl-C leaves it: --resume continues interrupted runs
+    assert main(["--resume", str(run_dir), "optim.max_steps=5"]) == 0
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert [r.info.run_id for r in runs] == [first.run_id] and runs[0].info.status == "FINISHED"
     resumed = client.get_metric_history(first.run_id, "train/resumed_from_step")
@@ -304,3 +305,69 @@ def test_resume_continues_the_same_mlflow_run_from_the_latest_checkpoint(ray_ses
     loss_steps = [m.step for m in client.get_metric_history(first.run_id, "train/loss")]
     assert len(loss_steps) == len(set(loss_steps))
     assert "MLflow run:  " + first.run_id in capsys.readouterr().out
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A tmpfs of ``size`` bytes mounted under tmp_path (root only; unmounted after the test)."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / "small-volume"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_one_error_line_and_keeps_the_last_checkpoint(
+    demo, tmp_path, small_volume
+):
+    """The storage volume holds one checkpoint but not two: the second write fails. The user gets one line naming
+    the path and the free space; the partial files are gone, the first checkpoint is intact, the run is FAILED
+    with the reason as its ``dive.failure`` tag."""
+    from dive.models import build_model
+    from pipeline.checkpoint import COMPLETE_FILE, newest_intact, run_folder
+
+    params = sum(p.numel() for p in build_model(_config(demo, tmp_path).model).model.parameters())
+    volume = small_volume(
+        int(4.8 * 4 * params) + 256 * 1024
+    )  # weights + 2 AdamW moments = 3x: one fits, not two
+    overrides = [
+        *_overrides(
+            demo, tmp_path, "optim.max_steps=4", "scaling.checkpoint_every=1", "scaling.max_failures=0"
+        ),
+        f"scaling.storage_path={volume}/ray",
+    ]
+    (tmp_path / "base.yaml").write_text("{}\n")
+    done = subprocess.run(
+        [sys.executable, "pipeline/train.py", "--config", str(tmp_path / "base.yaml"), *overrides],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"could not write the checkpoint {volume}/ray/" in errors[0] and "MiB free there" in errors[0]
+    (run_dir,) = [p.parent for p in (tmp_path / "out").glob("*/config.yaml")]
+    fs, folder = run_folder(f"{volume}/ray", run_dir.name)
+    left = sorted(p.name for p in Path(folder).iterdir() if p.name.startswith((".partial", "checkpoint_")))
+    assert len(left) == 1 and left[0].startswith("checkpoint_"), left  # the complete one, nothing partial
+    assert (Path(folder) / left[0] / COMPLETE_FILE).is_file()
+    assert newest_intact(fs, folder).step >= 1
+    mlrun = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_dir.name)
+    assert mlrun.info.status == "FAILED"
+    assert mlrun.data.tags["dive.failure"].startswith("could not write the checkpoint")

@@ -4,6 +4,7 @@ run exists; a failure after that ends the run FAILED (KILLED when interrupted), 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -112,3 +113,46 @@ def test_sigterm_unwinds_like_ctrl_c_so_the_command_exits_130(demo, tmp_path, mo
         assert train.main(tiny_run_overrides(demo, tmp_path, "pre")) == 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped_run(demo, tmp_path, status: str):
+    """A run's output folder and MLflow run, as a run that ended with ``status`` leaves them (no Ray)."""
+    from dive.config import to_yaml
+    from pipeline import tracking
+
+    cfg = _cfg(demo, tmp_path)
+    mlrun = tracking.Run.start(cfg)
+    mlrun.end(status)
+    run_dir = tmp_path / "out" / mlrun.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return cfg, run_dir
+
+
+def test_a_finished_run_is_not_resumed_and_keeps_its_status(demo, tmp_path, no_ray, capsys):
+    _, run_dir = _stopped_run(demo, tmp_path, "FINISHED")
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: --resume: MLflow run") and "already FINISHED" in line
+    assert "Traceback" not in err
+    (run,) = _runs(tmp_path)
+    assert run.info.status == "FINISHED"
+
+
+def test_a_resume_whose_checkpoints_are_all_incomplete_is_refused_before_ray(demo, tmp_path, no_ray, capsys):
+    from pipeline.checkpoint import COMPLETE_FILE, run_folder, save
+
+    cfg, run_dir = _stopped_run(demo, tmp_path, "KILLED")
+    _, folder = run_folder(cfg.scaling.storage_path, run_dir.name)
+    (partial := Path(folder) / ".partial-checkpoint_c").mkdir(parents=True)
+    (checkpoint_a := Path(folder) / "checkpoint_a").mkdir()
+    save({"step": 3}, checkpoint_a)
+    (checkpoint_a / COMPLETE_FILE).unlink()
+    assert train.main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint (checkpoint_a: no complete.json" in err and "Traceback" not in err
+    assert not partial.exists()  # what a killed writer left is cleared before a resume
+    (run,) = _runs(tmp_path)
+    assert run.info.status == "KILLED"
