@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,8 +31,9 @@ def convert_imagefolder(
     """Class subfolders of ``src`` → a labelled set in ``out``.
 
     Classes are the subfolders sorted by name (label = index); files are found recursively (hidden ones
-    ignored), keyed by their path relative to ``src``. ``templates``: a list, a file (one per line) or None
-    for :data:`DEFAULT_TEMPLATES`.
+    ignored), keyed by their path relative to ``src``; an entry that is not a file (a broken symlink, a FIFO)
+    is skipped as ``missing`` and counted in the manifest's ``skipped``. ``templates``: a list, a file (one per
+    line) or None for :data:`DEFAULT_TEMPLATES`.
     """
     root = Path(src)
     if not root.is_dir():
@@ -46,8 +48,10 @@ def convert_imagefolder(
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).rglob("*")):
             rel = f.relative_to(root)
-            if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-                records.append(_record(rel.as_posix(), rel.as_posix(), str(f.absolute()), label=label))
+            if any(part.startswith(".") for part in rel.parts) or f.is_dir():
+                continue
+            key = rel.as_posix()
+            records.append(_record(key, key, str(f.absolute()), label=label, missing=_not_a_file(f)))
     if not records:
         raise DataError(f"{root}: the class folders {classes} hold no files")
     out_path = _check_out(out, overwrite)
@@ -61,3 +65,23 @@ def convert_imagefolder(
     return _convert(
         records, out_path, manifest, "imagefolder", max_pixels, rows_per_shard, overwrite, workers
     )
+
+
+def _not_a_file(f: Path) -> str | None:
+    """Why an entry of a class folder holds no image file, or None for a regular file (or a link to one).
+
+    A broken symlink (its target moved or never copied) is a sample the user meant to include: it is skipped
+    as ``missing`` and counted, like an image file that cannot be read, not dropped unseen. A FIFO, socket or
+    device is counted the same way, and never opened (reading a FIFO would block the conversion).
+    """
+    if f.is_file():
+        return None
+    if f.is_symlink():
+        try:
+            target = os.readlink(f)
+        except OSError:
+            target = "?"
+        if f.exists():
+            return f"symlink to {target}, which is not a regular file"
+        return f"broken symlink: its target {target} does not exist (or the links form a loop)"
+    return "not a regular file (a FIFO, socket or device)"

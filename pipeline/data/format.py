@@ -9,6 +9,7 @@ No Ray here, so all of it is testable in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 
 MANIFEST = "dataset.json"
 LABELLED, CAPTIONED = "labelled", "captioned"
@@ -399,8 +400,15 @@ def check_teacher_cache(folder: str | os.PathLike[str], manifest: Manifest, teac
 
 # ---------------------------------------------------------------------------------------------------- decoding
 def decode_image(data: bytes | None, max_pixels: int) -> tuple[Image.Image | None, str | None]:
-    """Decode encoded bytes to RGB, or return the skip reason. The pixel limit is checked from the header,
-    before any pixel is decoded, so a decompression bomb costs nothing."""
+    """Decode encoded bytes to 8-bit RGB, upright, or return the skip reason.
+
+    The one decode rule of every reader (converters, streams, evaluation, teacher cache), so all of them see the
+    same pixels. The pixel limit is checked from the header, before any pixel is decoded, so a decompression
+    bomb costs nothing; it is width × height, which the EXIF rotation below does not change. The EXIF (or XMP)
+    orientation is applied, as a camera's viewer does: a phone photo stored sideways is used the way it was
+    taken. A malformed EXIF block does not cost the image: its pixels are used as stored. Modes are mapped to
+    RGB by :func:`_to_rgb`.
+    """
     if not data:
         return None, EMPTY
     try:
@@ -411,11 +419,58 @@ def decode_image(data: bytes | None, max_pixels: int) -> tuple[Image.Image | Non
             if w * h > max_pixels:
                 return None, TOO_LARGE
             img.load()
-            return img.convert("RGB"), None
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Corrupt EXIF data", once per image of a stream otherwise
+                ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(img), None
     except Image.DecompressionBombError:
         return None, TOO_LARGE
     except Exception:  # PIL raises many types for truncated/corrupt files
         return None, UNDECODABLE
+
+
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded mode → 8-bit RGB with the values a viewer shows.
+
+    Pillow's own ``convert("RGB")`` clips instead of scaling for the wide modes (a 16-bit grey of 32768 would
+    come out white), so those are scaled here:
+
+    - 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and ``I`` (32-bit int; Pillow opens a PGM with
+      more than 8 bits as ``I`` already scaled to 0 … 65535): value v → round(v / 257) (half up), the nearest of
+      the 256 levels, so 0 → 0, 32768 → 128, 65535 → 255 and an 8-bit value k stored as k·257 comes back as k.
+      ``I`` values outside 0 … 65535 (a 32-bit TIFF) are clipped to it first.
+    - ``F`` (32-bit float): if no finite value exceeds 1 the image is taken as 0 … 1 (× 255), else as 0 … 255;
+      then clipped to 0 … 255 and rounded half up. NaN → 0, +inf → 255, −inf → 0.
+    - palette ``P`` (with or without transparency) and ``PA``: the palette colours; ``LA``: the luminance in all
+      three channels. Alpha is dropped, colour kept, the same rule as for ``RGBA``: a transparent pixel shows
+      the colour stored under it.
+    - ``CMYK``: Pillow's conversion, R = round((255 − C)(255 − K) / 255) (likewise G from M, B from Y), without
+      colour management (an embedded ICC profile is not applied).
+    - ``1`` (bilevel): 0 / 255. Every other mode (``L``, ``RGB``, ``RGBA``, ``YCbCr``, ``LAB``, …): Pillow's
+      conversion (``LAB`` is colour-converted to sRGB, not copied channel by channel).
+    """
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        values = np.asarray(img).astype(np.int64)  # I;16B arrives big-endian; astype gives native integers
+        return _grey_rgb((np.clip(values, 0, 65535) + 128) // 257)
+    if mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(values)
+        scale = 255.0 if not finite.any() or values[finite].max() <= 1.0 else 1.0
+        values = np.nan_to_num(values * scale, nan=0.0, posinf=255.0, neginf=0.0)
+        return _grey_rgb(np.floor(np.clip(values, 0.0, 255.0) + 0.5))
+    if mode in ("P", "PA"):
+        return img.convert("RGBA").convert("RGB")
+    if mode == "LA":
+        return img.convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _grey_rgb(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
 
 
 def encode_png(img: Image.Image) -> bytes:

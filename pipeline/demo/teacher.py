@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -10,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from pipeline.data.format import iter_rows, read_manifest
+from dive.config import MAX_IMAGE_PIXELS
+from pipeline.data.format import DataError, decode_image, iter_rows, read_manifest
 from pipeline.demo.splits import TEACHER_INIT_SCALE, TEACHER_LR, DemoPaths, _log
 from pipeline.demo.world import DEMO_VERSION
 
@@ -21,7 +20,10 @@ def decode_split(folder: Path, column: str) -> tuple[np.ndarray, list[Any]]:
     """All images of a split as one uint8 array (N, H, W, 3), plus the ``column`` values (label, caption)."""
     images, values = [], []
     for row in iter_rows(folder, columns=["image", column]):
-        images.append(np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB")))
+        img, reason = decode_image(row["image"], MAX_IMAGE_PIXELS)  # the pipeline's decode rule, same pixels
+        if img is None:
+            raise DataError(f"{folder}: an image of the demo split does not decode ({reason})")
+        images.append(np.asarray(img))
         values.append(row[column])
     return np.stack(images), values
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -138,6 +139,40 @@ def test_imagefolder_bad_files_are_skipped_printed_and_counted(tmp_path, capsys)
         assert any(name in line and reason in line for line in lines), (name, lines)
     assert any("huge.png" in line and "too_large" in line for line in lines)
     assert {r["key"] for r in iter_rows(out)} == {"cat/ok0.png", "cat/ok1.png", "cat/ok2.png", "dog/ok.png"}
+
+
+def test_imagefolder_broken_symlinks_are_skipped_as_missing_and_counted(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "dog").mkdir(parents=True)
+    (src / "cat" / "ok.png").write_bytes(image_bytes())
+    (src / "dog" / "ok.png").write_bytes(image_bytes())
+    (src / "cat" / "linked.png").symlink_to(src / "dog" / "ok.png")  # a working link is a sample
+    (src / "cat" / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")  # its target was never copied
+    (src / "dog" / "loop.png").symlink_to(src / "dog" / "loop.png")  # resolves to nothing
+    os.mkfifo(src / "dog" / "pipe.png")  # never opened: reading it would block
+
+    out = tmp_path / "out"
+    assert main(["imagefolder", str(src), str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest.num_rows == 3
+    assert manifest.skipped == {"total": 3, "missing": 3}
+    assert {r["key"] for r in iter_rows(out)} == {"cat/ok.png", "cat/linked.png", "dog/ok.png"}
+    printed = capsys.readouterr().out
+    lines = skip_lines(printed)
+    assert len(lines) == 3
+    assert any("cat/gone.jpg: missing (broken symlink" in line and "moved-away.jpg" in line for line in lines)
+    assert any("dog/loop.png: missing (broken symlink" in line for line in lines)
+    assert any("dog/pipe.png: missing (not a regular file" in line for line in lines)
+    assert "skipped 3" in printed.strip().splitlines()[-1]
+
+
+def test_imagefolder_of_only_broken_symlinks_fails_naming_the_count(tmp_path):
+    (tmp_path / "src" / "cat").mkdir(parents=True)
+    (tmp_path / "src" / "cat" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataError, match=r"no usable samples \(all 1 skipped\)"):
+        convert_imagefolder(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # -------------------------------------------------------------------------------------------------- captions

@@ -1,0 +1,286 @@
+"""``decode_image``: every image mode becomes the 8-bit RGB a viewer shows, upright, in every reader.
+
+Expected values are written out by hand from the rules in :func:`pipeline.data.format._to_rgb`, so a change of
+rule shows up here as a number, not as a silently different image.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.convert.teacher_cache import embed_table
+from pipeline.data.format import LABELLED, decode_image
+from pipeline.data.transforms import preprocess_batch, stream_image_transform
+
+LIMIT = 1_000_000
+RED, WHITE = (255, 0, 0), (255, 255, 255)
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def stored_mode(data: bytes) -> str:
+    """The mode Pillow opens the bytes in: each test checks it exercises the mode it names."""
+    return Image.open(io.BytesIO(data)).mode
+
+
+def rgb(data: bytes) -> np.ndarray:
+    img, reason = decode_image(data, LIMIT)
+    assert reason is None and img is not None and img.mode == "RGB"
+    return np.asarray(img)
+
+
+def grey_of(data: bytes) -> np.ndarray:
+    pixels = rgb(data)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all()
+    return pixels[..., 0]
+
+
+# ------------------------------------------------------------------------------------------------ wide modes
+def test_16bit_grey_png_is_scaled_to_8bit_not_clipped():
+    values = np.array([[0, 32768, 65535, 128, 129, 257 * 7, 1000, 65407]], dtype=np.uint16)
+    data = encode(Image.fromarray(values))
+    assert stored_mode(data) == "I;16"
+    # round(v / 257), half up: 128/257 = 0.498 → 0, 129/257 = 0.502 → 1, 1000/257 = 3.89 → 4, 65407/257 = 254.502 → 255
+    assert grey_of(data).tolist() == [[0, 128, 255, 0, 1, 7, 4, 255]]
+
+
+def test_16bit_grey_gradient_keeps_every_level():
+    ramp = (
+        (np.arange(256, dtype=np.uint32) * 257).astype(np.uint16).reshape(16, 16)
+    )  # 8-bit k stored as k·257
+    assert grey_of(encode(Image.fromarray(ramp))).ravel().tolist() == list(range(256))
+    fine = np.arange(0, 65536, 64, dtype=np.uint32).astype(np.uint16).reshape(32, 32)  # every 64th level
+    got = grey_of(encode(Image.fromarray(fine))).ravel().astype(np.int64)
+    assert got.tolist() == ((fine.ravel().astype(np.int64) * 2 + 257) // 514).tolist()  # round half up
+    assert got[0] == 0 and got[-1] == 255 and (np.diff(got) >= 0).all() and len(set(got.tolist())) == 256
+
+
+@pytest.mark.parametrize("mode", ["I;16B", "I"])
+def test_16bit_big_endian_and_32bit_int_tiffs_are_scaled_alike(mode):
+    values = np.array([[0, 32768, 65535, 514]], dtype=np.uint16)
+    if mode == "I":
+        img = Image.fromarray(values.astype(np.int32))
+    else:
+        img = Image.frombytes(mode, (4, 1), values.astype(">u2").tobytes())
+    data = encode(img, "TIFF")
+    assert stored_mode(data) == mode
+    assert grey_of(data).tolist() == [[0, 128, 255, 2]]
+
+
+def test_32bit_int_values_outside_16bit_are_clipped_first():
+    data = encode(Image.fromarray(np.array([[-5, 70000, 65535]], dtype=np.int32)), "TIFF")
+    assert stored_mode(data) == "I"
+    assert grey_of(data).tolist() == [[0, 255, 255]]
+
+
+def test_float_image_in_0_to_1_is_scaled_and_in_0_to_255_is_clipped():
+    unit = np.array([[0.0, 0.5, 1.0, 0.1, np.nan, -0.2]], dtype=np.float32)
+    data = encode(Image.fromarray(unit), "TIFF")
+    assert stored_mode(data) == "F"
+    assert grey_of(data).tolist() == [[0, 128, 255, 26, 0, 0]]  # 127.5 → 128, 25.5 → 26 (half up)
+    wide = np.array([[0.0, 0.5, 1.0, 127.4, 300.0, -4.0]], dtype=np.float32)
+    assert grey_of(encode(Image.fromarray(wide), "TIFF")).tolist() == [[0, 1, 1, 127, 255, 0]]
+
+
+# --------------------------------------------------------------------------------------- palette, alpha, …
+def test_palette_png_with_transparency_gives_the_palette_colours():
+    img = Image.new("P", (4, 1))
+    img.putpalette([255, 0, 0, 0, 128, 0, 0, 0, 255, 10, 20, 30])
+    for x in range(4):
+        img.putpixel((x, 0), x)
+    for transparency in (0, bytes([0, 128, 255, 255])):  # one transparent index; an alpha per index (tRNS)
+        data = encode(img, transparency=transparency)
+        assert stored_mode(data) == "P"
+        # the colours stored under the transparency are kept, alpha dropped (the RGBA rule)
+        assert rgb(data).tolist() == [[[255, 0, 0], [0, 128, 0], [0, 0, 255], [10, 20, 30]]]
+
+
+def test_la_image_gives_the_luminance_in_all_channels_and_drops_alpha():
+    img = Image.merge("LA", (Image.new("L", (2, 1), 77), Image.new("L", (2, 1), 0)))
+    img.putpixel((1, 0), (200, 255))
+    data = encode(img)
+    assert stored_mode(data) == "LA"
+    assert rgb(data).tolist() == [[[77, 77, 77], [200, 200, 200]]]  # fully transparent 77 is still 77
+
+
+def test_bilevel_image_is_black_and_white():
+    img = Image.new("1", (3, 1), 0)
+    img.putpixel((1, 0), 1)
+    data = encode(img)
+    assert stored_mode(data) == "1"
+    assert grey_of(data).tolist() == [[0, 255, 0]]
+
+
+def cmyk_expected(c: int, m: int, y: int, k: int) -> list[int]:
+    """R = round((255 − C)(255 − K) / 255), likewise G from M and B from Y (no ICC profile)."""
+    return [int(np.floor((255 - v) * (255 - k) / 255 + 0.5)) for v in (c, m, y)]
+
+
+def test_cmyk_tiff_follows_the_documented_formula():
+    colours = [(0, 0, 0, 0), (255, 0, 0, 0), (51, 102, 0, 128), (0, 0, 0, 255), (10, 200, 90, 30)]
+    img = Image.new("CMYK", (len(colours), 1))
+    for x, c in enumerate(colours):
+        img.putpixel((x, 0), c)
+    data = encode(img, "TIFF")
+    assert stored_mode(data) == "CMYK"
+    assert rgb(data)[0].tolist() == [cmyk_expected(*c) for c in colours]
+    assert cmyk_expected(51, 102, 0, 128) == [102, 76, 127]  # the formula, worked by hand
+
+
+def test_cmyk_jpeg_gives_the_same_colours_within_jpeg_error():
+    data = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    assert stored_mode(data) == "CMYK"
+    assert np.abs(rgb(data)[8, 8].astype(int) - [255, 0, 0]).max() <= 6
+
+
+def test_lab_tiff_is_colour_converted_to_srgb():
+    img = Image.new("LAB", (2, 1), (255, 128, 128))  # L = 100, a = b = 0: white
+    img.putpixel((1, 0), (0, 128, 128))  # L = 0: black
+    data = encode(img, "TIFF")
+    assert stored_mode(data) == "LAB"
+    assert np.abs(rgb(data).astype(int) - [[WHITE, [0, 0, 0]]]).max() <= 2
+
+
+# ------------------------------------------------------------------------------------------------ orientation
+def corner_photo(orientation: int, size=(64, 32)) -> bytes:
+    """A white JPEG with a red 16×16 block in its stored top-left corner, tagged with an EXIF orientation."""
+    img = Image.new("RGB", size, WHITE)
+    img.paste(RED, (0, 0, 16, 16))
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=95, exif=exif)
+
+
+def corners(pixels: np.ndarray) -> dict[str, bool]:
+    """Which corners of a decoded image are red (flat 16×16 blocks: JPEG error is far below the 100 margin)."""
+    h, w = pixels.shape[:2]
+    at = {
+        "top-left": (8, 8),
+        "top-right": (8, w - 9),
+        "bottom-left": (h - 9, 8),
+        "bottom-right": (h - 9, w - 9),
+    }
+    return {name: bool(np.abs(pixels[y, x].astype(int) - RED).max() < 100) for name, (y, x) in at.items()}
+
+
+# orientation → where the stored top-left corner is shown, and whether width and height swap (EXIF 2.3, 4.6.4)
+ORIENTATIONS = {
+    1: ("top-left", False),
+    2: ("top-right", False),  # mirrored left-right
+    3: ("bottom-right", False),  # rotated 180°
+    4: ("bottom-left", False),  # mirrored top-bottom
+    5: ("top-left", True),  # transposed
+    6: ("top-right", True),  # stored rotated 90° counter-clockwise: shown turned 90° clockwise
+    7: ("bottom-right", True),  # transversed
+    8: ("bottom-left", True),  # turned 90° counter-clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied(orientation):
+    where, swapped = ORIENTATIONS[orientation]
+    img, reason = decode_image(corner_photo(orientation), LIMIT)
+    assert reason is None
+    assert img.size == ((32, 64) if swapped else (64, 32))
+    found = corners(np.asarray(img))
+    assert [name for name, red in found.items() if red] == [where], found
+
+
+def test_pixel_limit_is_width_times_height_whatever_the_orientation():
+    data = corner_photo(6)
+    assert decode_image(data, 64 * 32)[1] is None
+    assert decode_image(data, 64 * 32 - 1) == (None, "too_large")
+
+
+def test_a_corrupt_exif_block_keeps_the_image_as_stored():
+    img = Image.new("RGB", (8, 4), RED)
+    truncated = (
+        b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"  # an orientation entry cut short
+    )
+    with warnings.catch_warnings(record=True):  # Pillow warns "Corrupt EXIF data" when it opens the file
+        warnings.simplefilter("always")
+        decoded, reason = decode_image(encode(img, "JPEG", exif=truncated), LIMIT)
+    assert reason is None and decoded.size == (8, 4)
+
+
+# ------------------------------------------------------------------------- the readers see the same pixels
+def half_photo(side: int) -> bytes:
+    """A 2·side × side JPEG, left half red and right half white, tagged EXIF orientation 6 (turn clockwise).
+
+    Upright it is side × 2·side with the red half on top, so the centre square crop of every reader holds red
+    above white; the stored pixels would give red left of white instead."""
+    img = Image.new("RGB", (2 * side, side), WHITE)
+    img.paste(RED, (0, 0, side, side))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    return encode(img, "JPEG", quality=95, exif=exif)
+
+
+def assert_red_above_white(square: np.ndarray) -> None:
+    """``square``: (side, side, 3), 0…255. The top quarter is red and the bottom quarter white, edge to edge."""
+    side = square.shape[0]
+    top, bottom = square[: side // 4].astype(float), square[-(side // 4) :].astype(float)
+    assert np.abs(top - RED).max() < 40, top[..., 1].max()
+    assert np.abs(bottom - WHITE).max() < 40, bottom.min()
+
+
+def grey16(value: int, side: int) -> bytes:
+    return encode(Image.fromarray(np.full((side, side), value, dtype=np.uint16)))
+
+
+def test_stream_batches_see_rotated_and_scaled_pixels():
+    """``preprocess_batch`` (training streams, validation, accuracy evaluation) decodes through the same rule."""
+    batch = {"image": np.array([half_photo(32), grey16(32768, 32)], dtype=object), "label": np.array([0, 0])}
+    out = preprocess_batch(batch, kind=LABELLED, size=32, augment=False, max_pixels=LIMIT, num_classes=1)
+    assert out["image"].shape == (2, 3, 32, 32)
+    assert_red_above_white(out["image"][0].transpose(1, 2, 0))
+    assert (out["image"][1] == 128).all()
+
+
+def fake_bundle(size: int) -> SimpleNamespace:
+    """All ``stream_image_transform`` reads; mean 0 and std 1 make its tensor the pixels / 255."""
+    return SimpleNamespace(
+        preprocess_cfg={"size": (size, size), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    )
+
+
+def test_eval_transform_sees_rotated_and_scaled_pixels():
+    """``stream_image_transform`` after ``decode_image``: the RSA reference embeddings and the teacher cache."""
+    transform = stream_image_transform(fake_bundle(16))
+    photo, _ = decode_image(half_photo(16), LIMIT)
+    x = transform(photo)
+    assert x.shape == (3, 16, 16)
+    assert_red_above_white(x.permute(1, 2, 0).numpy() * 255)
+    grey, _ = decode_image(grey16(32768, 16), LIMIT)
+    assert torch.allclose(transform(grey), torch.full((3, 16, 16), 128 / 255))
+
+
+def test_teacher_cache_embeds_the_rotated_and_scaled_pixels():
+    seen: list[torch.Tensor] = []
+
+    class Teacher:
+        def encode_image(self, x, normalize):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 4)
+
+        def encode_text(self, tokens, normalize):
+            return torch.zeros(tokens.shape[0], 4)
+
+    table = pa.table({"image": [half_photo(16), grey16(65535, 16)], "caption": ["a photo", "grey"]})
+    preprocess = stream_image_transform(fake_bundle(16))
+    out = embed_table(table, Teacher(), preprocess, lambda caps: torch.zeros(len(caps), 3), 4, LIMIT)
+    assert out.column("_skip").to_pylist() == [None, None]
+    assert_red_above_white(seen[0][0].permute(1, 2, 0).numpy() * 255)
+    assert torch.equal(seen[0][1], torch.ones(3, 16, 16))  # 65535 → 255
