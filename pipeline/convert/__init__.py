@@ -6,14 +6,15 @@ Converters (each checks every image with :func:`~pipeline.data.format.decode_ima
 * ``imagefolder SRC OUT``: one subfolder per class → a labelled set (classes sorted by folder name,
   label = index, underscores → spaces in the class names used in prompts). Original encoded bytes are kept.
 * ``captions FILE OUT``: a CSV or JSONL file (by extension) with an image path and a caption per row → a
-  captioned set. Paths are relative to ``--base-dir`` (default: the file's folder).
+  captioned set. Paths are relative to ``--base-dir`` (default: the file's folder); one that resolves outside it
+  is refused unless ``--allow-outside-base``.
 * ``wds SRC OUT``: webdataset tars (one ``.tar`` or a folder of them; uncompressed) → a captioned set, or a
   labelled one when ``--label-ext`` is given and the tars hold no captions (``--classnames`` names classes).
 * ``cache-teacher DATASET``: run the frozen teacher over a captioned set and rewrite it with
   ``teacher_image`` / ``teacher_text`` columns and ``teacher_fingerprint`` / ``teacher_dim`` in the manifest.
 
-A bad source (no such file or folder, missing columns, no class folders, no tars) raises :class:`DataError`
-before anything is written. Bad samples (empty, undecodable or truncated, over ``--max-pixels``, no caption,
+A bad source (no such file or folder, missing columns, no class folders, no tars, two class names equal up to
+case and surrounding spaces) raises :class:`DataError` before anything is written. Bad samples (empty, undecodable or truncated, over ``--max-pixels``, no caption,
 label out of range, missing file) are skipped: one line each on stdout, counted by reason under ``skipped`` in
 ``dataset.json``. Output is all-or-nothing (:class:`~pipeline.data.format.ShardWriter`).
 

@@ -77,13 +77,18 @@ def convert_captions(
     overwrite: bool = False,
     workers: int = 0,
     encoding: str = "utf-8-sig",
+    allow_outside_base: bool = False,
 ) -> Manifest:
     """A CSV or JSONL file of (image path, caption) rows → a captioned set in ``out``.
 
     ``encoding`` is the file's text encoding (default UTF-8, with or without a byte-order mark).
 
     Relative image paths are resolved against ``base_dir`` (default: the file's folder); the key of a row is
-    its image path as written. A row whose image file does not exist is skipped as ``missing``.
+    its image path as written. A row whose image file does not exist is skipped as ``missing``. An image path
+    that resolves (symlinks followed) outside ``base_dir`` — ``../../etc/hostname``, an absolute path elsewhere,
+    a link leading out — is an error before anything is written, unless ``allow_outside_base``: a captions file
+    describes a collection of images, and one that reaches out of it is a wrong base folder or a file written
+    for another machine, which would otherwise copy whatever it names on this one into the dataset.
     """
     path = Path(file)
     if not path.is_file():
@@ -98,7 +103,8 @@ def convert_captions(
     rows = _caption_rows(path, image_column, caption_column, encoding)
     if not rows:
         raise DataError(f"{path}: no rows (expected one image path and caption per row)")
-    records = []
+    records, outside = [], []
+    root = base.resolve()
     for lineno, row in rows:
         where = f"{path.name}:{lineno}"
         image = row.get(image_column)
@@ -111,7 +117,19 @@ def convert_captions(
             continue
         image = str(image).strip()
         image_path = Path(image) if Path(image).is_absolute() else base / image
+        if not allow_outside_base:
+            resolved = image_path.resolve()
+            if not resolved.is_relative_to(root):
+                outside.append((lineno, image, resolved))
         records.append(_record(image, f"{where} ({image})", str(image_path), caption=caption))
+    if outside:
+        lineno, image, resolved = outside[0]
+        more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
+        raise DataError(
+            f"{path}:{lineno}: image path {image!r} resolves to {resolved}, outside the base folder {root} "
+            f"(--base-dir; default: the captions file's folder){more}; pass --allow-outside-base if these "
+            "images are meant to be read"
+        )
     out_path = _check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=CAPTIONED, source=str(path.resolve()))
     return _convert(records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers)

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--base-dir", help="folder image paths are relative to (default: the file's folder)")
     p.add_argument(
+        "--allow-outside-base",
+        action="store_true",
+        help="read image paths that resolve outside the base folder (refused by default)",
+    )
+    p.add_argument(
         "--encoding", default="utf-8-sig", help="the file's text encoding (default UTF-8, BOM or not)"
     )
 
@@ -132,6 +137,7 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             caption_column=args.caption_column,
             base_dir=args.base_dir,
             encoding=args.encoding,
+            allow_outside_base=args.allow_outside_base,
             **common,
         )
         out, skipped = args.out, manifest.skipped

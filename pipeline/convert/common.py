@@ -31,6 +31,7 @@ from pipeline.data.format import (
     DataError,
     Manifest,
     ShardWriter,
+    check_classnames,
     decode_image,
 )
 
@@ -267,9 +268,16 @@ def _templates(templates: Sequence[str] | PathLike | None) -> list[str]:
 
 
 def _classnames(classnames: Sequence[str] | PathLike) -> list[str]:
+    """Class names from a list or a file (one per line, in label order), refused if two are the same name up
+    to case and surrounding spaces (the file's line numbers name them)."""
     if isinstance(classnames, (str, os.PathLike)):
-        return [line for _, line in _read_lines(classnames, "class names")]
-    return list(classnames)
+        lines = _read_lines(classnames, "class names")
+        names = [line for _, line in lines]
+        check_classnames(names, classnames, [f"line {i}" for i, _ in lines])
+        return names
+    names = list(classnames)
+    check_classnames(names, "classnames")
+    return names
 
 
 def _convert(

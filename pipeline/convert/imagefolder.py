@@ -15,7 +15,7 @@ from pipeline.convert.common import (
     _record,
     _templates,
 )
-from pipeline.data.format import LABELLED, DataError, Manifest
+from pipeline.data.format import LABELLED, DataError, Manifest, check_classnames
 
 
 def convert_imagefolder(
@@ -44,6 +44,9 @@ def convert_imagefolder(
         raise DataError(
             f"{root}: no class folders (expected one subfolder of images per class, e.g. {root}/cat/)"
         )
+    # Folder names become class names with "_" read as a space, so cat_x/ and "cat x"/ collide as well.
+    classnames = [c.replace("_", " ") for c in classes]
+    check_classnames(classnames, root, [f"folder {c}/" for c in classes])
     records = []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).rglob("*")):
@@ -58,7 +61,7 @@ def convert_imagefolder(
     manifest = Manifest(
         name=out_path.name,
         kind=LABELLED,
-        classnames=[c.replace("_", " ") for c in classes],
+        classnames=classnames,
         templates=_templates(templates),
         source=str(root.resolve()),
     )

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,32 @@ def _check_manifest_types(path: Path, m: Manifest) -> None:
         problems.append(f"'skipped' must map reasons to counts, got {m.skipped!r:.80}")
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
+    check_classnames(m.classnames, path)
+
+
+def check_classnames(
+    names: Sequence[str], where: str | os.PathLike[str], sources: Sequence[str] | None = None
+) -> None:
+    """Refuse two class names that are equal after case-folding and stripping surrounding whitespace.
+
+    ``Cat`` / ``cat`` / ``cat `` is almost certainly one class written twice (two folders, a pasted list): a
+    lower-casing tokenizer (CLIP's) gives both the same prompts, hence the same zero-shot weights and text targets,
+    and even a cased one sees one concept under two labels, so accuracy on them is a coin toss no training fixes.
+    Every place class names enter a dataset calls this: the converters and the manifest check (an existing
+    ``dataset.json`` is refused before Ray starts). ``sources[i]`` says where name i came from (a folder, a line);
+    by default its label.
+    """
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        folded = name.strip().casefold()
+        if folded in seen:
+            j = seen[folded]
+            a, b = (sources[j], sources[i]) if sources is not None else (f"label {j}", f"label {i}")
+            raise DataError(
+                f"{where}: class names {names[j]!r} ({a}) and {name!r} ({b}) are the same name up to case and "
+                "surrounding spaces; the model cannot tell them apart (merge them, or rename one)"
+            )
+        seen[folded] = i
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:

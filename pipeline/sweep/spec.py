@@ -1,14 +1,19 @@
 """Sweep space files: typed spec, distributions, checks against the run config, trial configs — no Ray.
 
-Everything a sweep can get wrong is found here, before Ray starts: unknown keys, bad bounds, an objective the run
-config does not report, a tie to a key outside the space. Importing this module loads no Ray (the benchmark's
+Everything a sweep can get wrong is found here, before Ray starts: unknown keys, bad bounds, a distribution whose
+values the key's type cannot hold, an objective the run config does not report, a tie to a key outside the space. Importing this module loads no Ray (the benchmark's
 sweep collector and ``run.py`` use it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import math
 import os
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +67,8 @@ class SweepSpec:
     objective: Objective = field(default_factory=Objective)
     search: Search = field(default_factory=Search)
     scheduler: Scheduler = field(default_factory=Scheduler)
-    # a.b → {uniform|loguniform|randint: [low, high]} or {choice: [v1, v2, …]}
+    # a.b → {uniform|loguniform|randint: [low, high]} or {choice: [v1, v2, …]}, of the key's type: an int key
+    # takes randint (high exclusive) or a choice of ints; a float key any of them (randint's ints are floats).
     space: dict[str, Any] = field(default_factory=dict)
     # a.b → c.d: key a.b takes the value sampled for the space key c.d (the paper's one shared λ:
     # loss.lambda_pvl: loss.lambda_avl).
@@ -117,13 +123,95 @@ def _distribution(path: str, key: str, spec: Any) -> tuple[str, list[Any]]:
     return kind, [low, high]
 
 
+def _field_type(key: str) -> Any:
+    """The annotated type of a dotted run-config key (``optim.epochs`` → ``int``); None when the key names no
+    leaf field (an unknown key is reported by the bound check, with its "Did you mean")."""
+    node: Any = Config
+    for name in key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        hints = typing.get_type_hints(node)
+        if name not in hints:
+            return None
+        node = hints[name]
+    return None if isinstance(node, type) and dataclasses.is_dataclass(node) else node
+
+
+def _holds(kind: type, value: Any) -> bool:
+    """Whether a YAML value is of the config type ``kind`` as written — no conversion. bool is a subclass of int
+    in Python, so it is ruled out explicitly; an int is a valid float (every int is a float value)."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    if kind is int:
+        return isinstance(value, int)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return isinstance(value, str)  # which strings are members is the bound check's (it names them)
+    origin = typing.get_origin(kind) or kind
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
+def _type_name(kind: type) -> str:
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return f"one of {', '.join(m.value for m in kind)}"
+    names = {int: "an int", float: "a float", bool: "a bool", str: "a string", type(None): "null"}
+    return names.get(kind, f"a {getattr(typing.get_origin(kind) or kind, '__name__', kind)}")
+
+
+def _int_fix(low: Any, high: Any) -> str:
+    """The integer spelling of a [low, high] float range: randint (high exclusive, as Tune's) or a choice."""
+    lo, hi = math.ceil(low), math.floor(high)
+    if lo > hi:
+        return "use {randint: [low, high]} with integer bounds (high exclusive) or {choice: [...]} of ints"
+    fix = f"use {{randint: [{lo}, {hi + 1}]}} (high exclusive)"
+    if hi - lo < 8:
+        fix += f" or {{choice: [{', '.join(str(v) for v in range(lo, hi + 1))}]}}"
+    return fix
+
+
+def _type_problem(key: str, kind: str, args: list[Any]) -> tuple[str, str] | None:
+    """Why the values ``kind``/``args`` draws cannot be stored in ``key`` (reason, fix), or None if they can.
+
+    OmegaConf refuses a float for an int field: without this check the bounds of ``optim.epochs: {uniform:
+    [1, 3]}`` (both ints) pass, and every trial then fails inside Ray on its first sampled 2.37. ``randint`` on a
+    float key is accepted (ints are valid floats; the trial sees 3.0). Choice values must be of the key's type
+    as written: the string "1e-3" for a float key or 1 for a bool key would be converted silently, 1.5 for an
+    int key refused inside every trial that draws it.
+    """
+    hint = _field_type(key)
+    if hint is None:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    nullable = type(None) in options
+    kinds = [k for k in options if k is not type(None)]
+    if len(kinds) != 1:
+        return None
+    base = kinds[0]
+    what = f"{key} is {_type_name(base)}" + (" (or null)" if nullable else "")
+    if kind == "choice":
+        for value in args:
+            if not (_holds(base, value) or (nullable and value is None)):
+                unquote = isinstance(value, str) and base in (int, float)
+                fix = "list only values of that type" + ("; write numbers unquoted" if unquote else "")
+                return f"choice value {value!r} is {_type_name(type(value))}, but {what}", fix
+        return None
+    if base is float or (base is int and kind == "randint"):
+        return None
+    if base is int:
+        return f"{what}, but {kind} samples floats (every trial would fail)", _int_fix(*args)
+    fix = "use {choice: [true, false]}" if base is bool else "use {choice: [...]} of its values"
+    return f"{what}, but {kind} samples numbers (every trial would fail)", fix
+
+
 def override(key: str, value: Any) -> str:
     """``a.b=value`` with the value spelled as YAML (JSON is YAML), so bools, nulls and floats keep their type."""
     return f"{key}={json.dumps(value)}"
 
 
 def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str, list[Any]]]:
-    """Every key real, every bound a valid config value, the objective reported by this config — before Ray."""
+    """Every key real, every distribution of the key's type, every bound a valid config value, the objective
+    reported by this config — before Ray."""
     if spec.objective.mode not in ("max", "min"):
         raise ConfigError(
             f"{path}: key 'objective.mode': expected 'max' or 'min', got {spec.objective.mode!r}"
@@ -166,6 +254,17 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
             raise ConfigError(
                 f"{path}: tie '{target}: {source}': expected a key outside the space tied to a space key "
                 f"({', '.join(dists)})"
+            )
+    for key, (kind, args) in dists.items():
+        problem = _type_problem(key, kind, args)
+        if problem is not None:
+            raise ConfigError(f"{path}: space key '{key}': {problem[0]}: {problem[1]}")
+    for target, source in spec.tie.items():  # the tied key is given the source's sampled value as is
+        problem = _type_problem(target, *dists[source])
+        if problem is not None:
+            raise ConfigError(
+                f"{path}: tie '{target}: {source}': {target} takes the values sampled for {source}, and "
+                f"{problem[0]}; tie it to a space key of the same type"
             )
     for key, (_, values) in dists.items():
         for value in values:  # both bounds (or every choice) must make a valid run config

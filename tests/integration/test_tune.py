@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +130,123 @@ def test_tied_key_takes_the_sampled_value_and_is_checked(tmp_path):
     )
     with pytest.raises(ConfigError, match="tie 'loss.lambda_pvl: optim.lr'"):
         check_spec(load_spec(bad), _base(), str(bad))
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        (
+            {"optim.epochs": {"uniform": [1, 3]}},
+            r"space key 'optim\.epochs': optim\.epochs is an int, but uniform samples floats.*"
+            r"use \{randint: \[1, 4\]\} \(high exclusive\) or \{choice: \[1, 2, 3\]\}",
+        ),
+        (
+            {"optim.warmup_steps": {"loguniform": [10, 1000]}},
+            r"space key 'optim\.warmup_steps': optim\.warmup_steps is an int, .*randint: \[10, 1001\]",
+        ),
+        (
+            {"loss.learn_temperature": {"uniform": [0, 1]}},
+            r"loss\.learn_temperature is a bool, .*use \{choice: \[true, false\]\}",
+        ),
+    ],
+    ids=["uniform-on-int", "loguniform-on-int", "uniform-on-bool"],
+)
+def test_a_float_distribution_on_an_int_key_fails_naming_the_key_its_type_and_the_fix(tmp_path, space, match):
+    """Both bounds are valid ints, so the bound check alone passed this space, and then every trial failed
+    inside Ray on its first sampled float."""
+    path = _space(tmp_path, space=space)
+    with pytest.raises(ConfigError, match=match):
+        check_spec(load_spec(path), _base(), str(path))
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        (
+            {"optim.epochs": {"choice": [1, 1.5]}},
+            r"'optim\.epochs': choice value 1\.5 is a float, but .* an int",
+        ),
+        (
+            {"optim.epochs": {"choice": [2, True]}},
+            r"'optim\.epochs': choice value True is a bool, but .* an int",
+        ),
+        (
+            {"optim.lr": {"choice": [1e-4, "fast"]}},
+            r"'optim\.lr': choice value 'fast' is a string, but .*float",
+        ),
+        (
+            {"loss.learn_temperature": {"choice": [1, 0]}},
+            r"'loss\.learn_temperature': choice value 1 is an int, but loss\.learn_temperature is a bool",
+        ),
+    ],
+    ids=["float-for-int", "bool-for-int", "string-for-float", "int-for-bool"],
+)
+def test_a_choice_value_of_the_wrong_type_fails_naming_the_key_and_the_value(tmp_path, space, match):
+    path = _space(tmp_path, space=space)
+    with pytest.raises(ConfigError, match=match):
+        check_spec(load_spec(path), _base(), str(path))
+
+
+def test_a_quoted_number_for_a_float_key_fails_instead_of_being_converted(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text('space:\n  optim.lr: {choice: ["1e-3", 1.0e-4]}\n')
+    with pytest.raises(ConfigError, match=r"choice value '1e-3' is a string.*write numbers unquoted"):
+        check_spec(load_spec(path), _base(), str(path))
+
+
+def test_int_bool_and_nullable_spaces_and_randint_on_a_float_key_pass(tmp_path):
+    space = {
+        "optim.epochs": {"randint": [1, 4]},
+        "optim.warmup_steps": {"choice": [0, 10, 100]},
+        "loss.lambda_avl": {"randint": [1, 100]},  # ints are valid floats
+        "optim.lr": {"choice": [1, 1.0e-4]},
+        "loss.learn_temperature": {"choice": [True, False]},
+        "loss.temperature": {"choice": [None, 0.05]},
+        "loss.method": {"choice": ["dive", "flyp_replay"]},
+    }
+    path = _space(tmp_path, space=space, tie={"loss.lambda_pvl": "loss.lambda_avl"})
+    dists = check_spec(load_spec(path), _base(), str(path))
+    assert dists["optim.epochs"] == ("randint", [1, 4])
+    assert (
+        trial_config(
+            to_dict(_base()), {"loss.lambda_avl": 7}, {"loss.lambda_pvl": "loss.lambda_avl"}
+        ).loss.lambda_pvl
+        == 7.0
+    )
+
+
+def test_a_tie_onto_an_int_key_from_a_float_distribution_fails(tmp_path):
+    path = _space(
+        tmp_path, space={"loss.lambda_avl": {"uniform": [1, 100]}}, tie={"optim.epochs": "loss.lambda_avl"}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"tie 'optim\.epochs: loss\.lambda_avl': optim\.epochs takes the values sampled for "
+        r"loss\.lambda_avl, and optim\.epochs is an int, but uniform samples floats",
+    ):
+        check_spec(load_spec(path), _base(), str(path))
+
+
+@pytest.fixture
+def no_sweep(monkeypatch):
+    """Fail the test if tune.main gets as far as Ray: the sweep module (the one that imports Ray) is replaced by
+    one whose ``sweep`` raises, and so is the Ray start of a plain run."""
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the sweep started although the space was invalid")
+
+    monkeypatch.setitem(sys.modules, "pipeline.sweep.search", types.SimpleNamespace(sweep=forbidden))
+    monkeypatch.setattr("pipeline.train.start_ray", forbidden)
+
+
+def test_a_wrong_typed_space_exits_2_with_one_error_line_before_ray_starts(tmp_path, capsys, no_sweep):
+    path = _space(tmp_path, space={"optim.epochs": {"uniform": [1, 3]}})
+    base = tmp_path / "base.yaml"
+    base.write_text("eval: {val_id: /nowhere}\n")
+    assert tune.main(["--space", str(path), "--config", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "optim.epochs is an int" in err and "randint: [1, 4]" in err and "Traceback" not in err
 
 
 def test_finished_sweep_names_move_on_and_unfinished_ones_resume(tmp_path):

@@ -633,3 +633,96 @@ def test_a_second_writer_to_the_same_output_fails_clearly(tmp_path):
     with ShardWriter(out, Manifest("d", CAPTIONED), overwrite=True) as again:  # the lock is released
         again.add({"image": image_bytes(), "caption": "again"})
     assert [r["caption"] for r in iter_rows(out)] == ["again"]
+
+
+# --------------------------------------------------------------------------------- inputs that are mistakes
+@pytest.mark.parametrize(
+    ("folders", "match"),
+    [
+        (("Cat", "cat", "dog"), r"class names 'Cat' \(folder Cat/\) and 'cat' \(folder cat/\)"),
+        (("cat x", "cat_x"), r"class names 'cat x' \(folder cat x/\) and 'cat x' \(folder cat_x/\)"),
+    ],
+    ids=["case", "underscore-is-a-space"],
+)
+def test_imagefolder_refuses_class_folders_that_name_the_same_class(tmp_path, capsys, folders, match):
+    src = tmp_path / "src"
+    for name in folders:
+        (src / name).mkdir(parents=True)
+        (src / name / "x.png").write_bytes(image_bytes())
+    with pytest.raises(DataError, match=rf"{src}: {match} are the same name up to case"):
+        convert_imagefolder(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no temp folder
+    assert main(["imagefolder", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert f"(folder {folders[0]}/)" in err and f"(folder {folders[1]}/)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wds_classnames_file_with_the_same_name_twice_is_refused_naming_the_lines(tmp_path, capsys):
+    tar = write_tar(tmp_path / "train.tar", {"a.png": image_bytes(), "a.cls": b"0"})
+    names = tmp_path / "classes.txt"
+    names.write_text("# pets\nCat\ndog\n cat \n")
+    with pytest.raises(DataError, match=r"classnames: class names 'dog' \(label 0\) and 'Dog ' \(label 1\)"):
+        convert_wds(tar, tmp_path / "out", label_ext="cls", classnames=["dog", "Dog "])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt", "train.tar"]  # nothing written
+    argv = ["wds", str(tar), str(tmp_path / "out"), "--label-ext", "cls", "--classnames", str(names)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert f"{names}: class names 'Cat' (line 2) and 'cat' (line 4)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _outside_rows(tmp_path: Path) -> tuple[Path, Path]:
+    """A captions file in set/ whose third row leaves set/ by ``..``; images both inside and outside."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "in.png").write_bytes(image_bytes())
+    (tmp_path / "secret.png").write_bytes(image_bytes(color=(1, 2, 3)))
+    meta = folder / "captions.csv"
+    meta.write_text("image,caption\nin.png,inside\nin.png,again\n../secret.png,outside\n")
+    return folder, meta
+
+
+def test_captions_path_escaping_the_base_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    folder, meta = _outside_rows(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(DataError) as err:
+        convert_captions(meta, tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith(f"{meta}:4: image path '../secret.png' resolves to {tmp_path / 'secret.png'}")
+    assert f"outside the base folder {folder}" in message and "--allow-outside-base" in message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no output folder, no temp folder
+    assert main(["captions", str(meta), str(tmp_path / "out")]) == 2
+    err_line = capsys.readouterr().err
+    assert err_line.startswith("error: ") and len(err_line.strip().splitlines()) == 1
+    assert "captions.csv:4" in err_line and "--allow-outside-base" in err_line
+    assert not (tmp_path / "out").exists()
+
+
+def test_captions_absolute_path_and_escaping_symlink_are_refused_too(tmp_path, capsys):
+    folder, meta = _outside_rows(tmp_path)
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    outside = tmp_path / "secret.png"
+    for image in (str(outside), "link.png"):
+        meta.write_text(f"image,caption\nin.png,inside\n{image},outside\n")
+        with pytest.raises(DataError) as err:
+            convert_captions(meta, tmp_path / "out")
+        assert f"captions.csv:3: image path '{image}' resolves to {outside}, outside" in str(err.value)
+    # --base-dir moves the boundary: a path inside the file's folder is outside an explicit base
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    meta.write_text("image,caption\n../set/in.png,inside\n")
+    assert main(["captions", str(meta), str(tmp_path / "out"), "--base-dir", str(pictures)]) == 2
+    assert f"outside the base folder {pictures}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_allow_outside_base_reads_the_images_outside(tmp_path, capsys):
+    _, meta = _outside_rows(tmp_path)
+    manifest = convert_captions(meta, tmp_path / "out", allow_outside_base=True)
+    assert manifest.num_rows == 3
+    assert [r["caption"] for r in iter_rows(tmp_path / "out")] == ["inside", "again", "outside"]
+    assert main(["captions", str(meta), str(tmp_path / "o2"), "--allow-outside-base"]) == 0
+    assert [r["key"] for r in iter_rows(tmp_path / "o2")] == ["in.png", "in.png", "../secret.png"]

@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +24,7 @@ from pipeline.data.format import (
     DataError,
     Manifest,
     ShardWriter,
+    check_classnames,
     check_dataset,
     check_teacher_cache,
     decode_image,
@@ -231,6 +233,41 @@ def test_a_manifest_value_of_the_wrong_json_type_is_refused_naming_the_key(tmp_p
     with pytest.raises(DataError, match=match) as err:
         check_dataset(folder, LABELLED)
     assert str(folder / "dataset.json") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (["Cat", "dog", "cat"], r"class names 'Cat' \(label 0\) and 'cat' \(label 2\)"),
+        (["cat", "cat "], r"class names 'cat' \(label 0\) and 'cat ' \(label 1\)"),
+        (["dog", "  DOG"], r"class names 'dog' \(label 0\) and '  DOG' \(label 1\)"),
+        (["cat", "cat"], r"class names 'cat' \(label 0\) and 'cat' \(label 1\)"),
+    ],
+    ids=["case", "trailing-space", "leading-space-and-case", "exact"],
+)
+def test_a_manifest_naming_one_class_twice_is_refused_naming_dataset_json_and_both(tmp_path, names, match):
+    """An existing dataset.json (hand-written, or converted before this check) is refused by the check every
+    run does on the driver before Ray starts."""
+    folder = write_raw(tmp_path / "ds", labelled_table(), replace(LABELLED_MANIFEST, classnames=names))
+    with pytest.raises(DataError, match=rf"{folder / MANIFEST}: {match} are the same name up to case"):
+        check_dataset(folder, LABELLED)
+    with pytest.raises(DataError, match=match):
+        read_manifest(folder)
+
+
+def test_a_labelled_webdataset_manifest_naming_one_class_twice_is_refused(tmp_path):
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    write_tar(folder / "00000.tar", {"a.jpg": png(), "a.cls": b"0"})
+    write_manifest(folder, Manifest("pets", LABELLED, classnames=["Cat", "cat"], templates=["a {}."]))
+    with pytest.raises(DataError, match=r"wds/dataset\.json: class names 'Cat' \(label 0\) and 'cat'"):
+        check_dataset(folder, LABELLED)
+
+
+def test_class_names_that_differ_beyond_case_and_spaces_pass():
+    check_classnames(["cat", "cats", "big cat", "cat-fish", "Straße"], "x")
+    with pytest.raises(DataError, match=r"x: class names 'Straße' \(a\) and 'STRASSE' \(b\)"):
+        check_classnames(["Straße", "STRASSE"], "x", ["a", "b"])  # casefold, not lower: ß is ss
 
 
 def test_labels_are_checked_in_every_row_group_even_without_statistics(tmp_path):
