@@ -19,6 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dive.redact import mask_text, mask_tree, masked_keys
+
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type, or impossible; the message names the key."""
@@ -280,11 +282,14 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    """The config as YAML for a file, the console or MLflow: with every URI's secrets masked
+    (:func:`dive.redact.mask_tree`), since each of those outlives the process; the real values stay in ``cfg``."""
+    return OmegaConf.to_yaml(OmegaConf.create(mask_tree(to_dict(cfg))))
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """``{"loss.lambda_avl": 1000.0, …}``: one flat param per leaf, for MLflow."""
+    """``{"loss.lambda_avl": 1000.0, …}``: one flat param per leaf, for MLflow — URIs' secrets masked, as in
+    :func:`to_yaml`."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -294,7 +299,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk("", to_dict(cfg))
+    walk("", mask_tree(to_dict(cfg)))
     return out
 
 
@@ -327,8 +332,9 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     _check_eval(cfg.eval, check_paths, errors.need)
     if check_paths:
         _check_paths(cfg, errors.need)
+    _check_unmasked(cfg, errors.need)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError(mask_text("invalid config:\n  " + "\n  ".join(errors)))
     return cfg
 
 
@@ -341,6 +347,20 @@ def _check_finite(cfg: Config, need: _Need) -> None:
     for key, value in flatten(cfg).items():
         if isinstance(value, float):
             need(math.isfinite(value), key, "a finite number", value)
+
+
+def _check_unmasked(cfg: Config, need: _Need) -> None:
+    """A saved config (``config.yaml``, ``best_config.yaml``) keeps URIs' secrets masked: a value read back from
+    one must be given again, not used with ``***`` as its password or signature."""
+    flat = flatten(cfg)
+    for key in masked_keys(to_dict(cfg)):
+        need(
+            False,
+            key,
+            f"its real value: a saved config keeps secrets masked; give it again as an override {key}=…"
+            + (" or in $MLFLOW_TRACKING_URI" if key == "tracking.uri" else ""),
+            flat.get(key, "a masked value"),
+        )
 
 
 def _check_loss(loss: LossConfig, need: _Need) -> None:

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dive.models import LOCAL_DIR, register_model_configs
+from dive.redact import mask_tree
 from dive.wise import strip_prefixes
 
 CONFIG_FILE = "open_clip_config.json"
@@ -209,7 +210,7 @@ def export_model(
             "model_cfg.text_cfg.hf_tokenizer_name is set, so open_clip loads the tokenizer from the export "
             "folder: pass tokenizer= (an open_clip HFTokenizer) so that its files are saved"
         )
-    card = dict(card or {})
+    card = mask_tree(dict(card or {}))  # a data path or base model given as a URI may carry its credentials
     texts = {
         CONFIG_FILE: _dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, CONFIG_FILE),
         CARD_FILE: _dumps(card, CARD_FILE),

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from dive.redact import mask_text
+
 if TYPE_CHECKING:
     from dive.config import Config
 
@@ -73,7 +75,7 @@ class Console:
         self._lock = threading.Lock()
         self._handler = logging.StreamHandler(self._file)
         self._handler.set_name(_FILE_HANDLER)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._handler.setFormatter(_MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._moved: list[tuple[logging.Logger, logging.Handler]] = []
         self._added: list[logging.Logger] = []  # non-propagating loggers given our file handler
         self._saved_root_level = logging.root.level
@@ -164,16 +166,17 @@ class Console:
 
     # ------------------------------------------------------------------------------------------ output
     def say(self, text: str) -> None:
-        """A line for the user: the console and the log file."""
+        """A line for the user: the console and the log file (a URI's secrets masked in both)."""
+        text = mask_text(text)
         print(text, file=self.stream, flush=True)
         self.write(text)
         self._said += len((text.rstrip("\n") + "\n").encode())
 
     def write(self, text: str) -> None:
-        """A line for the log file only."""
+        """A line for the log file only (a URI's secrets masked)."""
         with self._lock:
             if not self._file.closed:
-                self._file.write(text.rstrip("\n") + "\n")
+                self._file.write(mask_text(text).rstrip("\n") + "\n")
 
     def quiet(self) -> None:
         """Move the console handlers of :data:`NOISY_LOGGERS` (and their children) to the log file. Idempotent:
@@ -238,12 +241,20 @@ class Console:
         prefix = f"({who} pid={data.get('pid')}, ip={data.get('ip')}) "
         with self._lock:
             if not self._file.closed:
-                self._file.writelines(prefix + line + "\n" for line in data.get("lines", ()))
+                self._file.writelines(prefix + mask_text(line) + "\n" for line in data.get("lines", ()))
 
 
 def error_line(err: BaseException, limit: int = 300) -> str:
-    """An exception as one line for the console: its first line (a library's message may run to pages)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+    """An exception as one line for the console: its first line (a library's message may run to pages), with
+    any URI's secrets masked (an HTTP client's error may quote the URL it was given, password included)."""
+    return mask_text((str(err).strip().splitlines() or [type(err).__name__])[0])[:limit]
+
+
+class _MaskingFormatter(logging.Formatter):
+    """The log file's formatter: a library's log record (tracebacks included) may quote a URI with its secret."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import Config, ConfigError, load_config
+from dive.redact import mask_text
 
 
 def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, dict]:
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(run_dir / "config.yaml")
         folder, state = latest_checkpoint(run_dir, cfg)
     except (ConfigError, FileNotFoundError) as err:  # NoIntactCheckpoint included
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
     out = export_checkpoint(cfg, state, args.out or run_dir / "export", build_model(cfg.model), run_dir.name)
     print(f"export of step {state['step']} ({folder}): {out}")

@@ -9,14 +9,18 @@ was expected; ``main`` turns those into one line and exit code 2.
 
 from __future__ import annotations
 
+import base64
+import os
 import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dive.bundle import ModelBundle
 from dive.config import USES_REFERENCE, Config, ConfigError
+from dive.redact import mask_text
 from pipeline.checkpoint import Found
 from pipeline.console import error_line
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, check_dataset, check_teacher_cache
@@ -82,23 +86,68 @@ def check_resumable(cfg: Config, uri: str, run_id: str) -> Found | None:
 
 
 def check_tracking(uri: str) -> None:
-    """An HTTP tracking server answers its ``/health`` endpoint; a local store's folder is writable."""
+    """An HTTP tracking server answers its ``/health`` endpoint; a local store's folder is writable.
+
+    The request authenticates as MLflow's client would: a user-info in the URI (``http://alice:pw@host``) is
+    taken out of the URL (urllib would otherwise read ``alice:pw@host`` as the host name) and sent as HTTP
+    basic auth; ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD`` win over it, as they do in MLflow,
+    and ``$MLFLOW_TRACKING_TOKEN`` is sent as a bearer token. Messages show the URI with its secrets masked."""
+    shown = mask_text(uri)
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=TRACKING_TIMEOUT_S) as response:
+            request = health_request(uri)
+        except ValueError as err:
+            raise ConfigError(f"tracking.uri: {shown} is not a valid URL ({mask_text(str(err))})") from None
+        try:
+            with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S) as response:
                 if response.status != 200:
                     raise OSError(f"HTTP {response.status}")
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                raise ConfigError(
+                    f"tracking.uri: the MLflow server at {shown} refused the credentials (HTTP {err.code} "
+                    f"{err.reason}); check the user name and password in the URI or $MLFLOW_TRACKING_USERNAME "
+                    "/ $MLFLOW_TRACKING_PASSWORD"
+                ) from None
+            raise _unreachable(shown, f"HTTP {err.code} {err.reason}") from None
         except (OSError, urllib.error.URLError) as err:
-            raise ConfigError(
-                f"tracking.uri: no MLflow server answers at {uri} ({getattr(err, 'reason', err)}); start it "
-                "(`mlflow server`), fix tracking.uri / $MLFLOW_TRACKING_URI, or leave both empty for a local "
-                "store (mlflow.db)"
-            ) from None
+            raise _unreachable(shown, mask_text(str(getattr(err, "reason", err)))) from None
     elif uri.startswith("sqlite:///"):
-        check_writable("tracking.uri", str(Path(uri.removeprefix("sqlite:///")).parent), uri)
+        check_writable("tracking.uri", str(Path(uri.removeprefix("sqlite:///")).parent), shown)
     elif uri.startswith("file://"):
-        check_writable("tracking.uri", uri.removeprefix("file://"), uri)
+        check_writable("tracking.uri", uri.removeprefix("file://"), shown)
+
+
+def _unreachable(shown: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"tracking.uri: no MLflow server answers at {shown} ({why}); start it "
+        "(`mlflow server`), fix tracking.uri / $MLFLOW_TRACKING_URI, or leave both empty for a local "
+        "store (mlflow.db)"
+    )
+
+
+def health_request(uri: str) -> urllib.request.Request:
+    """The GET of ``<uri>/health``: the URL without its user-info, the credentials in an Authorization header."""
+    parts = urlsplit(uri)
+    username, password = parts.username, parts.password  # ValueError on a malformed host or port
+    parts.port  # noqa: B018  (a bad port fails here, named, rather than as "Name or service not known")
+    host = parts.netloc.rpartition("@")[2]  # the split urllib makes for .hostname
+    url = urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health", "", ""))
+    env_user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    env_password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    headers = {}
+    if env_user and env_password:
+        headers["Authorization"] = _basic(env_user, env_password)
+    elif username is not None:
+        headers["Authorization"] = _basic(unquote(username), unquote(password or ""))
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    return urllib.request.Request(url, headers=headers)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def check_writable(key: str, folder: str, shown: str | None = None) -> None:

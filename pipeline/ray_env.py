@@ -16,15 +16,23 @@ to loopback when the node's address is 127.0.0.1, which is what it picks when ``
 macOS/Windows default, env ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). :func:`loopback_only` switches it off while
 the instance starts; ``tests/integration/test_ray_env.py`` checks every listening socket so a Ray upgrade that moves
 the knob is caught.
+
+**Why the token file is made private.** A new local instance turns Ray's token authentication on unless
+``RAY_AUTH_MODE`` says otherwise, and Ray writes the token to ``~/.ray/auth_token`` with the process umask: 0644,
+readable by every user of the machine, who could then reach this user's cluster. :func:`private_token` wraps each
+start: ``~/.ray`` is created 0700 when it does not exist yet (so the file is never exposed, even for the moment
+before the chmod), and the file is made 0600 once ``ray.init`` returns or fails.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,12 +78,45 @@ def on_driver_node() -> dict[str, Any]:
 PORT_ATTEMPTS = 3
 
 
+def token_file() -> Path:
+    """Where Ray writes its authentication token (``ray._private.authentication``: ``Path.home()``, so ``$HOME``)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+@contextmanager
+def private_token() -> Iterator[None]:
+    """Around a local ``ray.init``: the token Ray may write there is readable by this user only (module docstring)."""
+    path = token_file()
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() == "token" and not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)  # mkdir's mode passes through the umask
+    try:
+        yield
+    finally:
+        protect_token(path)
+
+
+def protect_token(path: Path | None = None) -> None:
+    """Make the token file 0600 when group or others can read it; a file that is not ours is reported, not fatal."""
+    path = path or token_file()
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(0o600)
+    except FileNotFoundError:
+        return  # token auth off, or the token comes from $RAY_AUTH_TOKEN: nothing on disk
+    except OSError as err:
+        print(
+            f"[dive] could not make Ray's token file {path} private: {err.strerror or err}", file=sys.stderr
+        )
+
+
 def start_local_ray(num_cpus: int, *, log_to_driver: bool, dashboard: bool = True) -> None:
     """A fresh local instance with ``num_cpus`` logical CPUs; ``dashboard=False`` for work that runs no Train fit."""
     import ray
 
     if not dashboard:
-        with loopback_only():
+        with loopback_only(), private_token():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         return
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -110,7 +151,7 @@ def _init_with_dashboard(num_cpus: int, port: int, *, log_to_driver: bool) -> An
     previous = os.environ.get(API_SERVER_ENV)
     os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
     try:
-        with loopback_only():
+        with loopback_only(), private_token():
             return ray.init(
                 address="local",
                 num_cpus=num_cpus,

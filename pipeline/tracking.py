@@ -20,7 +20,8 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from dive.config import Config, flatten
+from dive.config import Config, ConfigError, flatten
+from dive.redact import is_masked, mask_text
 from pipeline.console import error_line
 
 MAX_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
@@ -31,10 +32,23 @@ RETRY_S, MAX_RETRY_S = 15.0, 300.0  # while it is down, try again after this lon
 def tracking_uri(cfg: Config) -> str:
     """Config, then $MLFLOW_TRACKING_URI, then ``mlflow.db`` in :func:`pipeline.home.home` (the working directory,
     or under a Ray job a folder that outlives it) — always absolute, because a Ray Train worker's cwd is a
-    temporary session folder."""
+    temporary session folder.
+
+    A config read back from a run folder holds the URI with its password masked (:mod:`dive.redact`): then
+    $MLFLOW_TRACKING_URI supplies the real one if it names the same server and user; otherwise the user is asked
+    for it, rather than ``***`` being sent as the password."""
     from pipeline.home import writable
 
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if is_masked(uri):
+        env = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not env or mask_text(env) != uri:
+            raise ConfigError(
+                f"tracking.uri: {uri} was saved with its secret masked; give the real URI again, as "
+                "$MLFLOW_TRACKING_URI or as the override tracking.uri=…"
+                + (f" ($MLFLOW_TRACKING_URI names another server: {mask_text(env)})" if env else "")
+            )
+        uri = env
     if not uri:
         return f"sqlite:///{writable('mlflow.db')}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -98,6 +112,14 @@ class Run:
     def __post_init__(self) -> None:
         if self.client is None:
             self.client = MlflowClient(tracking_uri=self.uri)
+
+    def __repr__(self) -> str:  # a Run lands in tracebacks and logs: its URI may carry a password
+        return f"Run(uri={mask_text(self.uri)!r}, run_id={self.run_id!r}, spool={self.spool!r})"
+
+    @property
+    def shown_uri(self) -> str:
+        """The store's URI as the console and logs may show it (secrets masked)."""
+        return mask_text(self.uri)
 
     @classmethod
     def start(
@@ -165,7 +187,7 @@ class Run:
         self._send("end", status=status)
         if self.pending():
             print(
-                f"[dive] MLflow ({self.uri}) is unreachable: {self.pending()} record(s) of run {self.run_id} "
+                f"[dive] MLflow ({self.shown_uri}) is unreachable: {self.pending()} record(s) of run {self.run_id} "
                 f"are kept in {self.spool}; send them with `dive sync {self.spool.parent}` "
                 "(or --resume the run)",
                 file=sys.stderr,
@@ -262,7 +284,7 @@ class Run:
             self.client.set_terminated(run_id, status)
             return True
         except MlflowException as err:
-            print(f"[dive] child run {run_id} not closed: {str(err).splitlines()[0][:160]}", file=sys.stderr)
+            print(f"[dive] child run {run_id} not closed: {error_line(err, 160)}", file=sys.stderr)
             return False
 
     def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
@@ -290,9 +312,12 @@ def sync(run_dir: str | Path) -> int:
     if not (folder / "config.yaml").is_file():
         print(f"error: {folder}: no config.yaml (expected a run output folder)", file=sys.stderr)
         return 2
-    run = Run(
-        tracking_uri(load_config(str(folder / "config.yaml"))), folder.resolve().name, spool=folder / SPOOL
-    )
+    try:
+        uri = tracking_uri(load_config(str(folder / "config.yaml")))
+    except ConfigError as err:  # e.g. the saved URI's password is masked and $MLFLOW_TRACKING_URI is unset
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
+        return 2
+    run = Run(uri, folder.resolve().name, spool=folder / SPOOL)
     if not run.pending():
         print(f"{folder}: nothing spooled")
         return 0

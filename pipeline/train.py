@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dict, to_yaml, validate
+from dive.redact import mask_text
 from pipeline.checkpoint import CheckpointWriteError
 from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError
@@ -226,7 +227,7 @@ def run(
             mlrun.end("KILLED")
             raise
         write_error = _checkpoint_write_error(err)
-        mlrun.set_tag("dive.failure", str(write_error or err)[:1000])
+        mlrun.set_tag("dive.failure", mask_text(str(write_error or err))[:1000])
         mlrun.end("FAILED")
         if write_error is not None:  # one line for the user, not the worker group's traceback
             raise write_error from err
@@ -332,15 +333,19 @@ def _open_run(
 
 
 def _run_folder(cfg: Config, mlrun: Any, console: Console | None) -> Path:
-    """``<output_dir>/<run id>`` with the run's config (what ``--resume`` reads); the console log moves in."""
+    """``<output_dir>/<run id>`` with the run's config (what ``--resume`` reads); the console log moves in.
+
+    The saved config has its URIs' secrets masked (:func:`dive.config.to_yaml`): a ``--resume`` from it gets the
+    tracking URI from $MLFLOW_TRACKING_URI or an override (:func:`pipeline.tracking.tracking_uri`)."""
     out_dir = Path(cfg.tracking.output_dir) / mlrun.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    shown = mask_text(mlrun.uri)
     if console is None:
-        print(f"[dive] MLflow run {mlrun.run_id} ({mlrun.uri})", flush=True)
+        print(f"[dive] MLflow run {mlrun.run_id} ({shown})", flush=True)
     else:
         log = console.attach(out_dir)
-        console.say(f"[dive] MLflow run {mlrun.run_id} ({mlrun.uri})")
+        console.say(f"[dive] MLflow run {mlrun.run_id} ({shown})")
         console.say(f"[dive] log:  {log}  (Ray, worker and library output; -v shows it here)")
     return out_dir
 
@@ -510,7 +515,7 @@ def finish(cfg: Config, mlrun: Any, export_dir: Path, out_dir: Path) -> dict[str
 def where(cfg: Config) -> str:
     """One line: where this run reads its data and writes its outputs and MLflow records."""
     data = f"demo {cfg.data.demo}" if cfg.data.demo else f"data {Path(cfg.data.id_train).parent}"
-    return f"{data} · outputs {cfg.tracking.output_dir} · MLflow {cfg.tracking.uri}"
+    return mask_text(f"{data} · outputs {cfg.tracking.output_dir} · MLflow {cfg.tracking.uri}")
 
 
 def summary_lines(result: RunResult) -> list[str]:
@@ -530,7 +535,7 @@ def summary_lines(result: RunResult) -> list[str]:
         f"load it:     open_clip.create_model_and_transforms('local-dir:{result.export_dir}')",
     ]
     if result.tracking_uri.startswith("sqlite"):
-        ui = f"mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000"
+        ui = f"mlflow ui --backend-store-uri {mask_text(result.tracking_uri)} --host 127.0.0.1 --port 5000"
         lines.append(f"MLflow UI:   {ui}")
     return lines
 
@@ -571,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
         cfg = resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides))
         if args.validate:
-            print(to_yaml(ready(cfg, build_demo=False)))
+            print(to_yaml(ready(cfg, build_demo=False)))  # URIs' secrets masked
             print("config OK", file=sys.stderr)
             return 0
         validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
@@ -581,10 +586,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run(cfg, resume_run_id=resume_run_id, console=console)
             _print_summary(result, console)
     except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)  # an override or a path may quote a secret
         return 2
     except CheckpointWriteError as err:  # the run is FAILED, with this reason as its dive.failure tag
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dive.config import ConfigError
+from dive.redact import mask_text
 from pipeline.data.format import DataError
 from pipeline.sweep.spec import prepare, sweep_name
 
@@ -53,12 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec, base, dists = prepare(args.space, args.config, args.overrides, spec_overrides)
     except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
     try:
         name = sweep_name(base, args.name, Path(args.space).stem)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
     from pipeline.console import Console
     from pipeline.sweep.search import sweep  # Ray: only once the space and config are checked

@@ -23,6 +23,7 @@ from dive.config import Config, ConfigError, ModelConfig, load_config
 from dive.export import export_model
 from dive.metrics import summarize
 from dive.models import build_model
+from dive.redact import mask_text
 from dive.wise import interpolate
 
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(not 0.0 <= a <= 1.0 for a in alphas):
             raise ConfigError(f"--alphas: expected values in [0, 1], got {args.alphas}")
     except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
     from pipeline import tracking
     from pipeline.console import command_console, start_ray

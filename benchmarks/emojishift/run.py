@@ -543,8 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = args.cache.expanduser().resolve()
     out = (args.out or Path("outputs") / f"emojishift-{size_name}").resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/emojishift/run.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
+    from dive.redact import mask_text
+
+    # Kept in invocations.json, report.json and the README block: a tracking.uri=… override's password masked.
+    command = mask_text(
+        "python benchmarks/emojishift/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     )
     invocations = Invocations(out, command)
     rc = 1
@@ -564,6 +567,7 @@ def _benchmark(
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
     from dive.config import ConfigError
+    from dive.redact import mask_text
     from pipeline import tracking
     from pipeline.data.format import LABELLED, DataError, check_dataset
     from pipeline.ray_env import init_ray
@@ -576,7 +580,7 @@ def _benchmark(
         plan = run_configs(size, id_rows, args.overrides, args.methods, load_tuned(), chosen)
         configs = [(m, seed, prepare_config(str(CONFIG), o)) for m, seed, o in plan]
     except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
     ensure_teacher_cache(base)
     init_ray(base)
@@ -646,7 +650,7 @@ def _benchmark(
         "wall_s": wall,
         "invocations": invocations.entries(),
         "mlflow_parent_run": parent,
-        "tracking_uri": tracking.tracking_uri(base),
+        "tracking_uri": mask_text(tracking.tracking_uri(base)),
     }
     checked = {k: rows_ for k in DIVE_VARIANTS if (rows_ := goals(table, k))}
     (out / "report.json").write_text(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dive.config import ModelConfig
+from dive.redact import mask_text
 from pipeline.console import command_console
 from pipeline.convert.captions import convert_captions
 from pipeline.convert.common import DEFAULT_IMAGE_EXTS, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_SHARD, PathLike
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with command_console(target.parent, f"{target.name}.{args.command}.log", args.verbose):
             manifest, out, skipped = _run(args, common)
     except DataError as err:
-        print("error: " + str(err).replace("\n", " "), file=sys.stderr)
+        print("error: " + mask_text(str(err)).replace("\n", " "), file=sys.stderr)
         return 2
     skipped = {k: v for k, v in skipped.items() if k != "total"}
     print(_summary(args.command, manifest, out, time.perf_counter() - start, skipped))

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from dive.config import Config, to_dict, to_yaml
+from dive.redact import mask_tree, masked_keys
+from pipeline.console import error_line
 from pipeline.sweep.spec import SweepSpec, trial_config
 
 
@@ -76,9 +78,12 @@ def summarize(
     best_cfg = trial_config(to_dict(base), {k: best[k] for k in dists}, spec.tie)
     best_cfg = replace(best_cfg, tracking=replace(best_cfg.tracking, run_name=""))
     best_path = sweep_dir / "best_config.yaml"
+    masked = masked_keys(mask_tree(to_dict(best_cfg)))  # to_yaml masks secrets: the replay must give them
     best_path.write_text(
         f"# Best trial {best['trial']} of sweep {name} ({metric} = {best[metric]:.4f}); replay with:\n"
-        f"#   python pipeline/train.py --config {best_path}\n" + to_yaml(best_cfg)
+        f"#   python pipeline/train.py --config {best_path}\n"
+        + (f"# (secrets masked here; give {', '.join(masked)} again as overrides)\n" if masked else "")
+        + to_yaml(best_cfg)
     )
     table = sweep_dir / "trials"
     (table / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
@@ -109,7 +114,7 @@ def _register(parent: Any, experiment: str) -> None:
         tag = parent.register_model("best_export", f"{experiment}-best")
         print(f"[dive] registered {tag.replace('/', ' version ')}")
     except Exception as err:  # a file store has no registry: the export stays logged on the parent run
-        print(f"[dive] model registry unavailable ({str(err).splitlines()[0][:120]}); export logged only")
+        print(f"[dive] model registry unavailable ({error_line(err, 120)}); export logged only")
 
 
 def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from dive.config import Config, to_dict, to_yaml
+from dive.redact import mask_text
 from pipeline.console import Console, start_ray
 from pipeline.sweep.report import SweepResult, pruned, summarize
 from pipeline.sweep.spec import SweepSpec, trial_config
@@ -119,7 +120,7 @@ def _open_parent(
         "sweep.scheduler": spec.scheduler.name,
     }
     parent.log_params(params | {f"space.{key}": f"{kind}{args}" for key, (kind, args) in dists.items()})
-    print(f"[dive] sweep {name}: MLflow parent run {parent.run_id} ({parent.uri})", flush=True)
+    print(f"[dive] sweep {name}: MLflow parent run {parent.run_id} ({mask_text(parent.uri)})", flush=True)
     return parent
 
 
