@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -114,3 +122,33 @@ def cmdline(proc: psutil.Process) -> list[str]:
 def train_workers(parent: psutil.Process) -> list[psutil.Process]:
     """The Ray Train worker processes below ``parent`` (a driver that started a local instance, or a raylet)."""
     return [proc for proc in parent.children(recursive=True) if "RayTrainWorker" in " ".join(cmdline(proc))]
+
+
+@contextmanager
+def mlflow_server(store: str, cwd: Path | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over ``store`` (one worker; proxied artifacts under ``cwd``/mlartifacts),
+    stopped afterwards by its process group."""
+    from pipeline.ray_env import free_port
+
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "mlflow server exited"
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

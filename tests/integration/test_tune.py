@@ -10,9 +10,6 @@ import subprocess
 import sys
 import time
 import types
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
-from pipeline.ray_env import free_port
 from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
-from tests.conftest import tiny_run_overrides
+from tests.conftest import mlflow_server, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "tune_configs").glob("*.yaml"))
@@ -383,33 +379,6 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@contextmanager
-def _mlflow_server(store: str) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 over ``store`` (one worker), stopped afterwards."""
-    port = free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    server = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "mlflow server exited"
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-
-
 @pytest.mark.browser
 @pytest.mark.ray
 @pytest.mark.slow
@@ -427,7 +396,7 @@ def test_mlflow_ui_shows_the_sweep_nested_with_charts_and_artifacts_in_a_real_br
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     child = children[0]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with _mlflow_server(store) as url, sync_playwright() as pw:
+    with mlflow_server(store) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=_chromium(), args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
