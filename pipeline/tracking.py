@@ -24,6 +24,10 @@ from dive.config import Config, ConfigError, flatten
 from dive.redact import is_masked, mask_text
 from pipeline.console import error_line
 
+# MLflow prints "View run … at: <tracking URI>/…" when a run on a server ends, user-info and all; the run's own
+# lines (the MLflow run id and the masked URI) say where it is.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 MAX_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 SPOOL = "mlflow-spool.jsonl"  # in the run's output folder: what the tracker could not take yet, in order
 RETRY_S, MAX_RETRY_S = 15.0, 300.0  # while it is down, try again after this long, doubling up to the cap
