@@ -60,8 +60,8 @@ class ModelConfig:
     grad_checkpointing: bool = False
     # Keep BatchNorm layers in eval mode while fine-tuning (running statistics frozen; their affine weights still
     # train). Small per-worker batches from a narrow ID domain otherwise rewrite the statistics the pre-trained
-    # features depend on: measured on EmojiShift (lite-minilm), 10 train-mode forward passes over ID batches,
-    # with no weight update, drop the teacher's caption retrieval from 0.315 to 0.05. No effect on ViTs.
+    # features depend on: on EmojiShift (lite-minilm), 10 train-mode forward passes over ID batches, with no
+    # weight update, drop the teacher's caption retrieval from 0.315 to 0.05. No effect on ViTs.
     freeze_batchnorm: bool = True
     # Where open_clip caches downloaded weights (None: its default).
     cache_dir: str | None = None
@@ -86,17 +86,17 @@ class DataConfig:
     demo: str = ""
     # Size of that demo: "default" (≈ 20k images, the README's numbers) or "tiny" (tests, smoke jobs).
     demo_size: str = "default"
-    # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B'). B/4 is
-    # the cheaper setting: measured on EmojiShift, 1.26x FLYP's training time (B' = B: 1.94x), 70 % of DiVE's test
-    # ZS gain (within seed noise) and 96 % of its RSA gain kept.
+    # Global reference batch B'. 0 means B' = optim.global_batch (docs/method.md §3: the paper does not report
+    # B'). B/4 is the cheaper setting: on EmojiShift it trains in 1.26x FLYP's time (B' = B: 1.94x) and keeps 70 %
+    # of DiVE's test ZS gain (within seed noise) and 96 % of its RSA gain (benchmarks/emojishift/README.md).
     ref_batch: int = 0
     # A preprocessed stream estimated at most this many MB is decoded once, not by every epoch and every cycle of
     # the reference stream (an augmented ID stream too: its crops are drawn on the worker). 0: always stream.
     keep_in_memory_mb: int = 1024
     # The driver computes such a stream into Ray's object store before training starts. true: each worker reads its
     # shard from there once, in the background while its model builds, and replays it from its own memory (a second
-    # copy of the shard; measured: data wait 0.7 % of step time instead of 20 %, benchmarks/perf). false: every
-    # epoch reads it from the object store again (a Ray Data pass each; no second copy).
+    # copy of the shard; data wait about 1 % of step time instead of about 20 %, benchmarks/perf/README.md).
+    # false: every epoch reads it from the object store again (a Ray Data pass each; no second copy).
     keep_in_worker: bool = True
     # Every rank reads its rows in the same order on every run (Ray Data's preserve_order), so a run resumed after a
     # lost worker, node or driver trains on exactly the batches an uninterrupted run would. false: blocks go to
@@ -158,7 +158,7 @@ class EvalConfig:
     id: str = ""
     ood: dict[str, str] = field(default_factory=dict)
     zs: dict[str, str] = field(default_factory=dict)
-    # RSA on a fixed sample of captioned pairs (method.md §5). "" uses data.reference.
+    # RSA on a fixed sample of captioned pairs (docs/method.md §5). "" uses data.reference.
     rsa_set: str = ""
     rsa_samples: int = 1000
     batch_size: int = 256

@@ -1,7 +1,7 @@
 """Loss terms of DiVE and its baselines, as pure functions (no state; the task holds the EMA centre).
 
 Shapes: ``u``, ``v`` are difference vectors of the reference batch, ``(B', D)``; ``center`` is ``(D,)``.
-Squared norms are summed over the D dimensions and averaged over the batch (method.md §2).
+Squared norms are summed over the D dimensions and averaged over the batch (docs/method.md §2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluation metrics: top-k accuracy, representational similarity analysis (RSA) and flat metric summaries.
 
-RSA (method.md §5) asks whether fine-tuning kept the *geometry* of the pre-trained embedding space: it
+RSA (docs/method.md §5) asks whether fine-tuning kept the *geometry* of the pre-trained embedding space: it
 compares the pairwise cosine-similarity structure of teacher and student on the same samples with a Spearman
 rank correlation, so it is invariant to rotations and to any monotone rescaling of similarities.
 """

@@ -50,7 +50,7 @@ def make_batch(bundle: ModelBundle, n_id: int = 6, n_ref: int = 4, num_classes: 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for every test that needs it (4 logical CPUs: see README, "2-core machines")."""
+    """One local Ray instance for every test that needs it (4 logical CPUs: see docs/cluster.md, "2-core machines")."""
     import os
 
     import ray

@@ -13,16 +13,29 @@ dataset folder (:mod:`pipeline.data.format`) directly under ``CACHE``:
 * ``ood_<style>``: the same classes in Twemoji, OpenMoji colour, OpenMoji black line-art, Fluent 3D and
   Fluent flat, drawn with the same scene generator as id_test, so that only the art style shifts.
 * ``zs_<style>``: N_ZS other object-like classes, never used for ID, in all six styles (same generator).
-* ``reference`` / ``ref_val`` / ``alignment``: captioned images: OpenClipart (title + keywords) and every
-  emoji whose class is in no eval set (name + style as caption), clean on white; split three ways by caption
-  group (OpenClipart title, emoji code point) so no caption is shared between them. ``alignment`` is for the
-  teacher's LiT alignment, ``reference`` for DiVE's AVL/PVL terms, ``ref_val`` for ``eval.val_ref``.
+* ``zs_val``: N_ZS_VAL further classes, disjoint from ID and ZS, in all six styles from their own seeds: the
+  zero-shot validation set (``eval.val_zs``) that model selection reads, so no test set chooses anything.
+* ``reference`` / ``ref_val`` / ``alignment``: captioned images, split three ways by caption group (OpenClipart
+  title, emoji code point) so that no caption and no emoji class is in two of them:
+
+  * OpenClipart pictures, captioned "title: keywords";
+  * free emoji (no eval class, no art shared with one), captioned "name, style": the clean picture on white and
+    ``--free-scene-variants`` scenes in each of the six benchmark styles, and ``--icon-scene-variants`` scenes in
+    each of the six icon styles (``ICON_STYLES``: icon sets that are never an eval style), wherever the emoji has
+    a picture;
+  * the eval classes (ID, ZS, zs_val), clean + scenes, **in the icon styles only and in ``alignment`` only**.
+
+  ``alignment`` is for the teacher's LiT alignment, ``reference`` for DiVE's AVL/PVL terms, ``ref_val`` for
+  ``eval.val_ref``.
 
 Rules, all checked here: every image in every split is unique across all splits (SHA-256 of the encoded
-bytes, re-read from the written shards and asserted); eval classes are whole code points whose source art
-(any style) never appears in captioned data, clock faces excluded (a rotation changes their meaning); OpenClipart titles used more than 3 times and PNGs over 16 MP are
-skipped; class lists and split membership are written to ``classes.json`` / ``splits.json`` (same seed ⇒
-same bytes); licences and attribution go to ``CACHE/LICENSES/``. See ``benchmarks/emojishift/README.md``.
+bytes, re-read from the written shards and asserted); an eval class appears in captioned data only as an
+icon-style picture in ``alignment`` (:func:`check_captioned` asserts it over every captioned row), so
+``reference`` and ``ref_val``, which the fine-tunes see, hold no eval class by code point or by art; eval
+classes exclude shared art and clock faces (a rotation changes their meaning); a picture drawn for several code
+points is left out of captioned data; OpenClipart titles used more than 3 times and PNGs over 16 MP are skipped;
+class lists and split membership are written to ``classes.json`` / ``splits.json`` (same seed ⇒ same bytes);
+licences and attribution go to ``CACHE/LICENSES/``. See ``benchmarks/emojishift/README.md``.
 """
 
 from __future__ import annotations

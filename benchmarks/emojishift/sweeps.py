@@ -7,7 +7,7 @@ For every finished sweep ``emojishift-<method>`` under ``--sweeps``: its trials 
 config are copied to ``benchmarks/emojishift/sweeps/<method>/``, the best trial's values of the searched keys
 (and the keys tied to them) are written into ``benchmarks/emojishift/tuned.yaml`` — which ``run.py`` applies to
 that method's runs — and the summary table goes into the README between the ``sweeps`` markers. Sweeps collected
-earlier stay in ``tuned.yaml`` and the table, so sweeps run in different sessions add up.
+earlier stay in ``tuned.yaml`` and the table, so sweeps run at different times add up.
 """
 
 from __future__ import annotations

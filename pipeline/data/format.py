@@ -1,4 +1,4 @@
-"""The on-disk dataset format: a folder of Parquet shards plus ``dataset.json`` (see the README, "Data").
+"""The on-disk dataset format: a folder of Parquet shards plus ``dataset.json`` (see docs/data.md).
 
 Labelled sets have columns ``image`` (encoded bytes) and ``label`` (int32); captioned (reference) sets have
 ``image`` and ``caption`` (string), optionally ``teacher_image`` / ``teacher_text`` (cached, L2-normalised teacher

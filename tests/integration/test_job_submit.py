@@ -77,7 +77,7 @@ class _Head:
 
 def _env(**extra: str) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    # Token auth on: the head makes (or reuses) ~/.ray/auth_token and the CLI sends it (see README, "Cluster").
+    # Token auth on: the head makes (or reuses) ~/.ray/auth_token and the CLI sends it (see docs/cluster.md).
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
     for key in ("RAY_ADDRESS", "DIVE_HOME", "MLFLOW_TRACKING_URI", "DIVE_DEMO_DIR"):
         env.pop(key, None)

@@ -1,4 +1,4 @@
-"""The loss terms of method.md §2, checked against their definitions."""
+"""The loss terms of docs/method.md §2, checked against their definitions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DiveTask: the frozen teacher, the EMA centre and the method dispatch behave as method.md says."""
+"""DiveTask: the frozen teacher, the EMA centre and the method dispatch behave as docs/method.md says."""
 
 from __future__ import annotations
 
