@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 # ---------------------------------------------------------------------------------------------------- model
 @dataclass
-class ModelConfig:
+class ModelSettings:
     # Any open_clip model name ("ViT-B-16"), the shipped tiny test model ("dive-tiny"),
     # or "local-dir:/path/to/export" for a folder written by dive.export.
     name: str = "dive-tiny"
@@ -69,7 +70,7 @@ class ModelConfig:
 
 # ---------------------------------------------------------------------------------------------------- data
 @dataclass
-class DataConfig:
+class DataSettings:
     # Folder of labelled shards (*.parquet + dataset.json): the ID training set.
     id_train: str = ""
     # Folder of captioned shards: the reference set S_ref for AVL/PVL, replay and SnD.
@@ -106,7 +107,7 @@ class DataConfig:
 
 # ---------------------------------------------------------------------------------------------------- loss
 @dataclass
-class LossConfig:
+class LossSettings:
     method: Method = Method.dive
     # Weights of the two DiVE terms. The paper uses one λ = 1000 for both (searched over 100..5000).
     lambda_avl: float = 1000.0
@@ -127,7 +128,7 @@ class LossConfig:
 
 # ---------------------------------------------------------------------------------------------------- optim
 @dataclass
-class OptimConfig:
+class OptimSettings:
     # FLYP's ImageNet recipe (the paper follows it): AdamW, lr 1e-5, wd 0.1, cosine, 500 warm-up steps.
     lr: float = 1e-5
     weight_decay: float = 0.1
@@ -148,12 +149,12 @@ class OptimConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- eval
-# eval.val_objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
+# val.objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
 VAL_OBJECTIVES = {"id_ref": "val/ref_retrieval", "id_zs": "val/zs_acc"}
 
 
 @dataclass
-class EvalConfig:
+class EvalSettings:
     # Labelled shard folders. ID test set, and named OOD / zero-shot suites.
     id: str = ""
     ood: dict[str, str] = field(default_factory=dict)
@@ -168,25 +169,31 @@ class EvalConfig:
     # Also score the teacher (zero-shot) in every run's report. A benchmark that fine-tunes many times from one
     # teacher turns this off and scores the teacher once.
     with_teacher: bool = True
-    # Validation at every epoch end (rank 0): the signal Tune sweeps optimise, never the eval suites above.
-    # val_id: a labelled split held out from the ID training data → val/id_acc (zero-shot head, its templates).
-    # val_ref: captioned pairs the fine-tune never trains on → val/ref_retrieval (image→caption top-1 among
-    # val_samples pairs), a proxy for kept zero-shot ability.
-    # val_zs: a labelled split of classes neither ID nor any zs suite has → val/zs_acc (zero-shot head): kept
+
+
+# ---------------------------------------------------------------------------------------------------- val
+@dataclass
+class ValSettings:
+    """Validation at every epoch end (rank 0): the signal Tune sweeps optimise, never the eval suites."""
+
+    # id: a labelled split held out from the ID training data → val/id_acc (zero-shot head, its templates).
+    # ref: captioned pairs the fine-tune never trains on → val/ref_retrieval (image→caption top-1 among
+    # `samples` pairs), a proxy for kept zero-shot ability.
+    # zs: a labelled split of classes neither ID nor any zs suite has → val/zs_acc (zero-shot head): kept
     # zero-shot skill measured directly, on data no test set shares.
-    val_id: str = ""
-    val_ref: str = ""
-    val_zs: str = ""
-    val_samples: int = 256
+    id: str = ""
+    ref: str = ""
+    zs: str = ""
+    samples: int = 256
     # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref") or
     # val/zs_acc ("id_zs"); the one that exists when only one does.
-    val_objective: str = "id_ref"
-    val_id_weight: float = 0.5
+    objective: str = "id_ref"
+    id_weight: float = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- tracking
 @dataclass
-class TrackingConfig:
+class TrackingSettings:
     # MLflow tracking URI. "" means $MLFLOW_TRACKING_URI, else a SQLite file mlflow.db in the working dir.
     uri: str = ""
     experiment: str = "dive"
@@ -199,31 +206,50 @@ class TrackingConfig:
 
 # ---------------------------------------------------------------------------------------------------- scaling
 @dataclass
-class ScalingConfig:
+class ScalingSettings:
     num_workers: int = 2
     use_gpu: bool = False
     # Logical CPUs per Train worker. Fractions keep Ray Data's 1-CPU read tasks schedulable on small machines.
     cpus_per_worker: float = 0.5
     # Torch intra-op threads per worker (0: cores // workers on this node).
     threads_per_worker: int = 0
-    # Ray Train storage (checkpoints, results). Must be shared storage (NFS, s3://) on multi-node clusters.
-    storage_path: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------- run
+# Shaped like Ray Train's RunConfig(storage_path, checkpoint_config, failure_config), which they fill.
+@dataclass
+class CheckpointSettings:
     # Checkpoint every N optimiser steps (0: only at epoch ends); keep the newest num_to_keep.
-    checkpoint_every: int = 0
+    every: int = 0
     num_to_keep: int = 2
-    # Worker-group restarts Ray Train may do from the last checkpoint.
+
+
+@dataclass
+class FailureSettings:
+    # Worker-group restarts Ray Train may do from the last checkpoint (-1: unlimited).
     max_failures: int = 1
 
 
 @dataclass
+class RunSettings:
+    # Ray Train storage (checkpoints, results): a folder or a URI. Must be shared storage (NFS, s3://) on
+    # multi-node clusters. "" means <tracking.output_dir>/ray_results.
+    storage_path: str = ""
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    failure: FailureSettings = field(default_factory=FailureSettings)
+
+
+@dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    val: ValSettings = field(default_factory=ValSettings)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -240,6 +266,44 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _explain(err, source) from None
 
 
+#: Keys that moved (old → new): a config or run folder written before still loads, with a FutureWarning.
+MOVED_KEYS = {
+    "scaling.storage_path": "run.storage_path",
+    "scaling.checkpoint_every": "run.checkpoint.every",
+    "scaling.num_to_keep": "run.checkpoint.num_to_keep",
+    "scaling.max_failures": "run.failure.max_failures",
+    "eval.val_id": "val.id",
+    "eval.val_ref": "val.ref",
+    "eval.val_zs": "val.zs",
+    "eval.val_samples": "val.samples",
+    "eval.val_objective": "val.objective",
+    "eval.val_id_weight": "val.id_weight",
+}
+
+
+def _moved(key: str, source: str) -> str:
+    new = MOVED_KEYS.get(key)
+    if new is None:
+        return key
+    warnings.warn(f"{source}: {key} is now {new}", FutureWarning, stacklevel=4)
+    return new
+
+
+def _move_keys(tree: DictConfig, source: str) -> DictConfig:
+    """``tree`` with the keys of :data:`MOVED_KEYS` under their new names."""
+    plain: dict[str, Any] = OmegaConf.to_container(tree)  # type: ignore[assignment]
+    for old in MOVED_KEYS:
+        section, key = old.split(".")
+        if isinstance(plain.get(section), dict) and key in plain[section]:
+            value = plain[section].pop(key)
+            *parents, leaf = _moved(old, source).split(".")
+            node = plain
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return OmegaConf.create(plain)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -248,7 +312,7 @@ def load_config(
     """Schema defaults ← ``base`` mapping ← YAML file ← ``a.b=c`` overrides, type-checked at each step."""
     cfg = OmegaConf.structured(Config)
     if base is not None:
-        cfg = _merge(cfg, OmegaConf.create(dict(base)), "base config")
+        cfg = _merge(cfg, _move_keys(OmegaConf.create(dict(base)), "base config"), "base config")
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -259,10 +323,12 @@ def load_config(
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{p}: expected a mapping of sections (model:, loss:, …), got a list")
-        cfg = _merge(cfg, loaded, str(p))
+        cfg = _merge(cfg, _move_keys(loaded, str(p)), str(p))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value, e.g. loss.lambda_avl=500")
+        key, value = item.split("=", 1)
+        item = f"{_moved(key, 'override')}={value}"
         try:
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
@@ -329,7 +395,8 @@ def validate(cfg: Config, check_paths: bool = True) -> Config:
     errors.need(
         cfg.tracking.log_every >= 1, "tracking.log_every", "a step count >= 1", cfg.tracking.log_every
     )
-    _check_eval(cfg.eval, check_paths, errors.need)
+    _check_run(cfg.run, errors.need)
+    _check_eval(cfg.eval, cfg.val, check_paths, errors.need)
     if check_paths:
         _check_paths(cfg, errors.need)
     _check_unmasked(cfg, errors.need)
@@ -363,7 +430,7 @@ def _check_unmasked(cfg: Config, need: _Need) -> None:
         )
 
 
-def _check_loss(loss: LossConfig, need: _Need) -> None:
+def _check_loss(loss: LossSettings, need: _Need) -> None:
     for key in ("lambda_avl", "lambda_pvl", "lambda_snd", "lambda_replay"):
         value = getattr(loss, key)
         need(value >= 0, f"loss.{key}", "a weight >= 0", value)
@@ -424,7 +491,7 @@ def _check_optim(cfg: Config, need: _Need) -> None:
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
 
 
-def _check_scaling_model(scaling: ScalingConfig, model: ModelConfig, need: _Need) -> None:
+def _check_scaling_model(scaling: ScalingSettings, model: ModelSettings, need: _Need) -> None:
     need(scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "a CPU share > 0", scaling.cpus_per_worker)
     need(
         scaling.threads_per_worker >= 0,
@@ -432,36 +499,31 @@ def _check_scaling_model(scaling: ScalingConfig, model: ModelConfig, need: _Need
         "an integer >= 0",
         scaling.threads_per_worker,
     )
-    need(
-        scaling.checkpoint_every >= 0,
-        "scaling.checkpoint_every",
-        "a step count >= 0",
-        scaling.checkpoint_every,
-    )
-    need(scaling.num_to_keep >= 1, "scaling.num_to_keep", "an integer >= 1", scaling.num_to_keep)
-    need(
-        scaling.max_failures >= -1,
-        "scaling.max_failures",
-        "an integer >= -1 (-1: unlimited)",
-        scaling.max_failures,
-    )
     need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
 
 
-def _check_eval(ev: EvalConfig, check_paths: bool, need: _Need) -> None:
+def _check_run(run: RunSettings, need: _Need) -> None:
+    every, keep = run.checkpoint.every, run.checkpoint.num_to_keep
+    need(every >= 0, "run.checkpoint.every", "a step count >= 0", every)
+    need(keep >= 1, "run.checkpoint.num_to_keep", "an integer >= 1", keep)
+    failures = run.failure.max_failures
+    need(failures >= -1, "run.failure.max_failures", "an integer >= -1 (-1: unlimited)", failures)
+
+
+def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Need) -> None:
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
-    need(ev.val_samples >= 3, "eval.val_samples", "at least 3 samples", ev.val_samples)
-    need(0.0 <= ev.val_id_weight <= 1.0, "eval.val_id_weight", "a weight in [0, 1]", ev.val_id_weight)
+    need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
+    need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
     need(
-        ev.val_objective in VAL_OBJECTIVES,
-        "eval.val_objective",
+        val.objective in VAL_OBJECTIVES,
+        "val.objective",
         " or ".join(repr(k) for k in VAL_OBJECTIVES),
-        ev.val_objective,
+        val.objective,
     )
-    if ev.val_objective == "id_zs" and check_paths:
-        need(bool(ev.val_zs), "eval.val_zs", "a labelled folder (eval.val_objective is 'id_zs')", ev.val_zs)
+    if val.objective == "id_zs" and check_paths:
+        need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
 
 
 def _check_paths(cfg: Config, need: _Need) -> None:
@@ -478,7 +540,7 @@ def _check_paths(cfg: Config, need: _Need) -> None:
         )
     paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
     paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
-    paths += [("eval.val_id", ev.val_id), ("eval.val_ref", ev.val_ref), ("eval.val_zs", ev.val_zs)]
+    paths += [("val.id", cfg.val.id), ("val.ref", cfg.val.ref), ("val.zs", cfg.val.zs)]
     paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
     paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
     for key, value in paths:

@@ -35,7 +35,7 @@ from torch import nn
 from dive.bundle import ModelBundle
 
 if TYPE_CHECKING:
-    from dive.config import ModelConfig
+    from dive.config import ModelSettings
 
 LITEMINI = "lite-minilm"
 EMBED_DIM = 256
@@ -245,7 +245,7 @@ def litemini_tokenizer() -> open_clip.tokenizer.HFTokenizer:
     return open_clip.tokenizer.HFTokenizer(str(text_model_dir()), context_length=CONTEXT_LENGTH)
 
 
-def build_litemini(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBundle:
+def build_litemini(cfg: ModelSettings, device: str | torch.device = "cpu") -> ModelBundle:
     """:func:`dive.models.build_model` for ``lite-minilm[-<px>]``.
 
     ``cfg.pretrained`` may name a weights file of this architecture (e.g. the LiT-aligned model), loaded over

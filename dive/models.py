@@ -1,4 +1,4 @@
-"""Build the student, the frozen teacher, transforms and tokenizer from a :class:`~dive.config.ModelConfig`.
+"""Build the student, the frozen teacher, transforms and tokenizer from a :class:`~dive.config.ModelSettings`.
 
 All loading rules live here (open_clip names, pretrained tags, weight files, ``local-dir:`` exports, the tiny test
 architecture shipped as package data), so the training code never branches on where a model came from.
@@ -19,7 +19,7 @@ from torch import nn
 
 from dive import litemini
 from dive.bundle import ModelBundle
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 
 __all__ = [
     "ModelBundle",
@@ -68,7 +68,7 @@ def get_tokenizer(name: str) -> Any:
     return open_clip.get_tokenizer(name)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> ModelBundle:
+def build_model(cfg: ModelSettings, device: str | torch.device = "cpu") -> ModelBundle:
     """Create the (student) model with its transforms and tokenizer.
 
     ``cfg.pretrained`` may be an open_clip tag (needs the internet), a weights file, or empty for random init.

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dive import losses
-from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, LossConfig, Method
+from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, LossSettings, Method
 from dive.distributed import gather_cat
 
 
@@ -32,7 +32,7 @@ class DiveTask(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        loss_cfg: LossConfig,
+        loss_cfg: LossSettings,
         embed_dim: int,
         head_weights: torch.Tensor | None = None,
         freeze_batchnorm: bool = True,
@@ -64,7 +64,7 @@ class DiveTask(nn.Module):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # the teacher never leaves eval mode
-        if self.freeze_batchnorm:  # ModelConfig.freeze_batchnorm: keep the pre-trained running statistics
+        if self.freeze_batchnorm:  # ModelSettings.freeze_batchnorm: keep the pre-trained running statistics
             for module in self.student.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()

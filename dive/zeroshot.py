@@ -49,7 +49,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode inside; afterwards every submodule gets back its *own* mode.
 
     ``model.train(was_training)`` would also switch layers that were deliberately held in eval mode (frozen
-    BatchNorm, ModelConfig.freeze_batchnorm) back to training: on EmojiShift that silently unfroze them at the
+    BatchNorm, ModelSettings.freeze_batchnorm) back to training: on EmojiShift that silently unfroze them at the
     first epoch-end validation and the fine-tune collapsed.
     """
     modes = [(m, m.training) for m in model.modules()]

@@ -215,7 +215,7 @@ def train_run_name(run_id: str) -> str:
 
 
 def run_folder(storage_path: str, run_id: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of the checkpoints of the MLflow run ``run_id`` under ``scaling.storage_path`` (a
+    """(filesystem, path) of the checkpoints of the MLflow run ``run_id`` under ``run.storage_path`` (a
     folder or a URI)."""
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())

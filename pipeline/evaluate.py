@@ -26,7 +26,7 @@ import ray
 import torch
 
 from dive import zeroshot
-from dive.config import Config, ModelConfig, load_config
+from dive.config import Config, ModelSettings, load_config
 from dive.export import LinearHead, load_linear_head
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import LOCAL_DIR, ModelBundle, build_model
@@ -71,7 +71,7 @@ class _Scorer:
     ) -> None:
         if bundles is None:  # an actor: its own process, its own thread budget
             torch.set_num_threads(threads)
-            bundles = {name: build_model(ModelConfig(**m)) for name, m in models.items()}
+            bundles = {name: build_model(ModelSettings(**m)) for name, m in models.items()}
         self.models = dict(bundles)
         for b in self.models.values():
             b.model.eval()
@@ -148,12 +148,12 @@ def _heads(
     return heads
 
 
-def _linear_head(model: ModelConfig) -> LinearHead | None:
+def _linear_head(model: ModelSettings) -> LinearHead | None:
     return load_linear_head(model.name.removeprefix(LOCAL_DIR)) if model.name.startswith(LOCAL_DIR) else None
 
 
 def evaluate_accuracy(
-    models: Mapping[str, ModelConfig], suites: Sequence[Suite], cfg: Config, threads: int = 1
+    models: Mapping[str, ModelSettings], suites: Sequence[Suite], cfg: Config, threads: int = 1
 ) -> dict[str, list[SetResult]]:
     """Accuracy of every model on every suite, in one pass over the suites' images.
 
@@ -255,12 +255,12 @@ def reference_embeddings(
     return img, txt
 
 
-def evaluate_rsa(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, float]:
+def evaluate_rsa(teacher: ModelSettings, student: ModelSettings, cfg: Config) -> dict[str, float]:
     return evaluate_rsa_many(teacher, {"student": student}, cfg)["student"]
 
 
 def evaluate_rsa_many(
-    teacher: ModelConfig, students: Mapping[str, ModelConfig], cfg: Config
+    teacher: ModelSettings, students: Mapping[str, ModelSettings], cfg: Config
 ) -> dict[str, dict[str, float]]:
     """RSA of every student against the teacher on one reference sample; the teacher is embedded once."""
     folder = cfg.eval.rsa_set or cfg.data.reference
@@ -276,7 +276,7 @@ def evaluate_rsa_many(
     return out
 
 
-def evaluate(teacher: ModelConfig, student: ModelConfig, cfg: Config) -> dict[str, Any]:
+def evaluate(teacher: ModelSettings, student: ModelSettings, cfg: Config) -> dict[str, Any]:
     """The full report: per-set rows for the teacher (zero-shot) and the fine-tuned model, averages, RSA."""
     suites = suites_from_config(cfg)
     models = {"teacher": teacher, "finetuned": student} if cfg.eval.with_teacher else {"finetuned": student}

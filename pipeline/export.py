@@ -2,7 +2,7 @@
 
 A finished run already has ``RUN_DIR/export``; this is for a run that was stopped (or whose export was deleted):
 the run's own saved config (``RUN_DIR/config.yaml``) and the newest checkpoint Ray Train kept for it
-(``<scaling.storage_path>/dive-<run id[:12]>/checkpoint_*``) give the same export ``train.py`` writes.
+(``<run.storage_path>/dive-<run id[:12]>/checkpoint_*``) give the same export ``train.py`` writes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, dict]:
     over and named on stderr)."""
     from pipeline.checkpoint import load_newest, run_folder
 
-    found, state = load_newest(*run_folder(cfg.scaling.storage_path, run_dir.name))
+    found, state = load_newest(*run_folder(cfg.run.storage_path, run_dir.name))
     for path, reason in found.skipped:
         print(f"[dive] passed over {path}: {reason}", file=sys.stderr)
     return found.path, state

@@ -48,8 +48,8 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Checked:
     check_tracking(uri)
     resume_from = check_resumable(cfg, uri, resume_run_id) if resume_run_id else None
     check_writable("tracking.output_dir", cfg.tracking.output_dir)
-    if cfg.scaling.storage_path and "://" not in cfg.scaling.storage_path:
-        check_writable("scaling.storage_path", cfg.scaling.storage_path)
+    if cfg.run.storage_path and "://" not in cfg.run.storage_path:
+        check_writable("run.storage_path", cfg.run.storage_path)
     id_manifest = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
     ref_manifest = None
     if cfg.data.reference:
@@ -75,7 +75,7 @@ def check_resumable(cfg: Config, uri: str, run_id: str) -> Found | None:
             "results stay as they are). To train further, start a new run, e.g. from its export: "
             "model.pretrained=local-dir:<its export folder>"
         )
-    fs, folder = run_folder(cfg.scaling.storage_path, run_id)
+    fs, folder = run_folder(cfg.run.storage_path, run_id)
     remove_partials(fs, folder)
     try:
         return newest_intact(fs, folder)

@@ -82,12 +82,10 @@ def resolve_paths(cfg: Config) -> Config:
         cfg.eval,
         id=inp(cfg.eval.id),
         rsa_set=inp(cfg.eval.rsa_set),
-        val_id=inp(cfg.eval.val_id),
-        val_ref=inp(cfg.eval.val_ref),
-        val_zs=inp(cfg.eval.val_zs),
         ood={k: inp(v) for k, v in cfg.eval.ood.items()},
         zs={k: inp(v) for k, v in cfg.eval.zs.items()},
     )
+    val = replace(cfg.val, id=inp(cfg.val.id), ref=inp(cfg.val.ref), zs=inp(cfg.val.zs))
     model = cfg.model
     if model.name.startswith("local-dir:"):
         model = replace(model, name="local-dir:" + inp(model.name.removeprefix("local-dir:")))
@@ -96,11 +94,11 @@ def resolve_paths(cfg: Config) -> Config:
     # The store too: Ray Tune runs each trial in its own working directory, so a default relative
     # sqlite:///mlflow.db (or $MLFLOW_TRACKING_URI unset in a worker) would give every trial a store of its own.
     tracking = replace(cfg.tracking, output_dir=writable(cfg.tracking.output_dir), uri=tracking_uri(cfg))
-    scaling = replace(
-        cfg.scaling,
-        storage_path=writable(cfg.scaling.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
+    run = replace(
+        cfg.run,
+        storage_path=writable(cfg.run.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
     )
-    return replace(cfg, data=data, eval=ev, model=model, tracking=tracking, scaling=scaling)
+    return replace(cfg, data=data, eval=ev, val=val, model=model, tracking=tracking, run=run)
 
 
 def prepare_config(config_path: str | None, overrides: list[str], build_demo: bool = True) -> Config:
@@ -140,12 +138,12 @@ def check_datasets(cfg: Config) -> None:
             check_dataset(folder, LABELLED, cfg.data.column_map)
     if cfg.eval.rsa_set:
         check_dataset(cfg.eval.rsa_set, CAPTIONED, cfg.data.column_map)
-    if cfg.eval.val_id:
-        check_dataset(cfg.eval.val_id, LABELLED, cfg.data.column_map)
-    if cfg.eval.val_ref:
-        check_dataset(cfg.eval.val_ref, CAPTIONED, cfg.data.column_map)
-    if cfg.eval.val_zs:
-        check_dataset(cfg.eval.val_zs, LABELLED, cfg.data.column_map)
+    if cfg.val.id:
+        check_dataset(cfg.val.id, LABELLED, cfg.data.column_map)
+    if cfg.val.ref:
+        check_dataset(cfg.val.ref, CAPTIONED, cfg.data.column_map)
+    if cfg.val.zs:
+        check_dataset(cfg.val.zs, LABELLED, cfg.data.column_map)
 
 
 # ---------------------------------------------------------------------------------------------------- ray
@@ -446,9 +444,9 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
         ),
         run_config=RunConfig(
             name=train_run_name(info.run_id),
-            storage_path=cfg.scaling.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.num_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            storage_path=cfg.run.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoint.num_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.run.failure.max_failures),
             callbacks=callbacks or None,
         ),
         datasets=datasets,

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dive.config import Config, ConfigError, ModelConfig, load_config
+from dive.config import Config, ConfigError, ModelSettings, load_config
 from dive.export import export_model
 from dive.metrics import summarize
 from dive.models import build_model
@@ -30,7 +30,7 @@ from dive.wise import interpolate
 def wise_exports(cfg: Config, finetuned: str, alphas: Sequence[float], out: Path) -> dict[float, Path]:
     """Write the open_clip export of θ_α for every α (the teacher is ``cfg.model``)."""
     pre = build_model(cfg.model)
-    ft = build_model(ModelConfig(name=finetuned))
+    ft = build_model(ModelSettings(name=finetuned))
     folders = {}
     for alpha in alphas:
         state = interpolate(pre.model.state_dict(), ft.model.state_dict(), alpha)

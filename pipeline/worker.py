@@ -258,7 +258,7 @@ def _train_epoch(loop: _Loop) -> None:
         loop.done_in_epoch += 1
         _log_step(loop, terms, time.perf_counter() - t_start, t_wait)
         at_epoch_end = loop.done_in_epoch >= loop.steps_per_epoch
-        every = cfg.scaling.checkpoint_every
+        every = cfg.run.checkpoint.every
         if every and loop.step % every == 0 and not at_epoch_end:
             _report(loop)
         if loop.step >= loop.max_steps or at_epoch_end:
@@ -378,7 +378,7 @@ def _optimizer_step(
 
 
 class _Validator:
-    """Rank 0's epoch-end validation on small held-out sets (``eval.val_id`` / ``eval.val_ref``), loaded once.
+    """Rank 0's epoch-end validation on small held-out sets (``val.id`` / ``val.ref``), loaded once.
 
     Its ``val/objective`` is what Tune sweeps optimise and ASHA prunes on; plain runs log the same metrics."""
 
@@ -387,16 +387,16 @@ class _Validator:
         common = dict(
             size=size,
             max_pixels=cfg.data.max_image_pixels,
-            samples=cfg.eval.val_samples,
+            samples=cfg.val.samples,
             model_name=cfg.model.name,
             column_map=cfg.data.column_map,
             seed=cfg.optim.seed,
         )
-        self.id_set = load_val_set(cfg.eval.val_id, LABELLED, **common) if cfg.eval.val_id else None
-        self.ref_set = load_val_set(cfg.eval.val_ref, CAPTIONED, **common)[0] if cfg.eval.val_ref else None
-        self.zs_set = load_val_set(cfg.eval.val_zs, LABELLED, **common) if cfg.eval.val_zs else None
-        self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.eval.val_id_weight
-        self.kept = VAL_OBJECTIVES[cfg.eval.val_objective]
+        self.id_set = load_val_set(cfg.val.id, LABELLED, **common) if cfg.val.id else None
+        self.ref_set = load_val_set(cfg.val.ref, CAPTIONED, **common)[0] if cfg.val.ref else None
+        self.zs_set = load_val_set(cfg.val.zs, LABELLED, **common) if cfg.val.zs else None
+        self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.val.id_weight
+        self.kept = VAL_OBJECTIVES[cfg.val.objective]
         self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
     def __bool__(self) -> bool:

@@ -19,14 +19,14 @@ import psutil
 import pytest
 import torch
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import ModelBundle, build_model
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle() -> ModelBundle:
     torch.manual_seed(0)
-    return build_model(ModelConfig())
+    return build_model(ModelSettings())
 
 
 def make_batch(bundle: ModelBundle, n_id: int = 6, n_ref: int = 4, num_classes: int = 3, seed: int = 0):
@@ -93,7 +93,7 @@ def tiny_run_overrides(demo, tmp: Path, experiment: str) -> list[str]:
         "optim.warmup_steps=1",
         "optim.lr=1e-3",
         "eval.rsa_samples=16",
-        "eval.val_samples=16",
+        "val.samples=16",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         f"tracking.output_dir={tmp}/out",
         f"tracking.experiment={experiment}",

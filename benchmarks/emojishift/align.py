@@ -14,7 +14,7 @@ weights and the transform, so reruns skip the extraction. Training is then a few
 Outputs in ``OUT``:
 
 * ``teacher.pt``: the full aligned state dict, loadable with
-  ``build_model(ModelConfig(name="lite-minilm-<px>", pretrained="OUT/teacher.pt"))``;
+  ``build_model(ModelSettings(name="lite-minilm-<px>", pretrained="OUT/teacher.pt"))``;
 * ``open_clip/``: the same weights as an open_clip ``local-dir:`` export (:func:`dive.export.export_model`);
 * ``align_report.json``: zero-shot top-1 on ``id_test``, every ``ood_*`` and ``zs_*`` set and image→caption
   top-1 retrieval on ``ref_val``, before (random projections) and after alignment, the loss curve and wall
@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository root impor
     sys.path.insert(0, str(ROOT))
 
 from dive.config import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402
-from dive.config import ModelConfig  # noqa: E402
+from dive.config import ModelSettings  # noqa: E402
 from dive.export import export_model  # noqa: E402
 from dive.metrics import accuracy, retrieval_accuracy  # noqa: E402
 from dive.models import ModelBundle, build_model, clamp_logit_scale, fingerprint  # noqa: E402
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
     out.mkdir(parents=True, exist_ok=True)
     name = f"lite-minilm-{args.size}"
     t_build = time.perf_counter()
-    bundle = build_model(ModelConfig(name=name))
+    bundle = build_model(ModelSettings(name=name))
     model = bundle.model
     model.eval()
     towers_fp = towers_fingerprint(model)

@@ -14,7 +14,7 @@ dataset folder (:mod:`pipeline.data.format`) directly under ``CACHE``:
   Fluent flat, drawn with the same scene generator as id_test, so that only the art style shifts.
 * ``zs_<style>``: N_ZS other object-like classes, never used for ID, in all six styles (same generator).
 * ``zs_val``: N_ZS_VAL further classes, disjoint from ID and ZS, in all six styles from their own seeds: the
-  zero-shot validation set (``eval.val_zs``) that model selection reads, so no test set chooses anything.
+  zero-shot validation set (``val.zs``) that model selection reads, so no test set chooses anything.
 * ``reference`` / ``ref_val`` / ``alignment``: captioned images, split three ways by caption group (OpenClipart
   title, emoji code point) so that no caption and no emoji class is in two of them:
 
@@ -26,7 +26,7 @@ dataset folder (:mod:`pipeline.data.format`) directly under ``CACHE``:
   * the eval classes (ID, ZS, zs_val), clean + scenes, **in the icon styles only and in ``alignment`` only**.
 
   ``alignment`` is for the teacher's LiT alignment, ``reference`` for DiVE's AVL/PVL terms, ``ref_val`` for
-  ``eval.val_ref``.
+  ``val.ref``.
 
 Rules, all checked here: every image in every split is unique across all splits (SHA-256 of the encoded
 bytes, re-read from the written shards and asserted); an eval class appears in captioned data only as an

@@ -206,7 +206,7 @@ def run_configs(
         f"optim.epochs={size.epochs}",
         f"optim.global_batch={size.batch}",
         f"eval.rsa_samples={size.rsa_samples}",
-        f"eval.val_samples={size.val_samples}",
+        f"val.samples={size.val_samples}",
         "eval.with_teacher=false",
         f"loss.lp_steps={steps // 2}",  # LP-FT: half the steps probe, half fine-tune
     ]

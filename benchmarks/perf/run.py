@@ -150,7 +150,7 @@ def measure_step(spec: StepSpec) -> dict[str, float]:
     """Median seconds per optimiser step and peak memory of one configuration (call in a fresh process)."""
     import torch
 
-    from dive.config import Config, LossConfig, Method, ModelConfig
+    from dive.config import Config, LossSettings, Method, ModelSettings
     from dive.models import build_model, embed_dim, frozen_teacher
     from dive.optim import build_optimizer, cosine_with_warmup
     from dive.task import DiveTask
@@ -160,13 +160,13 @@ def measure_step(spec: StepSpec) -> dict[str, float]:
     torch.manual_seed(0)
     cuda = spec.device.startswith("cuda")
     base = _rss_mb()
-    bundle = build_model(ModelConfig(name=spec.model))
+    bundle = build_model(ModelSettings(name=spec.model))
     method = Method(spec.method)
     teacher = frozen_teacher(bundle.model) if spec.teacher == "live" else None
     task = DiveTask(
         bundle.model,
         teacher,
-        LossConfig(method=method, lambda_avl=1.0, lambda_pvl=1.0),
+        LossSettings(method=method, lambda_avl=1.0, lambda_pvl=1.0),
         embed_dim(bundle.model),
     ).to(spec.device)
     task.train()
@@ -326,7 +326,7 @@ def pipeline_overrides(quick: bool, size: Size, threads: int) -> list[str]:
         "tracking.experiment=perf",
         f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.output_dir={work}/outputs",
-        f"scaling.storage_path={work}/ray",
+        f"run.storage_path={work}/ray",
     ]
 
 
@@ -501,13 +501,13 @@ def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
     import torch
     from PIL import Image
 
-    from dive.config import ModelConfig
+    from dive.config import ModelSettings
     from dive.models import build_model
     from pipeline.data.format import LABELLED, check_dataset, iter_rows
     from pipeline.evaluate import evaluate_accuracy, suites_from_config
 
     torch.set_num_threads(threads)
-    model_cfg = ModelConfig(name=f"local-dir:{export}")
+    model_cfg = ModelSettings(name=f"local-dir:{export}")
     suites = suites_from_config(cfg)
     images = sum(check_dataset(s.folder, LABELLED).num_rows for s in suites)
     t = time.perf_counter()

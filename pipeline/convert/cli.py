@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.redact import mask_text
 from pipeline.console import command_console
 from pipeline.convert.captions import convert_captions
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
         before = read_manifest(args.dataset).skipped if Path(args.dataset, "dataset.json").is_file() else {}
         manifest = cache_teacher(
             args.dataset,
-            ModelConfig(name=args.model_name, pretrained=args.pretrained),
+            ModelSettings(name=args.model_name, pretrained=args.pretrained),
             batch_size=args.batch_size,
             workers=args.workers,
             max_pixels=args.max_pixels,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from pipeline.console import error_line
 from pipeline.convert.common import _DETAIL, DEFAULT_MAX_PIXELS, PathLike, _progress, _report_skip, ray_if
 from pipeline.data.format import (
@@ -83,7 +83,7 @@ class TeacherEmbedder:
 
     def __init__(
         self,
-        model_cfg: ModelConfig,
+        model_cfg: ModelSettings,
         state: Any = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         expect_fingerprint: str = "",
@@ -111,7 +111,7 @@ class TeacherEmbedder:
         return embed_table(batch, self.model, self.preprocess, self.tokenizer, self.dim, self.max_pixels)
 
 
-def _build_teacher(model_cfg: ModelConfig) -> Any:
+def _build_teacher(model_cfg: ModelSettings) -> Any:
     """build_model, with an unknown name or unloadable weights as a one-line DataError."""
     from dive.models import build_model
 
@@ -126,7 +126,7 @@ def _build_teacher(model_cfg: ModelConfig) -> Any:
 
 def cache_teacher(
     dataset: PathLike,
-    model_cfg: ModelConfig,
+    model_cfg: ModelSettings,
     batch_size: int = 64,
     workers: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -189,7 +189,7 @@ def cache_teacher(
 def _actor_batches(
     files: list[Path],
     columns: list[str],
-    model_cfg: ModelConfig,
+    model_cfg: ModelSettings,
     model: Any,
     teacher_fp: str,
     batch_size: int,

@@ -122,7 +122,7 @@ class DemoPaths:
         """``a.b=c`` overrides pointing a run config at the demo data (:func:`dive.config.load_config`)."""
         out = [f"data.id_train={self.id_train}", f"data.reference={self.reference}"]
         out.append(f"eval.id={self.id_test}")
-        out += [f"eval.val_id={self.id_val}", f"eval.val_ref={self.pretrain}"]
+        out += [f"val.id={self.id_val}", f"val.ref={self.pretrain}"]
         out += [f"eval.ood.{k}={v}" for k, v in self.ood.items()]
         out += [f"eval.zs.{k}={v}" for k, v in self.zs.items()]
         return out

@@ -93,7 +93,7 @@ def pretrain_teacher(
     AdamW (lr 1e-3, wd 0.05 on matrices, 10 % warm-up then cosine) and sparse Adam for the token embedding
     (only the demo's few dozen words get gradients). No image augmentation: flips would contradict "left".
 
-    Writes ``out/teacher.pt`` (a state dict for ``build_model(ModelConfig(pretrained=...))``) and
+    Writes ``out/teacher.pt`` (a state dict for ``build_model(ModelSettings(pretrained=...))``) and
     ``out/teacher.json`` (settings, seconds, fingerprint, zero-shot accuracy on id_test, ood_* and zs_*, and
     the chance level of each). Cached: returns the recorded summary (with ``"cached": True``) when
     teacher.json records the same settings and teacher.pt exists. ``threads`` sets torch's intra-op threads
@@ -101,7 +101,7 @@ def pretrain_teacher(
     """
     import torch
 
-    from dive.config import ModelConfig
+    from dive.config import ModelSettings
     from dive.models import build_model
 
     out = Path(out)
@@ -122,7 +122,7 @@ def pretrain_teacher(
     try:
         start = time.perf_counter()
         torch.manual_seed(seed)
-        bundle = build_model(ModelConfig())
+        bundle = build_model(ModelSettings())
         images, captions = decode_split(paths.pretrain, "caption")
         tokens = bundle.tokenizer(captions)
         batch_size = min(batch_size, len(images))

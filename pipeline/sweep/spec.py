@@ -29,9 +29,9 @@ ALGORITHMS = ("optuna", "random")
 SCHEDULERS = ("asha", "none")
 VAL_METRICS = {
     "val/objective": "",
-    "val/id_acc": "eval.val_id",
-    "val/ref_retrieval": "eval.val_ref",
-    "val/zs_acc": "eval.val_zs",
+    "val/id_acc": "val.id",
+    "val/ref_retrieval": "val.ref",
+    "val/zs_acc": "val.zs",
 }
 
 
@@ -222,12 +222,10 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
             f"tuning on eval suites would tune on the test sets), got {spec.objective.metric!r}"
         )
     needed = VAL_METRICS[spec.objective.metric]
-    if needed and not getattr(base.eval, needed.split(".")[1]):
+    if needed and not getattr(base.val, needed.split(".")[1]):
         raise ConfigError(f"{path}: objective {spec.objective.metric} needs {needed} set in the run config")
-    if not (base.eval.val_id or base.eval.val_ref or base.eval.val_zs):
-        raise ConfigError(
-            f"{path}: the run config sets none of eval.val_id, eval.val_ref, eval.val_zs; nothing to optimise"
-        )
+    if not (base.val.id or base.val.ref or base.val.zs):
+        raise ConfigError(f"{path}: the run config sets none of val.id, val.ref, val.zs; nothing to optimise")
     if spec.search.algorithm not in ALGORITHMS:
         raise ConfigError(
             f"{path}: key 'search.algorithm': expected one of {ALGORITHMS}, got {spec.search.algorithm!r}"

@@ -376,7 +376,7 @@ def test_compose_stack_is_wired_together():
         mounted = _mount_targets(head)
         for what, path in (
             ("--config", config),
-            ("scaling.storage_path", cfg.scaling.storage_path),
+            ("run.storage_path", cfg.run.storage_path),
             ("tracking.output_dir", cfg.tracking.output_dir),
         ):
             assert path and _under(path, mounted), f"compose job: {what}={path} is not on a ray-head volume"
@@ -464,7 +464,7 @@ def test_rayjob_runs_training_on_gpu_workers_with_a_shared_pvc():
     shared = sorted(next(iter(mount_paths)))
     for what, path in (
         ("--config", config),
-        ("scaling.storage_path", cfg.scaling.storage_path),
+        ("run.storage_path", cfg.run.storage_path),
         ("tracking.output_dir", cfg.tracking.output_dir),
     ):
         assert path and _under(path, shared), f"RayJob: {what}={path} is not on the shared volume {shared}"

@@ -48,7 +48,7 @@ def main(base: str, *overrides: str) -> None:
 
 def _run_on_a_cluster(base: str, overrides: list[str]) -> None:
     cfg = prepare_config(base, overrides)
-    storage = Path(cfg.scaling.storage_path)
+    storage = Path(cfg.run.storage_path)
     # The head holds the driver and the Train controller (Train V2 pins it to the driver's node) and no CPUs, so the
     # Train worker and Ray Data's tasks run on the two worker nodes. Node death is noticed in about 3 s, not 30 s.
     cluster = Cluster(

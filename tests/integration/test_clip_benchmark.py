@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dive.config import Config, ModelConfig
+from dive.config import Config, ModelSettings
 from dive.export import export_model
 from dive.models import build_model
 from pipeline.data.format import LABELLED, check_dataset, iter_rows
@@ -50,13 +50,15 @@ SETS = ("id_test", "ood_outline", "ood_noisy", "ood_pixel", "zs_color", "zs_posi
 @pytest.mark.skipif(not CLI.is_file(), reason="clip-benchmark is not installed (pip install -e '.[dev]')")
 def test_clip_benchmark_scores_an_export_like_we_do(ray_session, demo, tmp_path):
     paths, teacher_weights = demo
-    bundle = build_model(ModelConfig(pretrained=str(teacher_weights)))
+    bundle = build_model(ModelSettings(pretrained=str(teacher_weights)))
     export = export_model(
         bundle.model, tmp_path / "export", bundle.model_cfg, bundle.preprocess_cfg, tokenizer=bundle.tokenizer
     )
     folders = {name: str(paths.splits()[name]) for name in SETS}
     suites = [Suite(name, "zs", folder) for name, folder in folders.items()]
-    ours = evaluate_accuracy({"export": ModelConfig(name=f"local-dir:{export}")}, suites, Config())["export"]
+    ours = evaluate_accuracy({"export": ModelSettings(name=f"local-dir:{export}")}, suites, Config())[
+        "export"
+    ]
 
     sizes = {name: _as_clip_benchmark_wds(f, tmp_path / name)[1] for name, f in folders.items()}
     cmd = [

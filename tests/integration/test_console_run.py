@@ -37,7 +37,9 @@ def test_a_run_without_a_tty_prints_progress_and_results_only(demo, tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     lines = out.splitlines()
-    assert len(lines) <= 30, out  # the demo prints the same lines with more steps: 27 (docs/training.md, "Console")
+    assert len(lines) <= 30, (
+        out
+    )  # the demo prints the same lines with more steps: 27 (docs/training.md, "Console")
     assert not [line for line in lines if NOISE.search(line)], out
     steps = [line for line in lines if line.startswith("[dive] step ")]
     assert 2 <= len(steps) <= 11 and re.match(r"\[dive\] step \d+/\d+ \(\d+%\)  epoch \d/3  loss ", steps[0])

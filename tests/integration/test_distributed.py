@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dive.config import LossConfig, ModelConfig
+from dive.config import LossSettings, ModelSettings
 from dive.distributed import mean_across_ranks
 from dive.models import build_model, frozen_teacher
 from dive.task import DiveTask
@@ -30,10 +30,10 @@ B = 8
 
 def _step(rank: int, world: int, batch: dict[str, torch.Tensor], steps: int = 2):
     torch.manual_seed(0)
-    bundle = build_model(ModelConfig())
+    bundle = build_model(ModelSettings())
     student = bundle.model
     task = DiveTask(
-        student, frozen_teacher(student), LossConfig(lambda_avl=5.0, lambda_pvl=5.0, ema_momentum=0.5), 64
+        student, frozen_teacher(student), LossSettings(lambda_avl=5.0, lambda_pvl=5.0, ema_momentum=0.5), 64
     )
     if world > 1:
         task.student = DDP(task.student)

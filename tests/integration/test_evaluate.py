@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dive.config import Config, ModelConfig
+from dive.config import Config, ModelSettings
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, write_manifest
 from pipeline.evaluate import Suite, evaluate_accuracy, reference_embeddings
 from tests.conftest import write_tar
@@ -37,7 +37,7 @@ def test_webdataset_suite_scores_like_its_parquet_twin(ray_session, tmp_path):
     )
 
     suites = [Suite("parquet", "ood", str(tmp_path / "parquet")), Suite("wds", "ood", str(wds))]
-    results = evaluate_accuracy({"m": ModelConfig()}, suites, Config())["m"]
+    results = evaluate_accuracy({"m": ModelSettings()}, suites, Config())["m"]
     assert [(r.name, r.samples) for r in results] == [("parquet", 12), ("wds", 12)]
     assert results[0].accuracy == results[1].accuracy
 
@@ -62,7 +62,7 @@ def test_small_suites_are_scored_in_process_exactly_as_through_ray_data(ray_sess
             Manifest(name, LABELLED, num_rows=11, classnames=["cat", "dog", "cow"], templates=["a {}."]),
         )
         suites.append(Suite(name, "ood", str(folder)))
-    models = {"m": ModelConfig()}
+    models = {"m": ModelSettings()}
 
     def no_ray_data(*args, **kwargs):
         raise AssertionError("small suites went through Ray Data")
@@ -123,8 +123,8 @@ def test_trained_linear_head_scores_its_own_classes_only(ray_session, tiny_bundl
     assert load_linear_head(plain) is None
 
     models = {
-        "ft": ModelConfig(name=f"local-dir:{with_head}"),
-        "plain": ModelConfig(name=f"local-dir:{plain}"),
+        "ft": ModelSettings(name=f"local-dir:{with_head}"),
+        "plain": ModelSettings(name=f"local-dir:{plain}"),
     }
     results = evaluate_accuracy(models, suites, Config())
     ft, base = ({r.name: r.accuracy for r in results[k]} for k in ("ft", "plain"))
@@ -163,8 +163,8 @@ def test_rsa_of_many_students_embeds_the_teacher_once_and_equals_one_by_one(
     torch.save(state, other_file)
     cfg = Config()
     cfg = replace(cfg, eval=replace(cfg.eval, rsa_set=str(ref), rsa_samples=6))
-    teacher = ModelConfig(pretrained=str(teacher_file))
-    students = {"same": teacher, "other": ModelConfig(pretrained=str(other_file))}
+    teacher = ModelSettings(pretrained=str(teacher_file))
+    students = {"same": teacher, "other": ModelSettings(pretrained=str(other_file))}
     built = []
     real_build = evaluate.build_model
     monkeypatch.setattr(evaluate, "build_model", lambda m: built.append(m) or real_build(m))

@@ -121,7 +121,7 @@ def test_two_default_jobs_share_the_demo_cache_and_the_mlflow_store(tmp_path):
     xdg = tmp_path / "xdg"
     small = [
         "data.demo=.cache/dive-demo-tiny", "data.demo_size=tiny", "optim.global_batch=16", "optim.max_steps=2",
-        "optim.warmup_steps=1", "eval.rsa_samples=16", "eval.val_samples=16", "scaling.num_workers=1",
+        "optim.warmup_steps=1", "eval.rsa_samples=16", "val.samples=16", "scaling.num_workers=1",
     ]  # fmt: skip
     with _Head(_env(XDG_DATA_HOME=str(xdg))) as head:
         first = head.submit("python", "pipeline/train.py", *small)

@@ -26,8 +26,8 @@ def test_a_lost_node_resumes_on_another_from_the_last_checkpoint_as_one_mlflow_r
         "optim.epochs=4",
         "scaling.num_workers=1",
         "scaling.cpus_per_worker=1",
-        "scaling.checkpoint_every=1",
-        "scaling.max_failures=2",
+        "run.checkpoint.every=1",
+        "run.failure.max_failures=2",
         "tracking.log_every=1",
     ]
     job = subprocess.run(

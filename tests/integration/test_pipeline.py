@@ -26,8 +26,8 @@ _EXTRA = ("optim.max_steps=4", "loss.lambda_avl=10", "loss.lambda_pvl=10")
 EXACT = (
     "optim.max_steps=9",
     "optim.epochs=4",
-    "scaling.checkpoint_every=1",
-    "scaling.max_failures=2",
+    "run.checkpoint.every=1",
+    "run.failure.max_failures=2",
     "tracking.log_every=1",
 )
 
@@ -158,7 +158,7 @@ def test_killed_worker_resumes_exactly_from_last_checkpoint_in_the_same_mlflow_r
     stop = threading.Event()
     watcher = threading.Thread(
         target=_kill_first_worker_after_checkpoint,
-        args=(Path(cfg.scaling.storage_path), killed, stop),
+        args=(Path(cfg.run.storage_path), killed, stop),
         daemon=True,
     )
     watcher.start()
@@ -202,7 +202,7 @@ def test_a_driver_killed_then_resumed_ends_with_the_weights_of_an_uninterrupted_
     ray_session, demo, tmp_path, uninterrupted
 ):
     cfg = _config(demo, tmp_path, *EXACT)
-    storage = Path(cfg.scaling.storage_path)
+    storage = Path(cfg.run.storage_path)
     driver = subprocess.Popen(
         [
             sys.executable,
@@ -345,9 +345,9 @@ def test_a_full_disk_while_checkpointing_is_one_error_line_and_keeps_the_last_ch
     )  # weights + 2 AdamW moments = 3x: one fits, not two
     overrides = [
         *_overrides(
-            demo, tmp_path, "optim.max_steps=4", "scaling.checkpoint_every=1", "scaling.max_failures=0"
+            demo, tmp_path, "optim.max_steps=4", "run.checkpoint.every=1", "run.failure.max_failures=0"
         ),
-        f"scaling.storage_path={volume}/ray",
+        f"run.storage_path={volume}/ray",
     ]
     (tmp_path / "base.yaml").write_text("{}\n")
     done = subprocess.run(

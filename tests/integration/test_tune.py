@@ -42,15 +42,15 @@ def _space(tmp_path: Path, **sections) -> Path:
     return path
 
 
-def _base(**ev) -> Config:
-    return load_config(overrides=[f"eval.{k}={v}" for k, v in {"val_id": "/v/id", **ev}.items()])
+def _base(**val) -> Config:
+    return load_config(overrides=[f"val.{k}={v}" for k, v in {"id": "/v/id", **val}.items()])
 
 
 @pytest.mark.parametrize("space", SPACES, ids=[p.stem for p in SPACES])
 def test_shipped_spaces_open_with_their_launch_command_and_check(space):
     text = space.read_text()
     assert text.startswith("#") and "python pipeline/tune.py --space tune_configs/" + space.name in text
-    dists = check_spec(load_spec(space), _base(val_ref="/v/ref"), str(space))
+    dists = check_spec(load_spec(space), _base(ref="/v/ref"), str(space))
     assert {"loss.lambda_avl", "loss.lambda_pvl"} <= set(dists)
     assert dists["loss.lambda_avl"][0] == "loguniform"
 
@@ -83,7 +83,7 @@ def test_objective_must_be_a_validation_metric_the_config_reports(tmp_path):
     with pytest.raises(ConfigError, match="tuning on eval suites would tune on the test sets"):
         check_spec(load_spec(path), _base(), str(path))
     path = _space(tmp_path, objective={"metric": "val/ref_retrieval", "mode": "max"})
-    with pytest.raises(ConfigError, match="needs eval.val_ref"):
+    with pytest.raises(ConfigError, match="needs val.ref"):
         check_spec(load_spec(path), _base(), str(path))
     with pytest.raises(ConfigError, match=r"key 'search.num_samples'"):
         check_spec(load_spec(_space(tmp_path), ["search.num_samples=0"]), _base(), "s.yaml")
@@ -95,7 +95,7 @@ def test_bad_space_exits_before_ray_starts(tmp_path, capsys):
     path = _space(tmp_path, space={"loss.lambda_avl": {"loguniform": [0.0, 10]}})
     was_up = ray.is_initialized()
     base = tmp_path / "base.yaml"
-    base.write_text("eval: {val_id: /nowhere}\n")
+    base.write_text("val: {id: /nowhere}\n")
     assert tune.main(["--space", str(path), "--config", str(base)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "space key 'loss.lambda_avl': loguniform needs bounds > 0" in err
@@ -238,7 +238,7 @@ def no_sweep(monkeypatch):
 def test_a_wrong_typed_space_exits_2_with_one_error_line_before_ray_starts(tmp_path, capsys, no_sweep):
     path = _space(tmp_path, space={"optim.epochs": {"uniform": [1, 3]}})
     base = tmp_path / "base.yaml"
-    base.write_text("eval: {val_id: /nowhere}\n")
+    base.write_text("val: {id: /nowhere}\n")
     assert tune.main(["--space", str(path), "--config", str(base)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
@@ -464,7 +464,7 @@ def test_emojishift_methods_are_tuned_the_same_way(space):
         load_config(REPO / spec.config), [override(k, v) for k, v in spec.overrides.items()]
     )
     dists = check_spec(spec, base, str(space))
-    assert base.eval.val_objective == "id_zs" and base.eval.val_zs.endswith("zs_val")
+    assert base.val.objective == "id_zs" and base.val.zs.endswith("zs_val")
     assert (spec.search.num_samples, spec.search.algorithm, spec.scheduler.name) == (8, "optuna", "asha")
     assert spec.objective.metric == "val/objective"
     assert (base.optim.global_batch, base.optim.epochs) == (32, 4)

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from dive.config import LossConfig
+from dive.config import LossSettings
 from dive.models import embed_dim
 from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import DiveTask
@@ -27,7 +27,7 @@ from pipeline import checkpoint
 
 def _setup(bundle):
     torch.manual_seed(0)
-    task = DiveTask(bundle.model, None, LossConfig(), embed_dim(bundle.model))
+    task = DiveTask(bundle.model, None, LossSettings(), embed_dim(bundle.model))
     optimizer = build_optimizer(task.named_parameters(), 1e-3, 0.1)
     return task, optimizer, cosine_with_warmup(optimizer, 2, 10)
 
@@ -213,7 +213,7 @@ def test_export_takes_the_newest_intact_checkpoint_and_names_the_one_passed_over
     _publish(trial, "checkpoint_a", 6)
     latest = _publish(trial, "checkpoint_b", 9)
     (latest / checkpoint.STATE_FILE).write_bytes(b"PK\x03\x04 truncated")
-    cfg = SimpleNamespace(scaling=SimpleNamespace(storage_path=str(storage)))
+    cfg = SimpleNamespace(run=SimpleNamespace(storage_path=str(storage)))
     folder, state = latest_checkpoint(run_dir, cfg)
     assert state["step"] == 6 and Path(folder).name == "checkpoint_a"
     assert "passed over" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
 @pytest.mark.parametrize(
     ("override", "key", "expected"),
     [
-        ("loss.lambda_avll=5", "loss.lambda_avll", "not in 'LossConfig'"),
+        ("loss.lambda_avll=5", "loss.lambda_avll", "not in 'LossSettings'"),
         ("loss.lambda_avl=abc", "loss.lambda_avl", "could not be converted to Float"),
         ("loss.method=dvie", "loss.method", "expected one of"),
         ("optim.global_batch=1.5", "optim.global_batch", "could not be converted"),
@@ -122,3 +122,18 @@ def test_missing_dataset_folders_are_reported_unless_paths_are_generated_later(t
         validate(cfg)
     validate(cfg, check_paths=False)  # the demo generates its data after validation
     assert load_config(overrides=["loss.method=flyp"]).loss.method is Method.flyp
+
+
+def test_keys_that_moved_still_load_under_their_new_names_with_a_warning(tmp_path):
+    """Configs and run folders written before run.* and val.* existed (scaling.checkpoint_every, eval.val_id, …)."""
+    from dive.config import MOVED_KEYS
+
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "scaling:\n  storage_path: /s\n  checkpoint_every: 3\neval:\n  val_id: /v\n  val_objective: id_zs\n"
+    )
+    with pytest.warns(FutureWarning, match=r"scaling\.checkpoint_every is now run\.checkpoint\.every"):
+        cfg = load_config(old, ["scaling.max_failures=4", "eval.val_samples=9"])
+    assert (cfg.run.storage_path, cfg.run.checkpoint.every, cfg.run.failure.max_failures) == ("/s", 3, 4)
+    assert (cfg.val.id, cfg.val.objective, cfg.val.samples) == ("/v", "id_zs", 9)
+    assert set(MOVED_KEYS.values()) <= set(flatten(cfg))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model, teacher_fingerprint
 from dive.zeroshot import DEFAULT_TEMPLATES
 from pipeline.convert import cache_teacher, common, convert_captions, convert_imagefolder, convert_wds
@@ -436,7 +436,7 @@ def test_progress_bar_is_off_without_a_tty_or_with_dive_no_progress(monkeypatch)
 def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny_bundle, capsys):
     weights = tmp_path / "teacher.pt"
     torch.save(tiny_bundle.model.state_dict(), weights)
-    cfg = ModelConfig(pretrained=str(weights))
+    cfg = ModelSettings(pretrained=str(weights))
     folder = tmp_path / "ref"
     rng = np.random.default_rng(0)
     rows = []
@@ -537,7 +537,7 @@ def test_cache_teacher_refuses_webdataset_tars_and_leaves_them(tmp_path):
     tar = write_tar(folder / "00000.tar", {"a.jpg": encode_png(Image.new("RGB", (8, 8))), "a.txt": b"a cat"})
     before = tar.read_bytes()
     with pytest.raises(DataError, match=r"wds: holds webdataset tars; .*dive data wds"):
-        cache_teacher(folder, ModelConfig())
+        cache_teacher(folder, ModelSettings())
     assert tar.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["00000.tar"]
 
 

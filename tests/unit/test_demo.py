@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pipeline.demo as demo
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model, fingerprint
 from pipeline.data.format import CAPTIONED, LABELLED, check_dataset, iter_rows, shard_files
 from pipeline.demo import splits, teacher
@@ -139,7 +139,7 @@ def test_captions_in_the_data_describe_the_drawn_scene(tiny):
             if name == "reference":  # … and reference captions name all of them
                 assert {scene.shape, scene.color, scene.size, scene.position} <= words
                 assert scene.texture in words or scene.style == "outline"
-    tokenizer = build_model(ModelConfig()).tokenizer
+    tokenizer = build_model(ModelSettings()).tokenizer
     captions = [r["caption"] for r in iter_rows(tiny.pretrain, columns=["caption"])]
     tokens = tokenizer(captions)
     assert (tokens[:, -1] == 0).all()  # nothing was cut at the 32-token context
@@ -175,10 +175,10 @@ def test_pretrain_teacher_writes_loadable_weights_and_is_cached(tiny, tmp_path):
     }
     assert recorded["chance"]["zs_position"] == pytest.approx(1 / len(demo.POSITIONS), abs=1e-3)
     assert all(0.0 <= v <= 1.0 for v in recorded["zero_shot"].values())
-    loaded = build_model(ModelConfig(pretrained=str(weights)))
+    loaded = build_model(ModelSettings(pretrained=str(weights)))
     assert fingerprint(loaded.model) == recorded["fingerprint"]
     assert fingerprint(loaded.model) != fingerprint(
-        build_model(ModelConfig()).model
+        build_model(ModelSettings()).model
     )  # trained, not random init
 
     stamp = weights.stat().st_mtime_ns

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model, fingerprint
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
 
@@ -100,7 +100,7 @@ def test_loss_decreases_and_report_is_complete(aligned) -> None:
 
 def test_only_projections_and_scale_change(aligned) -> None:
     root, _, _, _ = aligned
-    packaged = build_model(ModelConfig(name=NAME)).model.state_dict()
+    packaged = build_model(ModelSettings(name=NAME)).model.state_dict()
     trained = torch.load(root / "teacher" / "teacher.pt", map_location="cpu", weights_only=True)
     assert trained.keys() == packaged.keys()
     changed = {k for k in packaged if not torch.equal(packaged[k], trained[k])}
@@ -114,7 +114,7 @@ def test_only_projections_and_scale_change(aligned) -> None:
 
 def test_teacher_reloads_with_identical_embeddings(aligned) -> None:
     root, _, report, bundle = aligned
-    reloaded = build_model(ModelConfig(name=NAME, pretrained=str(root / "teacher" / "teacher.pt")))
+    reloaded = build_model(ModelSettings(name=NAME, pretrained=str(root / "teacher" / "teacher.pt")))
     model, again = bundle.model.eval(), reloaded.model.eval()
     assert fingerprint(again) == fingerprint(model) == report["teacher_fingerprint"]
     images = torch.stack([bundle.preprocess_eval(_draw(s, COLOURS["green"], 1)) for s in SHAPES])
@@ -147,7 +147,7 @@ def test_unfreezing_trains_only_the_last_blocks_and_the_feature_path_matches(tmp
         + ["--batch", "8", "--lr", "3e-3", "--unfreeze", "1", "--no-export"]
     )
     report, bundle = al.run(args, log=lambda _: None)
-    packaged = build_model(ModelConfig(name=NAME)).model.state_dict()
+    packaged = build_model(ModelSettings(name=NAME)).model.state_dict()
     trained = bundle.model.state_dict()
     changed = {k for k in packaged if not torch.equal(packaged[k], trained[k])}
     last = f"visual.trunk.blocks.{len(bundle.model.visual.trunk.blocks) - 1}."

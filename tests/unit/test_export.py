@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.export import CARD_FILE, CONFIG_FILE, README_FILE, WEIGHTS_FILE, export_model, load_export
 from dive.models import build_model
 
@@ -30,7 +30,7 @@ TEXTS = ["a photo of a circle.", "A SQUARE drawn in red!", "triangle"]
 def perturbed():
     """A tiny model whose weights differ from any random init, so a reload that ignores the file fails."""
     torch.manual_seed(0)
-    bundle = build_model(ModelConfig())
+    bundle = build_model(ModelSettings())
     g = torch.Generator().manual_seed(42)
     with torch.no_grad():
         for p in bundle.model.parameters():

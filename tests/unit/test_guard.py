@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from dive.config import Config, ConfigError, LossConfig, load_config, validate
+from dive.config import Config, ConfigError, LossSettings, load_config, validate
 from dive.guard import NonFiniteError, NonFiniteGuard, grads_finite, nonfinite_terms
 from dive.models import embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
@@ -43,7 +43,7 @@ def test_a_nan_step_is_skipped_whole_weights_optimiser_and_centre_unchanged(tiny
 
     student = copy.deepcopy(tiny_bundle.model)
     task = DiveTask(
-        student, frozen_teacher(student), LossConfig(lambda_avl=10, lambda_pvl=10), embed_dim(student)
+        student, frozen_teacher(student), LossSettings(lambda_avl=10, lambda_pvl=10), embed_dim(student)
     )
     cfg = Config()
     opt = build_optimizer(task.named_parameters(), 1e-3, 0.1)

@@ -23,15 +23,15 @@ def test_in_a_job_what_a_run_writes_goes_to_the_per_user_folder_and_inputs_stay(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv(RAY_JOB_ENV, "{}")
     monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
-    cfg = resolve_paths(load_config(DEMO_CONFIG, ["eval.val_zs=shipped/zs_val"]))
+    cfg = resolve_paths(load_config(DEMO_CONFIG, ["val.zs=shipped/zs_val"]))
     dive_home = xdg / "dive"
     assert cfg.data.demo == str(dive_home / ".cache" / "dive-demo")
     assert cfg.data.id_train == str(dive_home / ".cache" / "dive-demo" / "id_train")  # inside the demo cache
     assert cfg.model.pretrained == str(dive_home / ".cache" / "dive-demo" / "teacher" / "teacher.pt")
     assert cfg.tracking.output_dir == str(dive_home / "outputs")
     assert cfg.tracking.uri == f"sqlite:///{dive_home / 'mlflow.db'}"
-    assert cfg.scaling.storage_path == str(dive_home / "outputs" / "ray_results")
-    assert cfg.eval.val_zs == str(job_dir / "shipped" / "zs_val")  # an input shipped with the job
+    assert cfg.run.storage_path == str(dive_home / "outputs" / "ray_results")
+    assert cfg.val.zs == str(job_dir / "shipped" / "zs_val")  # an input shipped with the job
 
 
 def test_dive_home_wins_everywhere(tmp_path, monkeypatch):

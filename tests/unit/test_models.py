@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model, embed_dim, fingerprint, frozen_teacher
 
 
@@ -25,7 +25,7 @@ def test_pretrained_file_is_loaded(tmp_path, tiny_bundle):
     weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_bundle.model.state_dict().items()}
     path = tmp_path / "tiny.pt"
     torch.save(weights, path)
-    loaded = build_model(ModelConfig(pretrained=str(path))).model
+    loaded = build_model(ModelSettings(pretrained=str(path))).model
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, weights[k]), k
     assert fingerprint(loaded) != fingerprint(tiny_bundle.model)
@@ -33,9 +33,9 @@ def test_pretrained_file_is_loaded(tmp_path, tiny_bundle):
 
 def test_bad_model_names_and_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither an open_clip tag"):
-        build_model(ModelConfig(pretrained=str(tmp_path / "nope.pt")))
+        build_model(ModelSettings(pretrained=str(tmp_path / "nope.pt")))
     with pytest.raises(FileNotFoundError, match="not an export folder"):
-        build_model(ModelConfig(name=f"local-dir:{tmp_path}"))
+        build_model(ModelSettings(name=f"local-dir:{tmp_path}"))
 
 
 def test_frozen_teacher_is_a_detached_copy(tiny_bundle):

@@ -57,7 +57,7 @@ def test_an_unreachable_tracking_server_is_refused_in_seconds():
         ("model.pretrained=no-such-tag", r"^model\.pretrained: 'no-such-tag' is neither an open_clip tag"),
         ("model.name=no-such-model", r"^model\.name: unknown open_clip model 'no-such-model'"),
         ("tracking.output_dir={blocked}/out", r"tracking\.output_dir: cannot write to .*blocked/out"),
-        ("scaling.storage_path={blocked}/ray", r"scaling\.storage_path: cannot write to .*blocked/ray"),
+        ("run.storage_path={blocked}/ray", r"scaling\.storage_path: cannot write to .*blocked/ray"),
         (
             "tracking.uri=sqlite:///{blocked}/m.db",
             r"tracking\.uri: cannot write to sqlite:///.*blocked/m\.db",
@@ -145,7 +145,7 @@ def test_a_resume_whose_checkpoints_are_all_incomplete_is_refused_before_ray(dem
     from pipeline.checkpoint import COMPLETE_FILE, run_folder, save
 
     cfg, run_dir = _stopped_run(demo, tmp_path, "KILLED")
-    _, folder = run_folder(cfg.scaling.storage_path, run_dir.name)
+    _, folder = run_folder(cfg.run.storage_path, run_dir.name)
     (partial := Path(folder) / ".partial-checkpoint_c").mkdir(parents=True)
     (checkpoint_a := Path(folder) / "checkpoint_a").mkdir()
     save({"step": 3}, checkpoint_a)

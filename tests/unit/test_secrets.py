@@ -167,7 +167,7 @@ def leaky_cfg(request, tmp_path, monkeypatch):
     overrides = [
         f"tracking.output_dir={tmp_path}/out",
         "tracking.experiment=leak",
-        f"scaling.storage_path=s3://AKIAEXAMPLE:{PLANTED}@bucket/ray",
+        f"run.storage_path=s3://AKIAEXAMPLE:{PLANTED}@bucket/ray",
         f"eval.ood.signed=https://b.s3.amazonaws.com/ood?X-Amz-Signature={PLANTED}",
     ]
     if request.param == "env":
@@ -218,9 +218,9 @@ def test_a_resume_from_a_masked_config_takes_the_real_uri_from_the_environment_o
         train.resolve_paths(load_config(saved))
     assert tracking.sync(folder) == 2 and "saved with its secret masked" in capsys.readouterr().err
     # Every other masked value is named, and taken again from an override.
-    fixed = [f"tracking.uri={real}", f"scaling.storage_path={tmp_path}/ray", f"eval.ood.signed={tmp_path}"]
+    fixed = [f"tracking.uri={real}", f"run.storage_path={tmp_path}/ray", f"eval.ood.signed={tmp_path}"]
     assert validate(train.resolve_paths(load_config(saved, fixed)), check_paths=False).tracking.uri == real
-    with pytest.raises(ConfigError, match=r"key 'scaling\.storage_path': expected its real value") as err:
+    with pytest.raises(ConfigError, match=r"key 'run\.storage_path': expected its real value") as err:
         validate(train.resolve_paths(load_config(saved, fixed[:1] + fixed[2:])), check_paths=False)
     assert "s3://AKIAEXAMPLE:***@bucket/ray" in str(err.value) and PLANTED not in str(err.value)
 

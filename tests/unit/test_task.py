@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dive.config import LossConfig, Method
+from dive.config import LossSettings, Method
 from dive.models import configure_temperature, embed_dim, frozen_teacher
 from dive.task import DiveTask
 from tests.conftest import make_batch
@@ -20,7 +20,7 @@ def _task(bundle, method: Method = Method.dive, **loss_kwargs) -> DiveTask:
     head = None
     if method in (Method.ft, Method.lpft):
         head = torch.nn.functional.normalize(torch.randn(3, embed_dim(student)), dim=-1)
-    cfg = LossConfig(method=method, **loss_kwargs)
+    cfg = LossSettings(method=method, **loss_kwargs)
     return DiveTask(student, frozen_teacher(student), cfg, embed_dim(student), head_weights=head)
 
 
@@ -105,7 +105,7 @@ def test_cached_teacher_embeddings_give_the_same_losses_as_the_live_teacher(tiny
 
 
 def test_missing_teacher_and_cache_is_a_clear_error(tiny_bundle):
-    task = DiveTask(copy.deepcopy(tiny_bundle.model), None, LossConfig(), 64)
+    task = DiveTask(copy.deepcopy(tiny_bundle.model), None, LossSettings(), 64)
     with pytest.raises(ValueError, match="cached teacher embeddings"):
         task(make_batch(tiny_bundle))
 
@@ -166,19 +166,19 @@ def test_temperature_knobs(tiny_bundle):
     configure_temperature(model, temperature=0.05, learnable=False)
     assert model.logit_scale.item() == pytest.approx(math.log(20.0), rel=1e-6)
     assert not model.logit_scale.requires_grad
-    task = DiveTask(model, frozen_teacher(model), LossConfig(method=Method.flyp), 64)
+    task = DiveTask(model, frozen_teacher(model), LossSettings(method=Method.flyp), 64)
     terms = task.train()(make_batch(tiny_bundle))
     assert terms["temperature"].item() == pytest.approx(0.05, rel=1e-5)
 
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_batchnorm_keeps_running_statistics(freeze: bool) -> None:
-    """ModelConfig.freeze_batchnorm: in train mode the student's BatchNorm layers stay in eval mode, so ID batches
+    """ModelSettings.freeze_batchnorm: in train mode the student's BatchNorm layers stay in eval mode, so ID batches
     do not rewrite the pre-trained statistics (the teacher is always eval); off, they update as usual."""
     torch.manual_seed(0)
     student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     teacher = copy.deepcopy(student)
-    task = DiveTask(student, teacher, LossConfig(method=Method.flyp), 4, freeze_batchnorm=freeze)
+    task = DiveTask(student, teacher, LossSettings(method=Method.flyp), 4, freeze_batchnorm=freeze)
     task.train()
     bn = student[1]
     before = bn.running_mean.clone()
@@ -195,7 +195,7 @@ def test_eval_mode_gives_every_layer_back_its_own_mode() -> None:
     from dive.zeroshot import eval_mode
 
     student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    task = DiveTask(student, None, LossConfig(method=Method.flyp), 4, freeze_batchnorm=True)
+    task = DiveTask(student, None, LossSettings(method=Method.flyp), 4, freeze_batchnorm=True)
     task.train()
     with eval_mode(student):
         assert not any(m.training for m in student.modules())

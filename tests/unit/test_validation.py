@@ -12,13 +12,13 @@ from pipeline.worker import _Validator
 
 def _cfg(demo, tmp_path, *extra):
     paths, teacher = demo
-    overrides = [*paths.config_overrides(), f"model.pretrained={teacher}", "eval.val_samples=40", *extra]
+    overrides = [*paths.config_overrides(), f"model.pretrained={teacher}", "val.samples=40", *extra]
     return load_config(None, [*overrides, f"tracking.output_dir={tmp_path}"])
 
 
 def test_zero_shot_validation_set_enters_the_objective(demo, tmp_path):
     paths, _ = demo
-    cfg = _cfg(demo, tmp_path, f"eval.val_zs={paths.zs['color']}", "eval.val_objective=id_zs")
+    cfg = _cfg(demo, tmp_path, f"val.zs={paths.zs['color']}", "val.objective=id_zs")
     bundle = build_model(cfg.model)
     metrics = _Validator(cfg, bundle, torch.device("cpu"))(bundle.model)
     assert {"val/id_acc", "val/zs_acc", "val/ref_retrieval", "val/objective"} <= set(metrics)
@@ -32,7 +32,7 @@ def test_zero_shot_validation_set_enters_the_objective(demo, tmp_path):
 
 
 def test_objective_names_are_checked(demo, tmp_path):
-    with pytest.raises(ConfigError, match="eval.val_objective"):
-        validate(_cfg(demo, tmp_path, "eval.val_objective=zs_only"))
-    with pytest.raises(ConfigError, match="eval.val_zs"):
-        validate(_cfg(demo, tmp_path, "eval.val_objective=id_zs"))
+    with pytest.raises(ConfigError, match="val.objective"):
+        validate(_cfg(demo, tmp_path, "val.objective=zs_only"))
+    with pytest.raises(ConfigError, match="val.zs"):
+        validate(_cfg(demo, tmp_path, "val.objective=id_zs"))

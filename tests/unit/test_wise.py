@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model
 from dive.wise import interpolate, wise_model
 
@@ -30,8 +30,8 @@ def _pair():
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    pre = build_model(ModelConfig()).model
-    ft = build_model(ModelConfig()).model  # random init is seeded: the same weights as `pre` …
+    pre = build_model(ModelSettings()).model
+    ft = build_model(ModelSettings()).model  # random init is seeded: the same weights as `pre` …
     torch.manual_seed(1)
     with torch.no_grad():  # … so move every float tensor, as fine-tuning would
         for p in ft.state_dict().values():

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from dive.config import ModelConfig, load_config
+from dive.config import ModelSettings, load_config
 from dive.export import export_model, load_export
 from dive.models import build_model
 from pipeline.wise import main, wise_exports
 
 
 def test_wise_exports_interpolate_teacher_and_finetuned(tmp_path):
-    teacher = build_model(ModelConfig())
-    ft = build_model(ModelConfig())
+    teacher = build_model(ModelSettings())
+    ft = build_model(ModelSettings())
     with torch.no_grad():
         for p in ft.model.parameters():
             p.add_(0.05)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from dive.config import ModelConfig
+from dive.config import ModelSettings
 from dive.models import build_model
 from dive.zeroshot import DEFAULT_TEMPLATES, build_head, logits
 
@@ -17,7 +17,7 @@ CLASSES = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def bundle():
     torch.manual_seed(0)
-    return build_model(ModelConfig())
+    return build_model(ModelSettings())
 
 
 def test_head_has_one_unit_row_per_class(bundle):
