@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf.nodes import EnumNode
 
 from dive.redact import mask_text, mask_tree, masked_keys
 
@@ -35,6 +36,33 @@ class Method(str, enum.Enum):
     snd = "snd"  # FLYP + λ_snd · ‖f_ft(x_ref) − f_pre(x_ref)‖² (image difference vectors forced to zero)
     ft = "ft"  # cross-entropy through a linear head initialised from the zero-shot head
     lpft = "lpft"  # linear probe for loss.lp_steps, then ft
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of training and evaluation."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast on GPU only; on CPU training stays fp32
+
+
+class DemoSize(str, enum.Enum):
+    """Size of the built-in demo data set."""
+
+    default = "default"  # ≈ 20k images: the README's numbers
+    tiny = "tiny"  # tests and smoke jobs
+
+
+class ValObjective(str, enum.Enum):
+    """Which "zero-shot kept" metric stands beside val/id_acc in val/objective."""
+
+    id_ref = "id_ref"  # val/ref_retrieval
+    id_zs = "id_zs"  # val/zs_acc
+
+
+def choices(kind: type[enum.Enum]) -> str:
+    """The values of an Enum for an error message: ``one of 'fp32' or 'bf16'``."""
+    values = [repr(m.value) for m in kind]
+    return "one of " + (" or ".join(values) if len(values) < 3 else f"{', '.join(values[:-1])} or {values[-1]}")
 
 
 # Which methods use what: one definition, read by validation, the task and the worker.
@@ -55,7 +83,7 @@ class ModelConfig:
     # random init. Ignored for local-dir: names (the folder holds the weights).
     pretrained: str = ""
     # "fp32" or "bf16". bf16 is autocast on GPU only; on CPU training stays fp32.
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     # Trade compute for memory on big towers.
     grad_checkpointing: bool = False
     # Keep BatchNorm layers in eval mode while fine-tuning (running statistics frozen; their affine weights still
@@ -85,7 +113,7 @@ class DataConfig:
     # If set, the built-in demo data and demo teacher are generated into this folder when missing.
     demo: str = ""
     # Size of that demo: "default" (≈ 20k images, the README's numbers) or "tiny" (tests, smoke jobs).
-    demo_size: str = "default"
+    demo_size: DemoSize = DemoSize.default
     # Global reference batch B'. 0 means B' = optim.global_batch (method.md: the paper does not report B'). B/4 is
     # the cheaper setting: measured on EmojiShift, 1.26x FLYP's training time (B' = B: 1.94x), 70 % of DiVE's test
     # ZS gain (within seed noise) and 96 % of its RSA gain kept.
@@ -149,7 +177,7 @@ class OptimConfig:
 
 # ---------------------------------------------------------------------------------------------------- eval
 # eval.val_objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
-VAL_OBJECTIVES = {"id_ref": "val/ref_retrieval", "id_zs": "val/zs_acc"}
+VAL_OBJECTIVES = {ValObjective.id_ref: "val/ref_retrieval", ValObjective.id_zs: "val/zs_acc"}
 
 
 @dataclass
@@ -180,7 +208,7 @@ class EvalConfig:
     val_samples: int = 256
     # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref") or
     # val/zs_acc ("id_zs"); the one that exists when only one does.
-    val_objective: str = "id_ref"
+    val_objective: ValObjective = ValObjective.id_ref
     val_id_weight: float = 0.5
 
 
@@ -227,9 +255,15 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+def explain_error(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """OmegaConf's error as a :class:`ConfigError` naming the source and the dotted key; a value that is no member
+    of an Enum field names the allowed values, in the words :func:`validate` uses."""
     key = getattr(err, "full_key", None) or "?"
-    msg = str(getattr(err, "msg", err)).splitlines()[0]
+    node = getattr(err, "child_node", None)
+    if isinstance(err, ValidationError) and isinstance(node, EnumNode):
+        msg = f"expected {choices(node.enum_type)}, got {getattr(err, 'value', '?')!r}"
+    else:
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
     return ConfigError(f"{source}: key '{key}': {msg}")
 
 
@@ -237,7 +271,7 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        raise _explain(err, source) from None
+        raise explain_error(err, source) from None
 
 
 def load_config(
@@ -266,7 +300,7 @@ def load_config(
         try:
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
-            raise _explain(err, f"override '{item}'") from None
+            raise explain_error(err, f"override '{item}'") from None
         cfg = _merge(cfg, dot, f"override '{item}'")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
@@ -419,7 +453,6 @@ def _check_optim(cfg: Config, need: _Need) -> None:
         "MB >= 0 (0: always stream)",
         data.keep_in_memory_mb,
     )
-    need(data.demo_size in ("default", "tiny"), "data.demo_size", "'default' or 'tiny'", data.demo_size)
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
 
@@ -445,7 +478,6 @@ def _check_scaling_model(scaling: ScalingConfig, model: ModelConfig, need: _Need
         "an integer >= -1 (-1: unlimited)",
         scaling.max_failures,
     )
-    need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
 
 
@@ -454,13 +486,7 @@ def _check_eval(ev: EvalConfig, check_paths: bool, need: _Need) -> None:
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
     need(ev.val_samples >= 3, "eval.val_samples", "at least 3 samples", ev.val_samples)
     need(0.0 <= ev.val_id_weight <= 1.0, "eval.val_id_weight", "a weight in [0, 1]", ev.val_id_weight)
-    need(
-        ev.val_objective in VAL_OBJECTIVES,
-        "eval.val_objective",
-        " or ".join(repr(k) for k in VAL_OBJECTIVES),
-        ev.val_objective,
-    )
-    if ev.val_objective == "id_zs" and check_paths:
+    if ev.val_objective is ValObjective.id_zs and check_paths:
         need(bool(ev.val_zs), "eval.val_zs", "a labelled folder (eval.val_objective is 'id_zs')", ev.val_zs)
 
 
