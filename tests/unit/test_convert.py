@@ -35,7 +35,7 @@ from pipeline.data.format import (
     read_manifest,
     shard_files,
 )
-from tests.conftest import write_tar
+from tests.helpers import write_tar
 
 
 @pytest.fixture(autouse=True)
