@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
@@ -269,7 +269,7 @@ def explain_error(err: OmegaConfBaseException, source: str) -> ConfigError:
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(base, other)
+        return cast(DictConfig, OmegaConf.merge(base, other))  # merged into a mapping: a mapping
     except OmegaConfBaseException as err:
         raise explain_error(err, source) from None
 
