@@ -61,8 +61,8 @@ class ValObjective(str, enum.Enum):
 
 def choices(kind: type[enum.Enum]) -> str:
     """The values of an Enum for an error message: ``one of 'fp32' or 'bf16'``."""
-    values = [repr(m.value) for m in kind]
-    return "one of " + (" or ".join(values) if len(values) < 3 else f"{', '.join(values[:-1])} or {values[-1]}")
+    *rest, last = [repr(m.value) for m in kind]
+    return f"one of {', '.join(rest)} or {last}" if rest else f"one of {last}"
 
 
 # Which methods use what: one definition, read by validation, the task and the worker.
