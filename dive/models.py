@@ -143,7 +143,9 @@ def logit_scale(model: nn.Module) -> nn.Parameter:
     does not know as ``Tensor | Module``, so this checks it)."""
     scale = model.logit_scale
     if not isinstance(scale, nn.Parameter):
-        raise TypeError(f"{type(model).__name__}.logit_scale: expected a parameter, got {type(scale).__name__}")
+        raise TypeError(
+            f"{type(model).__name__}.logit_scale: expected a parameter, got {type(scale).__name__}"
+        )
     return scale
 
 

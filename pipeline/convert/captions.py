@@ -132,4 +132,6 @@ def convert_captions(
         )
     out_path = check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=CAPTIONED, source=str(path.resolve()))
-    return convert_records(records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers)
+    return convert_records(
+        records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers
+    )

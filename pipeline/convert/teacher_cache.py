@@ -174,7 +174,9 @@ def cache_teacher(
                     seen += 1
                     if reason is not None:
                         writer.skip(reason)
-                        detail = "the caption is empty" if reason == NO_CAPTION else SKIP_DETAIL.get(reason, "")
+                        detail = (
+                            "the caption is empty" if reason == NO_CAPTION else SKIP_DETAIL.get(reason, "")
+                        )
                         report_skip(row.get("key") or f"row {seen - 1}", reason, detail)
                         continue
                     writer.add(row)
