@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,8 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check dive pipeline tests benchmarks
+
+# What CI runs before the tests: lint, formatting, and types of the method library (settings: pyproject.toml).
+check: lint
+	$(BIN)/ruff format --check dive pipeline tests benchmarks
+	$(BIN)/mypy dive

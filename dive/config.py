@@ -15,10 +15,11 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf.nodes import EnumNode
 
 from dive.redact import mask_text, mask_tree, masked_keys
 
@@ -36,6 +37,33 @@ class Method(str, enum.Enum):
     snd = "snd"  # FLYP + λ_snd · ‖f_ft(x_ref) − f_pre(x_ref)‖² (image difference vectors forced to zero)
     ft = "ft"  # cross-entropy through a linear head initialised from the zero-shot head
     lpft = "lpft"  # linear probe for loss.lp_steps, then ft
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of training and evaluation."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast on GPU only; on CPU training stays fp32
+
+
+class DemoSize(str, enum.Enum):
+    """Size of the built-in demo data set."""
+
+    default = "default"  # ≈ 20k images: the README's numbers
+    tiny = "tiny"  # tests and smoke jobs
+
+
+class ValObjective(str, enum.Enum):
+    """Which "zero-shot kept" metric stands beside val/id_acc in val/objective."""
+
+    id_ref = "id_ref"  # val/ref_retrieval
+    id_zs = "id_zs"  # val/zs_acc
+
+
+def choices(kind: type[enum.Enum]) -> str:
+    """The values of an Enum for an error message: ``one of 'fp32' or 'bf16'``."""
+    *rest, last = [repr(m.value) for m in kind]
+    return f"one of {', '.join(rest)} or {last}" if rest else f"one of {last}"
 
 
 # Which methods use what: one definition, read by validation, the task and the worker.
@@ -56,7 +84,7 @@ class ModelSettings:
     # random init. Ignored for local-dir: names (the folder holds the weights).
     pretrained: str = ""
     # "fp32" or "bf16". bf16 is autocast on GPU only; on CPU training stays fp32.
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     # Trade compute for memory on big towers.
     grad_checkpointing: bool = False
     # Keep BatchNorm layers in eval mode while fine-tuning (running statistics frozen; their affine weights still
@@ -86,7 +114,7 @@ class DataSettings:
     # If set, the built-in demo data and demo teacher are generated into this folder when missing.
     demo: str = ""
     # Size of that demo: "default" (≈ 20k images, the README's numbers) or "tiny" (tests, smoke jobs).
-    demo_size: str = "default"
+    demo_size: DemoSize = DemoSize.default
     # Global reference batch B'. 0 means B' = optim.global_batch (docs/method.md §3: the paper does not report
     # B'). B/4 is the cheaper setting: on EmojiShift it trains in 1.26x FLYP's time (B' = B: 1.94x) and keeps 70 %
     # of DiVE's test ZS gain (within seed noise) and 96 % of its RSA gain (benchmarks/emojishift/README.md).
@@ -150,7 +178,7 @@ class OptimSettings:
 
 # ---------------------------------------------------------------------------------------------------- eval
 # val.objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
-VAL_OBJECTIVES = {"id_ref": "val/ref_retrieval", "id_zs": "val/zs_acc"}
+VAL_OBJECTIVES = {ValObjective.id_ref: "val/ref_retrieval", ValObjective.id_zs: "val/zs_acc"}
 
 
 @dataclass
@@ -187,7 +215,7 @@ class ValSettings:
     samples: int = 256
     # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref") or
     # val/zs_acc ("id_zs"); the one that exists when only one does.
-    objective: str = "id_ref"
+    objective: ValObjective = ValObjective.id_ref
     id_weight: float = 0.5
 
 
@@ -253,31 +281,37 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+def explain_error(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """OmegaConf's error as a :class:`ConfigError` naming the source and the dotted key; a value that is no member
+    of an Enum field names the allowed values, in the words :func:`validate` uses."""
     key = getattr(err, "full_key", None) or "?"
-    msg = str(getattr(err, "msg", err)).splitlines()[0]
+    node = getattr(err, "child_node", None)
+    if isinstance(err, ValidationError) and isinstance(node, EnumNode):
+        msg = f"expected {choices(node.enum_type)}, got {getattr(err, 'value', '?')!r}"
+    else:
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
     return ConfigError(f"{source}: key '{key}': {msg}")
 
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(base, other)
+        return cast(DictConfig, OmegaConf.merge(base, other))  # merged into a mapping: a mapping
     except OmegaConfBaseException as err:
-        raise _explain(err, source) from None
+        raise explain_error(err, source) from None
 
 
 #: Keys that moved (old → new): a config or run folder written before still loads, with a FutureWarning.
 MOVED_KEYS = {
-    "scaling.storage_path": "run.storage_path",
-    "scaling.checkpoint_every": "run.checkpoint.every",
-    "scaling.num_to_keep": "run.checkpoint.num_to_keep",
-    "scaling.max_failures": "run.failure.max_failures",
-    "eval.val_id": "val.id",
-    "eval.val_ref": "val.ref",
-    "eval.val_zs": "val.zs",
-    "eval.val_samples": "val.samples",
-    "eval.val_objective": "val.objective",
-    "eval.val_id_weight": "val.id_weight",
+    "run.storage_path": "run.storage_path",
+    "run.checkpoint.every": "run.checkpoint.every",
+    "run.checkpoint.num_to_keep": "run.checkpoint.num_to_keep",
+    "run.failure.max_failures": "run.failure.max_failures",
+    "val.id": "val.id",
+    "val.ref": "val.ref",
+    "val.zs": "val.zs",
+    "val.samples": "val.samples",
+    "val.objective": "val.objective",
+    "val.id_weight": "val.id_weight",
 }
 
 
@@ -332,7 +366,7 @@ def load_config(
         try:
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
-            raise _explain(err, f"override '{item}'") from None
+            raise explain_error(err, f"override '{item}'") from None
         cfg = _merge(cfg, dot, f"override '{item}'")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
@@ -486,7 +520,6 @@ def _check_optim(cfg: Config, need: _Need) -> None:
         "MB >= 0 (0: always stream)",
         data.keep_in_memory_mb,
     )
-    need(data.demo_size in ("default", "tiny"), "data.demo_size", "'default' or 'tiny'", data.demo_size)
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
 
@@ -499,7 +532,6 @@ def _check_scaling_model(scaling: ScalingSettings, model: ModelSettings, need: _
         "an integer >= 0",
         scaling.threads_per_worker,
     )
-    need(model.precision in ("fp32", "bf16"), "model.precision", "'fp32' or 'bf16'", model.precision)
     need(bool(model.name), "model.name", "an open_clip model name or local-dir:<folder>", model.name)
 
 
@@ -516,13 +548,7 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
     need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
     need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
-    need(
-        val.objective in VAL_OBJECTIVES,
-        "val.objective",
-        " or ".join(repr(k) for k in VAL_OBJECTIVES),
-        val.objective,
-    )
-    if val.objective == "id_zs" and check_paths:
+    if val.objective is ValObjective.id_zs and check_paths:
         need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
 
 

@@ -225,7 +225,7 @@ def export_model(
         save_file(weights, str(staged / WEIGHTS_FILE), metadata={"format": "pt"})
         for name, text in texts.items():
             (staged / name).write_text(text, encoding="utf-8")
-        if model_cfg["text_cfg"].get("hf_tokenizer_name"):
+        if model_cfg["text_cfg"].get("hf_tokenizer_name") and tokenizer is not None:  # checked above
             tokenizer.save_pretrained(str(staged))
         if linear_head is not None:
             linear_head.save(staged / HEAD_FILE)

@@ -209,7 +209,7 @@ class TrimmedTextEncoder(HFTextEncoder):
     prompts are ~10 tokens, and text was most of a fine-tuning step's time at 64 px.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         mask = (x != self.config.pad_token_id).long()
         keep = max(int(mask.sum(dim=1).max()), 1) if x.numel() else x.shape[1]
         if keep < x.shape[1] and not bool(mask[:, keep:].any()):  # padding is trailing: cut it
@@ -219,7 +219,7 @@ class TrimmedTextEncoder(HFTextEncoder):
         return (projected, out.last_hidden_state) if self.output_tokens else projected
 
 
-def build_litemini_model(image_size: int = DEFAULT_IMAGE_SIZE) -> nn.Module:
+def build_litemini_model(image_size: int = DEFAULT_IMAGE_SIZE) -> open_clip.CustomTextCLIP:
     """The joined model with pretrained towers and seeded random projections (same weights every call).
 
     Seeding matters: driver, Train workers and eval actors each build the model and must agree on the

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import open_clip
 import torch
@@ -20,6 +20,10 @@ from torch import nn
 from dive import litemini
 from dive.bundle import ModelBundle
 from dive.config import ModelSettings
+
+# open_clip's two model classes. open_clip ships no type information, so their attributes are Any to mypy,
+# where nn.Module would type each one as ``Tensor | Module``.
+ClipModel: TypeAlias = "open_clip.CLIP | open_clip.CustomTextCLIP"
 
 __all__ = [
     "ModelBundle",
@@ -134,9 +138,20 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
     return teacher
 
 
+def logit_scale(model: nn.Module) -> nn.Parameter:
+    """The model's learnt logit scale: a parameter of every open_clip model (nn.Module types any attribute it
+    does not know as ``Tensor | Module``, so this checks it)."""
+    scale = model.logit_scale
+    if not isinstance(scale, nn.Parameter):
+        raise TypeError(
+            f"{type(model).__name__}.logit_scale: expected a parameter, got {type(scale).__name__}"
+        )
+    return scale
+
+
 def configure_temperature(model: nn.Module, temperature: float | None, learnable: bool) -> None:
     """Set the initial τ (``logit_scale = log(1/τ)``) and whether it is trained."""
-    scale = model.logit_scale
+    scale = logit_scale(model)
     if temperature is not None:
         with torch.no_grad():
             scale.fill_(math.log(1.0 / temperature))
@@ -146,7 +161,7 @@ def configure_temperature(model: nn.Module, temperature: float | None, learnable
 def clamp_logit_scale(model: nn.Module) -> None:
     """Keep the learnt logit scale at most 100, as CLIP training does (call after each optimiser step)."""
     with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        logit_scale(model).clamp_(0, MAX_LOGIT_SCALE)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -174,7 +189,7 @@ def teacher_fingerprint(bundle: ModelBundle) -> str:
     return h.hexdigest()[:16]
 
 
-def embed_dim(model: nn.Module) -> int:
+def embed_dim(model: ClipModel) -> int:
     """Dimension D of the joint embedding space."""
     proj = getattr(model, "text_projection", None)
     if isinstance(proj, torch.Tensor):

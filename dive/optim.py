@@ -22,7 +22,8 @@ def build_optimizer(
 
     One builder for every training loop here: the fine-tuning worker, the demo teacher, the EmojiShift
     alignment."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in named_params:
         if p.requires_grad:
             (no_decay if _no_decay(name, p) else decay).append(p)

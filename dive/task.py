@@ -21,6 +21,7 @@ from torch import nn
 from dive import losses
 from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, LossSettings, Method
 from dive.distributed import gather_cat
+from dive.models import logit_scale
 
 
 class DiveTask(nn.Module):
@@ -179,6 +180,6 @@ def _head_from_zeroshot(head_weights: torch.Tensor, model: nn.Module) -> nn.Line
     num_classes, dim = head_weights.shape
     head = nn.Linear(dim, num_classes)
     with torch.no_grad():
-        head.weight.copy_(model.logit_scale.exp() * F.normalize(head_weights, dim=-1))
+        head.weight.copy_(logit_scale(model).exp() * F.normalize(head_weights, dim=-1))
         head.bias.zero_()
     return head

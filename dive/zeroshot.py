@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dive.models import ClipModel
 
 Template = str | Callable[[str], str]
 
@@ -92,7 +96,7 @@ def build_head(
     return weights.T.contiguous()
 
 
-def logits(model: nn.Module, images: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+def logits(model: ClipModel, images: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """Cosine similarities (N, C) of images to class embeddings; argmax is the zero-shot prediction.
 
     No logit scale: it does not change the ranking, so accuracy is the same. Gradients flow if enabled; wrap

@@ -119,7 +119,7 @@ def ready(cfg: Config, build_demo: bool = True) -> Config:
         root = Path(cfg.data.demo)
         root.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(root) + ".lock"):  # two jobs starting together: one builds, the other then reuses
-            ensure_demo(root, size=cfg.data.demo_size)
+            ensure_demo(root, size=cfg.data.demo_size.value)
         validate(cfg)
     check_datasets(cfg)
     return cfg

@@ -24,7 +24,16 @@ import ray.train.torch
 import torch
 
 from dive import zeroshot
-from dive.config import USES_HEAD, USES_REFERENCE, USES_TEACHER, VAL_OBJECTIVES, Config, Method, from_dict
+from dive.config import (
+    USES_HEAD,
+    USES_REFERENCE,
+    USES_TEACHER,
+    VAL_OBJECTIVES,
+    Config,
+    Method,
+    Precision,
+    from_dict,
+)
 from dive.distributed import mean_across_ranks
 from dive.guard import NonFiniteGuard, grads_finite, nonfinite_terms
 from dive.metrics import accuracy, retrieval_accuracy, val_objective
@@ -214,7 +223,7 @@ def _distribute(loop: _Loop, resumed: bool, kept: dict[str, KeptShard]) -> None:
             loop.logger.log(
                 {"train/resumed_from_step": loop.step, "train/center_norm": center}, loop.step, always=True
             )
-    if loop.device.type == "cuda" and cfg.model.precision == "bf16":
+    if loop.device.type == "cuda" and cfg.model.precision is Precision.bf16:
         loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     micro = _micro_batches(cfg, world)
     if cfg.loss.method in USES_REFERENCE:

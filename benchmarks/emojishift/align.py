@@ -50,9 +50,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
 
 from dive.config import MAX_IMAGE_PIXELS as MAX_PIXELS  # noqa: E402
 from dive.config import ModelSettings  # noqa: E402

@@ -62,9 +62,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
 
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows  # noqa: E402
 

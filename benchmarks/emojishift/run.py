@@ -40,9 +40,7 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
 
 CONFIG = HERE / "config.yaml"
 README = HERE / "README.md"

@@ -45,10 +45,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
+from benchmarks.common import ROOT  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(ROOT))
 
 README = HERE / "README.md"
 RESULTS = HERE / "results.json"

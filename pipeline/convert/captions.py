@@ -12,10 +12,10 @@ from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
     PathLike,
-    _check_out,
-    _convert,
-    _record,
+    check_out,
+    convert_records,
     read_text,
+    record,
 )
 from pipeline.data.format import CAPTIONED, DataError, Manifest
 
@@ -112,7 +112,7 @@ def convert_captions(
         caption = None if caption is None else str(caption)
         if image is None or not str(image).strip():
             records.append(
-                _record(where, where, caption=caption, missing=f"no image path in column '{image_column}'")
+                record(where, where, caption=caption, missing=f"no image path in column '{image_column}'")
             )
             continue
         image = str(image).strip()
@@ -121,7 +121,7 @@ def convert_captions(
             resolved = image_path.resolve()
             if not resolved.is_relative_to(root):
                 outside.append((lineno, image, resolved))
-        records.append(_record(image, f"{where} ({image})", str(image_path), caption=caption))
+        records.append(record(image, f"{where} ({image})", str(image_path), caption=caption))
     if outside:
         lineno, image, resolved = outside[0]
         more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
@@ -130,6 +130,8 @@ def convert_captions(
             f"(--base-dir; default: the captions file's folder){more}; pass --allow-outside-base if these "
             "images are meant to be read"
         )
-    out_path = _check_out(out, overwrite)
+    out_path = check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=CAPTIONED, source=str(path.resolve()))
-    return _convert(records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers)
+    return convert_records(
+        records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers
+    )

@@ -44,7 +44,7 @@ PathLike = str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------------------------------- records
-def _record(
+def record(
     key: str,
     where: str,
     path: str = "",
@@ -85,7 +85,8 @@ def _read_bytes(path: str, offset: int, size: int) -> bytes:
         return fh.read(size)
 
 
-_DETAIL = {
+# What each decode skip reason means, in the skip messages of every converter.
+SKIP_DETAIL = {
     EMPTY: "0 bytes",
     UNDECODABLE: "corrupt, truncated or not an image",
 }
@@ -154,7 +155,7 @@ def load_record(
     _, reason = decode_image(data, max_pixels)
     if reason is not None:
         return skip(
-            reason, f"more than {max_pixels:,} pixels" if reason == TOO_LARGE else _DETAIL.get(reason, "")
+            reason, f"more than {max_pixels:,} pixels" if reason == TOO_LARGE else SKIP_DETAIL.get(reason, "")
         )
     out["image"] = data
     return out
@@ -189,12 +190,15 @@ def ray_if(workers: int) -> contextlib.AbstractContextManager[Any]:
     return ray_session(workers)
 
 
-def _progress(total: int, desc: str) -> tqdm:
+def progress(total: int, desc: str) -> tqdm:
+    """A progress bar over ``total`` images on stderr: hidden when stderr is no terminal (logs, CI) or when
+    ``DIVE_NO_PROGRESS=1``, so captured output holds only the skip reports and the summary."""
     disable = os.environ.get("DIVE_NO_PROGRESS") == "1" or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
-def _report_skip(where: str, reason: str, detail: str) -> None:
+def report_skip(where: str, reason: str, detail: str) -> None:
+    """One line on stdout naming a skipped sample and why, written above any progress bar."""
     tqdm.write(
         f"skipped {where}: {reason} ({detail})" if detail else f"skipped {where}: {reason}", file=sys.stdout
     )
@@ -225,7 +229,9 @@ def read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
-def _check_out(out: PathLike, overwrite: bool) -> Path:
+def check_out(out: PathLike, overwrite: bool) -> Path:
+    """The output folder as a Path, checked before any source is read: it must be a folder, and an empty one
+    unless ``overwrite``."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DataError(f"{path}: exists and is not a folder (expected an output folder for the shards)")
@@ -259,7 +265,8 @@ def load_templates(path: PathLike) -> list[str]:
     return templates
 
 
-def _templates(templates: Sequence[str] | PathLike | None) -> list[str]:
+def resolve_templates(templates: Sequence[str] | PathLike | None) -> list[str]:
+    """Prompt templates as a list: the defaults for None, a file's lines (:func:`load_templates`), or the list."""
     if templates is None:
         return list(DEFAULT_TEMPLATES)
     if isinstance(templates, (str, os.PathLike)):
@@ -267,7 +274,7 @@ def _templates(templates: Sequence[str] | PathLike | None) -> list[str]:
     return list(templates)
 
 
-def _classnames(classnames: Sequence[str] | PathLike) -> list[str]:
+def resolve_classnames(classnames: Sequence[str] | PathLike) -> list[str]:
     """Class names from a list or a file (one per line, in label order), refused if two are the same name up
     to case and surrounding spaces (the file's line numbers name them)."""
     if isinstance(classnames, (str, os.PathLike)):
@@ -280,7 +287,7 @@ def _classnames(classnames: Sequence[str] | PathLike) -> list[str]:
     return names
 
 
-def _convert(
+def convert_records(
     records: list[dict[str, Any]],
     out: Path,
     manifest: Manifest,
@@ -302,14 +309,14 @@ def _convert(
     with (
         ShardWriter(out, manifest, rows_per_shard, overwrite) as writer,
         ray_if(workers),
-        _progress(len(records), desc) as bar,
+        progress(len(records), desc) as bar,
     ):
         written = 0
         for res in _load_all(records, kw, workers):
             bar.update(1)
             if res["reason"] is not None:
                 writer.skip(res["reason"])
-                _report_skip(res["where"], res["reason"], res["detail"])
+                report_skip(res["where"], res["reason"], res["detail"])
                 continue
             writer.add({"image": res["image"], column: res[column], "key": res["key"]})
             written += 1

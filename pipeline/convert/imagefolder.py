@@ -10,10 +10,10 @@ from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
     PathLike,
-    _check_out,
-    _convert,
-    _record,
-    _templates,
+    check_out,
+    convert_records,
+    record,
+    resolve_templates,
 )
 from pipeline.data.format import LABELLED, DataError, Manifest, check_classnames
 
@@ -54,18 +54,18 @@ def convert_imagefolder(
             if any(part.startswith(".") for part in rel.parts) or f.is_dir():
                 continue
             key = rel.as_posix()
-            records.append(_record(key, key, str(f.absolute()), label=label, missing=_not_a_file(f)))
+            records.append(record(key, key, str(f.absolute()), label=label, missing=_not_a_file(f)))
     if not records:
         raise DataError(f"{root}: the class folders {classes} hold no files")
-    out_path = _check_out(out, overwrite)
+    out_path = check_out(out, overwrite)
     manifest = Manifest(
         name=out_path.name,
         kind=LABELLED,
         classnames=classnames,
-        templates=_templates(templates),
+        templates=resolve_templates(templates),
         source=str(root.resolve()),
     )
-    return _convert(
+    return convert_records(
         records, out_path, manifest, "imagefolder", max_pixels, rows_per_shard, overwrite, workers
     )
 

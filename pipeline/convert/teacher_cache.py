@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from dive.config import ModelSettings
 from pipeline.console import error_line
-from pipeline.convert.common import _DETAIL, DEFAULT_MAX_PIXELS, PathLike, _progress, _report_skip, ray_if
+from pipeline.convert.common import DEFAULT_MAX_PIXELS, SKIP_DETAIL, PathLike, progress, ray_if, report_skip
 from pipeline.data.format import (
     CAPTIONED,
     NO_CAPTION,
@@ -166,7 +166,7 @@ def cache_teacher(
         else:
             batches = _local_batches(files, columns, bundle, dim, batch_size, max_pixels)
         written = seen = 0
-        with _progress(manifest.num_rows, "cache-teacher") as bar:
+        with progress(manifest.num_rows, "cache-teacher") as bar:
             for table in batches:
                 bar.update(table.num_rows)
                 for row in table.to_pylist():
@@ -174,8 +174,10 @@ def cache_teacher(
                     seen += 1
                     if reason is not None:
                         writer.skip(reason)
-                        detail = "the caption is empty" if reason == NO_CAPTION else _DETAIL.get(reason, "")
-                        _report_skip(row.get("key") or f"row {seen - 1}", reason, detail)
+                        detail = (
+                            "the caption is empty" if reason == NO_CAPTION else SKIP_DETAIL.get(reason, "")
+                        )
+                        report_skip(row.get("key") or f"row {seen - 1}", reason, detail)
                         continue
                     writer.add(row)
                     written += 1

@@ -11,11 +11,11 @@ from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
     PathLike,
-    _check_out,
-    _classnames,
-    _convert,
-    _record,
-    _templates,
+    check_out,
+    convert_records,
+    record,
+    resolve_classnames,
+    resolve_templates,
 )
 from pipeline.data.format import CAPTIONED, LABELLED, DataError, Manifest, scan_tar
 
@@ -71,14 +71,14 @@ def convert_wds(
                 f"{root}: the tars hold labels (.{label_ext}) and no captions (.{caption_ext}); a labelled "
                 "set needs --classnames FILE (one class name per line; line i names label i)"
             )
-        names = _classnames(classnames)
+        names = resolve_classnames(classnames)
     records = _records(scanned, image_exts, label_ext if kind == LABELLED else caption_ext)
-    out_path = _check_out(out, overwrite)
+    out_path = check_out(out, overwrite)
     manifest = Manifest(name=out_path.name, kind=kind, source=str(root.resolve()))
     if kind == LABELLED:
         manifest.classnames = names
-        manifest.templates = _templates(templates)
-    return _convert(
+        manifest.templates = resolve_templates(templates)
+    return convert_records(
         records, out_path, manifest, "wds", max_pixels, rows_per_shard, overwrite, workers, encoding
     )
 
@@ -96,7 +96,7 @@ def _records(
                 None if image is not None else f"no image member ({', '.join('.' + e for e in image_exts)})"
             )
             records.append(
-                _record(
+                record(
                     key,
                     f"{tar.name}:{key}",
                     str(tar.absolute()),

@@ -12,7 +12,7 @@ from typing import Any
 from dive.config import Config, to_dict, to_yaml
 from dive.redact import mask_tree, masked_keys
 from pipeline.console import error_line
-from pipeline.sweep.spec import SweepSpec, trial_config
+from pipeline.sweep.spec import ObjectiveMode, SweepSpec, trial_config
 
 
 @dataclass
@@ -65,7 +65,7 @@ def summarize(
     """Trials table, objective-vs-λ plot, best config + export on the parent run; stray child runs closed."""
     from pipeline import plots
 
-    metric, sign = spec.objective.metric, 1 if spec.objective.mode == "max" else -1
+    metric, sign = spec.objective.metric, 1 if spec.objective.mode is ObjectiveMode.max else -1
     rows = _trial_rows(grid, dists, metric, sweep_dir)
     for row in rows:  # ASHA-stopped or failed trials leave their child run RUNNING
         if row["mlflow_run_id"] and not row["completed"]:

@@ -19,7 +19,7 @@ from dive.config import Config, to_dict, to_yaml
 from dive.redact import mask_text
 from pipeline.console import Console, start_ray
 from pipeline.sweep.report import SweepResult, pruned, summarize
-from pipeline.sweep.spec import SweepSpec, trial_config
+from pipeline.sweep.spec import SchedulerKind, SearchAlgorithm, SweepSpec, trial_config
 
 
 def to_tune_space(dists: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
@@ -115,9 +115,9 @@ def _open_parent(
     parent.log_text(to_yaml(base), "config/base.yaml")
     parent.log_text(OmegaConf.to_yaml(OmegaConf.structured(spec)), "sweep/space.yaml")
     params = {
-        "sweep.objective": f"{spec.objective.mode} {spec.objective.metric}",
-        "sweep.algorithm": spec.search.algorithm,
-        "sweep.scheduler": spec.scheduler.name,
+        "sweep.objective": f"{spec.objective.mode.value} {spec.objective.metric}",
+        "sweep.algorithm": spec.search.algorithm.value,
+        "sweep.scheduler": spec.scheduler.name.value,
     }
     parent.log_params(params | {f"space.{key}": f"{kind}{args}" for key, (kind, args) in dists.items()})
     print(f"[dive] sweep {name}: MLflow parent run {parent.run_id} ({mask_text(parent.uri)})", flush=True)
@@ -133,8 +133,8 @@ def _new_tuner(
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    metric, mode, search = spec.objective.metric, spec.objective.mode, spec.search
-    if search.algorithm == "optuna":
+    metric, mode, search = spec.objective.metric, spec.objective.mode.value, spec.search
+    if search.algorithm is SearchAlgorithm.optuna:
         searcher = ConcurrencyLimiter(
             OptunaSearch(metric=metric, mode=mode, seed=search.seed), max_concurrent=search.max_concurrent
         )
@@ -150,7 +150,7 @@ def _new_tuner(
             # A trial at max_t still has to export and evaluate: let it finish instead of stopping it.
             stop_last_trials=False,
         )
-        if spec.scheduler.name == "asha"
+        if spec.scheduler.name is SchedulerKind.asha
         else FIFOScheduler()
     )
     return tune.Tuner(

@@ -22,11 +22,17 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dive.config import Config, ConfigError, apply_overrides, from_dict, load_config, validate
+from dive.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    explain_error,
+    from_dict,
+    load_config,
+    validate,
+)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
-ALGORITHMS = ("optuna", "random")
-SCHEDULERS = ("asha", "none")
 VAL_METRICS = {
     "val/objective": "",
     "val/id_acc": "val.id",
@@ -35,16 +41,37 @@ VAL_METRICS = {
 }
 
 
+class ObjectiveMode(str, enum.Enum):
+    """Whether the sweep maximises or minimises its objective."""
+
+    max = "max"
+    min = "min"
+
+
+class SearchAlgorithm(str, enum.Enum):
+    """How trials' values are drawn."""
+
+    optuna = "optuna"  # Optuna's TPE
+    random = "random"  # Ray Tune's random search
+
+
+class SchedulerKind(str, enum.Enum):
+    """Whether poor trials are stopped early."""
+
+    asha = "asha"  # ASHA on epochs
+    none = "none"  # every trial runs all its epochs (FIFO)
+
+
 @dataclass
 class Objective:
     # A val/* metric rank 0 reports at every epoch end (never an eval suite: that would tune on the test sets).
     metric: str = "val/objective"
-    mode: str = "max"
+    mode: ObjectiveMode = ObjectiveMode.max
 
 
 @dataclass
 class Search:
-    algorithm: str = "optuna"
+    algorithm: SearchAlgorithm = SearchAlgorithm.optuna
     num_samples: int = 8
     max_concurrent: int = 1
     seed: int = 0
@@ -52,7 +79,7 @@ class Search:
 
 @dataclass
 class Scheduler:
-    name: str = "asha"
+    name: SchedulerKind = SchedulerKind.asha
     # ASHA's unit is the epoch: a trial is compared with its peers first after grace_period epochs.
     grace_period: int = 1
     reduction_factor: int = 2
@@ -89,8 +116,7 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Sw
         )
         plain = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "") or "?"
-        raise ConfigError(f"{path}: key '{key}': {str(err).splitlines()[0]}") from None
+        raise explain_error(err, str(path)) from None
     return SweepSpec(
         config=plain["config"],
         overrides=dict(plain["overrides"]),
@@ -212,10 +238,6 @@ def override(key: str, value: Any) -> str:
 def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str, list[Any]]]:
     """Every key real, every distribution of the key's type, every bound a valid config value, the objective
     reported by this config — before Ray."""
-    if spec.objective.mode not in ("max", "min"):
-        raise ConfigError(
-            f"{path}: key 'objective.mode': expected 'max' or 'min', got {spec.objective.mode!r}"
-        )
     if spec.objective.metric not in VAL_METRICS:
         raise ConfigError(
             f"{path}: key 'objective.metric': expected one of {sorted(VAL_METRICS)} (validation metrics; "
@@ -226,14 +248,6 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
         raise ConfigError(f"{path}: objective {spec.objective.metric} needs {needed} set in the run config")
     if not (base.val.id or base.val.ref or base.val.zs):
         raise ConfigError(f"{path}: the run config sets none of val.id, val.ref, val.zs; nothing to optimise")
-    if spec.search.algorithm not in ALGORITHMS:
-        raise ConfigError(
-            f"{path}: key 'search.algorithm': expected one of {ALGORITHMS}, got {spec.search.algorithm!r}"
-        )
-    if spec.scheduler.name not in SCHEDULERS:
-        raise ConfigError(
-            f"{path}: key 'scheduler.name': expected one of {SCHEDULERS}, got {spec.scheduler.name!r}"
-        )
     for key, minimum in (
         ("search.num_samples", 1),
         ("search.max_concurrent", 1),

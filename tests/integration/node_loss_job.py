@@ -18,7 +18,7 @@ from ray._common.utils import get_ray_address_file
 from ray.cluster_utils import Cluster
 
 from pipeline.train import prepare_config, run
-from tests.conftest import registered_checkpoints, train_workers
+from tests.helpers import registered_checkpoints, train_workers
 
 
 def worker_node(nodes: list) -> object | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import mlflow_server, tiny_run_overrides
+from tests.helpers import mlflow_server, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 NOISE = re.compile(

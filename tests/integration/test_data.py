@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.data.format import LABELLED, Manifest, encode_png, write_manifest
 from pipeline.data.streams import KeptShard, SkipCounter, cycle_batches, read_stream
 from pipeline.data.transforms import PromptTable, preprocess_batch, stream_image_transform
-from tests.conftest import write_tar
+from tests.helpers import write_tar
 
 
 class _Counter:

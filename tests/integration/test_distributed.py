@@ -19,7 +19,7 @@ from dive.config import LossSettings, ModelSettings
 from dive.distributed import mean_across_ranks
 from dive.models import build_model, frozen_teacher
 from dive.task import DiveTask
-from tests.conftest import make_batch
+from tests.helpers import make_batch
 
 # Float32 reductions run in a different order on 2 ranks: loss terms and centre agree to 1e-5, weights after two
 # SGD steps (lr 0.5, updates of order 1e-1) to 1e-4 — a wrong gradient scale would be off by ~the update itself.

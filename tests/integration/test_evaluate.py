@@ -11,7 +11,7 @@ from PIL import Image
 from dive.config import Config, ModelSettings
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, write_manifest
 from pipeline.evaluate import Suite, evaluate_accuracy, reference_embeddings
-from tests.conftest import write_tar
+from tests.helpers import write_tar
 
 
 def _images(n: int, seed: int = 0) -> list[bytes]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_run_overrides
+from tests.helpers import tiny_run_overrides
 
 
 @pytest.mark.ray

@@ -18,7 +18,7 @@ from dive.models import register_model_configs
 from pipeline.checkpoint import STATE_FILE
 from pipeline.export import latest_checkpoint
 from pipeline.train import main, prepare_config, run
-from tests.conftest import registered_checkpoints, tiny_run_overrides, train_workers
+from tests.helpers import registered_checkpoints, tiny_run_overrides, train_workers
 
 _EXTRA = ("optim.max_steps=4", "loss.lambda_avl=10", "loss.lambda_pvl=10")
 # The exact-resume runs: two workers, the augmented ID stream (the default), DiVE's reference stream cycling beside

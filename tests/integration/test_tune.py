@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
 from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
-from tests.conftest import mlflow_server, tiny_run_overrides
+from tests.helpers import mlflow_server, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "tune_configs").glob("*.yaml"))

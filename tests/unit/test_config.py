@@ -60,6 +60,7 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
         ("loss.lambda_avll=5", "loss.lambda_avll", "not in 'LossSettings'"),
         ("loss.lambda_avl=abc", "loss.lambda_avl", "could not be converted to Float"),
         ("loss.method=dvie", "loss.method", "expected one of"),
+        ("model.precision=fp16", "model.precision", "'fp32' or 'bf16'"),
         ("optim.global_batch=1.5", "optim.global_batch", "could not be converted"),
         ("nosection.x=1", "nosection", "not in 'Config'"),
     ],
@@ -95,7 +96,6 @@ def test_override_without_equals_and_missing_file():
         ("optim.grad_accum=3", "optim.global_batch", "× optim.grad_accum"),
         ("data.ref_batch=5", "data.ref_batch", "multiple of"),
         ("eval.ood.sketch=/no/such/dir", "eval.ood.sketch", "an existing folder"),
-        ("model.precision=fp16", "model.precision", "'fp32' or 'bf16'"),
         ("model.pretrained=/no/weights.pt", "model.pretrained", "existing weights file"),
         ("loss.temperature=0", "loss.temperature", "(0, 100]"),
     ],
@@ -125,7 +125,7 @@ def test_missing_dataset_folders_are_reported_unless_paths_are_generated_later(t
 
 
 def test_keys_that_moved_still_load_under_their_new_names_with_a_warning(tmp_path):
-    """Configs and run folders written before run.* and val.* existed (scaling.checkpoint_every, eval.val_id, …)."""
+    """Configs and run folders written before run.* and val.* existed (run.checkpoint.every, val.id, …)."""
     from dive.config import MOVED_KEYS
 
     old = tmp_path / "old.yaml"
@@ -133,7 +133,7 @@ def test_keys_that_moved_still_load_under_their_new_names_with_a_warning(tmp_pat
         "scaling:\n  storage_path: /s\n  checkpoint_every: 3\neval:\n  val_id: /v\n  val_objective: id_zs\n"
     )
     with pytest.warns(FutureWarning, match=r"scaling\.checkpoint_every is now run\.checkpoint\.every"):
-        cfg = load_config(old, ["scaling.max_failures=4", "eval.val_samples=9"])
+        cfg = load_config(old, ["run.failure.max_failures=4", "val.samples=9"])
     assert (cfg.run.storage_path, cfg.run.checkpoint.every, cfg.run.failure.max_failures) == ("/s", 3, 4)
     assert (cfg.val.id, cfg.val.objective, cfg.val.samples) == ("/v", "id_zs", 9)
     assert set(MOVED_KEYS.values()) <= set(flatten(cfg))

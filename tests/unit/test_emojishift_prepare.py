@@ -8,18 +8,17 @@ handful of OpenClipart SVG/PNG pairs with RDF titles (one title used 4Ã—, one 3Ã
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import re
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
+from benchmarks.emojishift import prepare as es
 from pipeline.data.format import (
     CAPTIONED,
     LABELLED,
@@ -29,12 +28,6 @@ from pipeline.data.format import (
     iter_rows,
     read_manifest,
 )
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "prepare.py"
-_spec = importlib.util.spec_from_file_location("emojishift_prepare", _PATH)
-es = importlib.util.module_from_spec(_spec)
-sys.modules["emojishift_prepare"] = es  # dataclasses look their module up while the class is created
-_spec.loader.exec_module(es)
 
 try:
     import resvg_py  # noqa: F401

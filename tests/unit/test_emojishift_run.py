@@ -3,20 +3,14 @@ the runs themselves go through pipeline.train.run, which the pipeline tests cove
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "run.py"
-_spec = importlib.util.spec_from_file_location("emojishift_run", _PATH)
-er = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = er
-_spec.loader.exec_module(er)
+from benchmarks.emojishift import run as er
 
 
 def test_plan_runs_every_method_with_equal_steps_and_seeds_first() -> None:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "emojishift" / "sweeps.py"
-_spec = importlib.util.spec_from_file_location("emojishift_sweeps", _PATH)
-sw = importlib.util.module_from_spec(_spec)
-sys.modules["emojishift_sweeps"] = sw
-_spec.loader.exec_module(sw)
+from benchmarks.emojishift import sweeps as sw
 
 
 def _sweep(root: Path, name: str, rows: list[dict], best: dict, finished: bool = True) -> None:

@@ -34,7 +34,7 @@ from pipeline.data.format import (
     shard_files,
     write_manifest,
 )
-from tests.conftest import write_tar
+from tests.helpers import write_tar
 
 
 def png(size=(8, 8), color=(200, 30, 30)) -> bytes:

@@ -13,7 +13,7 @@ from dive.guard import NonFiniteError, NonFiniteGuard, grads_finite, nonfinite_t
 from dive.models import embed_dim, frozen_teacher
 from dive.optim import build_optimizer, cosine_with_warmup
 from dive.task import DiveTask
-from tests.conftest import make_batch
+from tests.helpers import make_batch
 
 
 def test_nonfinite_terms_and_grads_are_found():

@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "perf" / "run.py"
-_spec = importlib.util.spec_from_file_location("perf_run", _PATH)
-perf = importlib.util.module_from_spec(_spec)
-sys.modules["perf_run"] = perf  # dataclasses resolve their module by name
-_spec.loader.exec_module(perf)
+from benchmarks.perf import run as perf
 
 
 @pytest.fixture(scope="module")

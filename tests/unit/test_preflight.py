@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from dive.config import ConfigError, load_config
 from pipeline import train
 from pipeline.preflight import check_tracking, preflight
-from tests.conftest import tiny_run_overrides
+from tests.helpers import tiny_run_overrides
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import torch
 from dive.config import LossSettings, Method
 from dive.models import configure_temperature, embed_dim, frozen_teacher
 from dive.task import DiveTask
-from tests.conftest import make_batch
+from tests.helpers import make_batch
 
 
 def _task(bundle, method: Method = Method.dive, **loss_kwargs) -> DiveTask:
