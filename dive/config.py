@@ -302,16 +302,16 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
 
 #: Keys that moved (old → new): a config or run folder written before still loads, with a FutureWarning.
 MOVED_KEYS = {
-    "run.storage_path": "run.storage_path",
-    "run.checkpoint.every": "run.checkpoint.every",
-    "run.checkpoint.num_to_keep": "run.checkpoint.num_to_keep",
-    "run.failure.max_failures": "run.failure.max_failures",
-    "val.id": "val.id",
-    "val.ref": "val.ref",
-    "val.zs": "val.zs",
-    "val.samples": "val.samples",
-    "val.objective": "val.objective",
-    "val.id_weight": "val.id_weight",
+    "scaling.storage_path": "run.storage_path",
+    "scaling.checkpoint_every": "run.checkpoint.every",
+    "scaling.num_to_keep": "run.checkpoint.num_to_keep",
+    "scaling.max_failures": "run.failure.max_failures",
+    "eval.val_id": "val.id",
+    "eval.val_ref": "val.ref",
+    "eval.val_zs": "val.zs",
+    "eval.val_samples": "val.samples",
+    "eval.val_objective": "val.objective",
+    "eval.val_id_weight": "val.id_weight",
 }
 
 

@@ -133,7 +133,7 @@ def test_keys_that_moved_still_load_under_their_new_names_with_a_warning(tmp_pat
         "scaling:\n  storage_path: /s\n  checkpoint_every: 3\neval:\n  val_id: /v\n  val_objective: id_zs\n"
     )
     with pytest.warns(FutureWarning, match=r"scaling\.checkpoint_every is now run\.checkpoint\.every"):
-        cfg = load_config(old, ["run.failure.max_failures=4", "val.samples=9"])
+        cfg = load_config(old, ["scaling.max_failures=4", "eval.val_samples=9"])
     assert (cfg.run.storage_path, cfg.run.checkpoint.every, cfg.run.failure.max_failures) == ("/s", 3, 4)
     assert (cfg.val.id, cfg.val.objective, cfg.val.samples) == ("/v", "id_zs", 9)
     assert set(MOVED_KEYS.values()) <= set(flatten(cfg))

@@ -57,7 +57,7 @@ def test_an_unreachable_tracking_server_is_refused_in_seconds():
         ("model.pretrained=no-such-tag", r"^model\.pretrained: 'no-such-tag' is neither an open_clip tag"),
         ("model.name=no-such-model", r"^model\.name: unknown open_clip model 'no-such-model'"),
         ("tracking.output_dir={blocked}/out", r"tracking\.output_dir: cannot write to .*blocked/out"),
-        ("run.storage_path={blocked}/ray", r"scaling\.storage_path: cannot write to .*blocked/ray"),
+        ("run.storage_path={blocked}/ray", r"run\.storage_path: cannot write to .*blocked/ray"),
         (
             "tracking.uri=sqlite:///{blocked}/m.db",
             r"tracking\.uri: cannot write to sqlite:///.*blocked/m\.db",
