@@ -588,6 +588,22 @@ def _looks_like_file(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
+def validate_paths(cfg: Config) -> Config:
+    """What ``validate(cfg, check_paths=False)`` left out: the inputs a method needs are named and every local
+    one exists. For data generated after validation (the built-in demo), checked once it is there."""
+    errors = _Errors()
+    _check_eval(cfg.eval, cfg.val, True, errors.need)
+    _check_paths(cfg, errors.need)
+    if errors:
+        raise ConfigError(mask_text("invalid config:\n  " + "\n  ".join(errors)))
+    return cfg
+
+
+def ref_batch(cfg: Config) -> int:
+    """B′, the reference rows of one optimiser step: ``data.ref_batch``, where 0 means ``optim.global_batch``."""
+    return cfg.data.ref_batch or cfg.optim.global_batch
+
+
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """Return a copy of ``cfg`` with ``a.b=c`` overrides applied (same checks as :func:`load_config`)."""
     return load_config(base=to_dict(cfg), overrides=list(overrides))

@@ -153,9 +153,14 @@ def _linear_head(model: ModelSettings) -> LinearHead | None:
 
 
 def evaluate_accuracy(
-    models: Mapping[str, ModelSettings], suites: Sequence[Suite], cfg: Config, threads: int = 1
+    models: Mapping[str, ModelSettings],
+    suites: Sequence[Suite],
+    cfg: Config,
+    threads: int = 1,
+    manifests: Mapping[str, Manifest] | None = None,
 ) -> dict[str, list[SetResult]]:
-    """Accuracy of every model on every suite, in one pass over the suites' images.
+    """Accuracy of every model on every suite, in one pass over the suites' images (``manifests``: the suites'
+    manifests by folder, as a run's preflight read them; a suite without one is checked here).
 
     Up to ``eval.in_process_rows`` images in all are decoded and scored in this process: for a few thousand
     images Ray Data's start, its tasks and an actor that builds every model again cost many times the scoring
@@ -166,9 +171,12 @@ def evaluate_accuracy(
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
     column_map = cfg.data.column_map
-    manifests = [check_dataset(suite.folder, LABELLED, column_map) for suite in suites]
-    heads = {name: _heads(b, manifests, _linear_head(models[name])) for name, b in bundles.items()}
-    num_classes = max(m.num_classes for m in manifests)
+    read = manifests or {}
+    suite_manifests = [
+        read.get(suite.folder) or check_dataset(suite.folder, LABELLED, column_map) for suite in suites
+    ]
+    heads = {name: _heads(b, suite_manifests, _linear_head(models[name])) for name, b in bundles.items()}
+    num_classes = max(m.num_classes for m in suite_manifests)
     prep = dict(
         kind=LABELLED,
         size=size,
@@ -177,7 +185,7 @@ def evaluate_accuracy(
         num_classes=num_classes,
         passthrough=("set",),
     )
-    if sum(m.num_rows for m in manifests) <= cfg.eval.in_process_rows:
+    if sum(m.num_rows for m in suite_manifests) <= cfg.eval.in_process_rows:
         scorer = _Scorer({}, heads, threads, bundles=bundles)
         scored: Iterable[dict[str, np.ndarray]] = (
             scorer(preprocess_batch(batch, **prep)) for batch in _suite_batches(suites, cfg)
@@ -255,18 +263,28 @@ def reference_embeddings(
     return img, txt
 
 
-def evaluate_rsa(teacher: ModelSettings, student: ModelSettings, cfg: Config) -> dict[str, float]:
-    return evaluate_rsa_many(teacher, {"student": student}, cfg)["student"]
+def evaluate_rsa(
+    teacher: ModelSettings,
+    student: ModelSettings,
+    cfg: Config,
+    manifests: Mapping[str, Manifest] | None = None,
+) -> dict[str, float]:
+    return evaluate_rsa_many(teacher, {"student": student}, cfg, manifests)["student"]
 
 
 def evaluate_rsa_many(
-    teacher: ModelSettings, students: Mapping[str, ModelSettings], cfg: Config
+    teacher: ModelSettings,
+    students: Mapping[str, ModelSettings],
+    cfg: Config,
+    manifests: Mapping[str, Manifest] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """RSA of every student against the teacher on one reference sample; the teacher is embedded once."""
+    """RSA of every student against the teacher on one reference sample; the teacher is embedded once. The
+    sample's set is checked first unless ``manifests`` (by folder, as a run's preflight read them) holds it."""
     folder = cfg.eval.rsa_set or cfg.data.reference
     if not folder:
         return {name: {} for name in students}
-    check_dataset(folder, CAPTIONED, cfg.data.column_map)
+    if folder not in (manifests or {}):
+        check_dataset(folder, CAPTIONED, cfg.data.column_map)
     args = (folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels, cfg.data.column_map)
     t = reference_embeddings(build_model(teacher), *args)
     out = {}
@@ -276,12 +294,18 @@ def evaluate_rsa_many(
     return out
 
 
-def evaluate(teacher: ModelSettings, student: ModelSettings, cfg: Config) -> dict[str, Any]:
-    """The full report: per-set rows for the teacher (zero-shot) and the fine-tuned model, averages, RSA."""
+def evaluate(
+    teacher: ModelSettings,
+    student: ModelSettings,
+    cfg: Config,
+    manifests: Mapping[str, Manifest] | None = None,
+) -> dict[str, Any]:
+    """The full report: per-set rows for the teacher (zero-shot) and the fine-tuned model, averages, RSA.
+    ``manifests``: the eval sets' manifests by folder, already read (a run's preflight); others are checked here."""
     suites = suites_from_config(cfg)
     models = {"teacher": teacher, "finetuned": student} if cfg.eval.with_teacher else {"finetuned": student}
-    acc = evaluate_accuracy(models, suites, cfg)
-    rsa = evaluate_rsa(teacher, student, cfg)
+    acc = evaluate_accuracy(models, suites, cfg, manifests=manifests)
+    rsa = evaluate_rsa(teacher, student, cfg, manifests)
     return {
         "rows": [{"model": name, **row} for name in acc for row in table_rows(acc[name])],
         "teacher": summarize(acc["teacher"]) if "teacher" in acc else {},

@@ -19,29 +19,48 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dive.bundle import ModelBundle
-from dive.config import USES_REFERENCE, Config, ConfigError
+from dive.config import USES_REFERENCE, Config, ConfigError, ref_batch, validate_paths
 from dive.redact import mask_text
 from pipeline.checkpoint import Found
 from pipeline.console import error_line
-from pipeline.data.format import CAPTIONED, LABELLED, Manifest, check_dataset, check_teacher_cache
+from pipeline.data.format import (
+    CAPTIONED,
+    LABELLED,
+    DataError,
+    Manifest,
+    check_dataset,
+    check_teacher_cache,
+)
 
 TRACKING_TIMEOUT_S = 5.0
 
 
 @dataclass
-class Checked:
-    """What the checks produced that the run reuses: the built teacher, whether its cache applies, and the
-    manifests already read (the streams reuse them rather than scan the shards again)."""
+class Plan:
+    """Everything about a run known before Ray starts, read once: the checked config, the values resolved from it,
+    the built teacher and the manifest of every dataset the run reads. The streams, the workers' validation, the
+    export and the evaluation take these rather than scan a dataset or resolve a value again."""
 
+    cfg: Config  # validated, with absolute paths (pipeline.train.resolve_paths)
+    tracking_uri: str
+    ref_batch: int  # B′: reference rows per optimiser step (dive.config.ref_batch)
     teacher: ModelBundle
     use_teacher_cache: bool
-    id_manifest: Manifest
-    ref_manifest: Manifest | None
+    # Dataset folder → its manifest: training, reference, evaluation and validation sets.
+    manifests: dict[str, Manifest]
     resume_from: Found | None = None  # the checkpoint a resume starts from (None: from step 0)
 
+    @property
+    def id_manifest(self) -> Manifest:
+        return self.manifests[self.cfg.data.id_train]
 
-def preflight(cfg: Config, resume_run_id: str | None = None) -> Checked:
-    """All checks of a validated, resolved config, cheapest first; returns what the run reuses."""
+    @property
+    def ref_manifest(self) -> Manifest | None:
+        return self.manifests.get(self.cfg.data.reference) if self.cfg.data.reference else None
+
+
+def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
+    """All checks of a validated, resolved config, cheapest first; returns the run's :class:`Plan`."""
     from pipeline.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
@@ -50,15 +69,43 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Checked:
     check_writable("tracking.output_dir", cfg.tracking.output_dir)
     if cfg.run.storage_path and "://" not in cfg.run.storage_path:
         check_writable("run.storage_path", cfg.run.storage_path)
-    id_manifest = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
-    ref_manifest = None
-    if cfg.data.reference:
-        ref_manifest = check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
+    manifests = check_inputs(cfg)
+    id_manifest = manifests[cfg.data.id_train]
+    ref_manifest = manifests.get(cfg.data.reference) if cfg.data.reference else None
     uses_ref = cfg.loss.method in USES_REFERENCE
     check_batches(cfg, id_manifest, ref_manifest if uses_ref else None)
     teacher = build_checked(cfg)
     use_cache = uses_ref and ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
-    return Checked(teacher, use_cache, id_manifest, ref_manifest, resume_from)
+    return Plan(cfg, uri, ref_batch(cfg), teacher, use_cache, manifests, resume_from)
+
+
+def datasets_read(cfg: Config) -> list[tuple[str, str]]:
+    """(folder, kind) of every dataset a run reads: training, reference, evaluation and validation sets."""
+    data, ev, val = cfg.data, cfg.eval, cfg.val
+    read = [(data.id_train, LABELLED), (data.reference, CAPTIONED), (ev.id, LABELLED)]
+    read += [(folder, LABELLED) for folder in [*ev.ood.values(), *ev.zs.values()]]
+    read += [(ev.rsa_set, CAPTIONED), (val.id, LABELLED), (val.ref, CAPTIONED), (val.zs, LABELLED)]
+    return [(folder, kind) for folder, kind in read if folder]
+
+
+def check_inputs(cfg: Config) -> dict[str, Manifest]:
+    """Every input of a validated config exists and every dataset has the expected schema; the manifests, by
+    folder. A demo config was validated before its data was built: its paths are checked here, now it is."""
+    if cfg.data.demo:
+        validate_paths(cfg)
+    return check_datasets(cfg)
+
+
+def check_datasets(cfg: Config) -> dict[str, Manifest]:
+    """Manifest, shards and column types of every dataset the run reads, each folder scanned once: a wrong schema
+    fails here, on the driver, naming the file and column — not as a stack trace from inside a Ray worker."""
+    manifests: dict[str, Manifest] = {}
+    for folder, kind in datasets_read(cfg):
+        if folder not in manifests:
+            manifests[folder] = check_dataset(folder, kind, cfg.data.column_map)
+        elif manifests[folder].kind != kind:  # one folder in two roles: the second role's kind still counts
+            raise DataError(f"{folder}: expected a {kind} dataset, got kind {manifests[folder].kind!r}")
+    return manifests
 
 
 def check_resumable(cfg: Config, uri: str, run_id: str) -> Found | None:
@@ -172,11 +219,11 @@ def check_batches(cfg: Config, id_manifest: Manifest, ref_manifest: Manifest | N
             f"optim.global_batch: {cfg.optim.global_batch} is larger than data.id_train "
             f"({cfg.data.id_train}: {id_manifest.num_rows} rows); expected at most {id_manifest.num_rows}"
         )
-    ref_batch = cfg.data.ref_batch or cfg.optim.global_batch
-    if ref_manifest is not None and ref_batch > ref_manifest.num_rows:
+    rows = ref_batch(cfg)
+    if ref_manifest is not None and rows > ref_manifest.num_rows:
         key = "data.ref_batch" if cfg.data.ref_batch else "data.ref_batch (0: optim.global_batch)"
         problems.append(
-            f"{key}: {ref_batch} is larger than data.reference ({cfg.data.reference}: "
+            f"{key}: {rows} is larger than data.reference ({cfg.data.reference}: "
             f"{ref_manifest.num_rows} rows); expected at most {ref_manifest.num_rows}"
         )
     if problems:

@@ -130,13 +130,15 @@ class Run:
         cls,
         cfg: Config,
         *,
+        uri: str | None = None,
         run_name: str | None = None,
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Run:
         """A new run of ``cfg``'s experiment (a child of ``parent_run_id`` if given), its config as params, tagged
-        with :func:`source_tags` (``tags`` win, e.g. a sweep trial's driver's source)."""
-        uri = tracking_uri(cfg)
+        with :func:`source_tags` (``tags`` win, e.g. a sweep trial's driver's source). ``uri``: the store, when
+        the caller resolved it already (default: :func:`tracking_uri` of ``cfg``)."""
+        uri = uri or tracking_uri(cfg)
         client = MlflowClient(tracking_uri=uri)
         exp_id = ensure_experiment(client, cfg.tracking.experiment, uri)
         all_tags = {**source_tags(), "dive.method": cfg.loss.method.value, **(tags or {})}
@@ -293,6 +295,15 @@ class Run:
 
     def metric_history(self, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
         return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
+
+    def metric_times(self, key: str) -> list[tuple[int, float, float]]:
+        """(step, value, seconds since the epoch when it was logged) of every value of ``key``, by step."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return sorted(((m.step, m.value, m.timestamp / 1000) for m in history), key=lambda t: t[0])
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The last logged value of every metric of the run."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
 
     def register_model(self, artifact_path: str, model_name: str) -> str:
         """Register ``artifact_path`` of this run as a new version of ``model_name``; returns "name/version"."""

@@ -5,8 +5,10 @@
     ray job submit --working-dir . -- python pipeline/train.py --config my_run.yaml
     python pipeline/train.py --config my_run.yaml --validate   # check the config, start nothing
 
-Recipe: validate the config (before Ray starts) → create the MLflow run → Ray Data streams → TorchTrainer fit
-(pipeline/worker.py) → export the student (open_clip local-dir) → evaluate teacher vs fine-tuned → log everything.
+Recipe: load → resolve paths → validate (before anything is written) → build the demo data if asked →
+preflight (every check, every manifest read once, before Ray starts) → create the MLflow run → Ray Data streams →
+TorchTrainer fit (pipeline/worker.py) → export the student (open_clip local-dir) → evaluate teacher vs fine-tuned
+→ log everything.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,8 @@ from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dic
 from dive.redact import mask_text
 from pipeline.checkpoint import CheckpointWriteError
 from pipeline.console import Console, board_actor, live_progress, start_ray
-from pipeline.data.format import DataError
-from pipeline.preflight import Checked, preflight
+from pipeline.data.format import DataError, Manifest
+from pipeline.preflight import Plan, check_datasets, preflight
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -102,48 +104,28 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def prepare_config(config_path: str | None, overrides: list[str], build_demo: bool = True) -> Config:
-    """Load, resolve, build the demo data if the config asks for it, and validate — all before Ray starts."""
-    return ready(resolve_paths(load_config(config_path or DEMO_CONFIG, overrides)), build_demo)
+    """Load, resolve and validate a config, and build the demo data it asks for: what :func:`run` expects.
 
-
-def ready(cfg: Config, build_demo: bool = True) -> Config:
-    """Validate a resolved config, build the demo data it asks for, check every dataset it reads."""
-    validate(cfg, check_paths=not cfg.data.demo)
-    if cfg.data.demo and not build_demo:
-        return cfg
-    if cfg.data.demo:
-        from filelock import FileLock
-
-        from pipeline.demo import ensure_demo
-
-        root = Path(cfg.data.demo)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root) + ".lock"):  # two jobs starting together: one builds, the other then reuses
-            ensure_demo(root, size=cfg.data.demo_size.value)
-        validate(cfg)
-    check_datasets(cfg)
+    Datasets are checked by :func:`run`'s preflight, once."""
+    cfg = resolve_paths(load_config(config_path or DEMO_CONFIG, overrides))
+    validate(cfg, check_paths=not cfg.data.demo)  # the demo's folders exist once built: preflight checks them
+    if build_demo:
+        ensure_demo_data(cfg)
     return cfg
 
 
-def check_datasets(cfg: Config) -> None:
-    """Manifest, shards and column types of every dataset the run reads: a wrong schema fails here, on the
-    driver, naming the file and column — not as a stack trace from inside a Ray worker."""
-    from pipeline.data.format import CAPTIONED, LABELLED, check_dataset
+def ensure_demo_data(cfg: Config) -> None:
+    """The built-in demo's data and teacher, generated on first use (a no-op for any other config)."""
+    if not cfg.data.demo:
+        return
+    from filelock import FileLock
 
-    check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map)
-    if cfg.data.reference:
-        check_dataset(cfg.data.reference, CAPTIONED, cfg.data.column_map)
-    for folder in [cfg.eval.id, *cfg.eval.ood.values(), *cfg.eval.zs.values()]:
-        if folder:
-            check_dataset(folder, LABELLED, cfg.data.column_map)
-    if cfg.eval.rsa_set:
-        check_dataset(cfg.eval.rsa_set, CAPTIONED, cfg.data.column_map)
-    if cfg.val.id:
-        check_dataset(cfg.val.id, LABELLED, cfg.data.column_map)
-    if cfg.val.ref:
-        check_dataset(cfg.val.ref, CAPTIONED, cfg.data.column_map)
-    if cfg.val.zs:
-        check_dataset(cfg.val.zs, LABELLED, cfg.data.column_map)
+    from pipeline.demo import ensure_demo
+
+    root = Path(cfg.data.demo)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):  # two jobs starting together: one builds, the other then reuses
+        ensure_demo(root, size=cfg.data.demo_size.value)
 
 
 # ---------------------------------------------------------------------------------------------------- ray
@@ -171,7 +153,8 @@ def run(
     tags: Mapping[str, str] | None = None,
     console: Console | None = None,
 ) -> RunResult:
-    """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config).
+    """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config); its
+    :func:`~pipeline.preflight.preflight` runs first, and what it read and resolved serves the whole run.
 
     ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
@@ -184,21 +167,20 @@ def run(
     t0 = time.perf_counter()
     phases = _Phases()  # where a run's fixed cost goes: time/<phase>_s in MLflow
     # Everything knowable fails here: before Ray, before an MLflow run exists (or is reopened).
-    checked = preflight(cfg, resume_run_id)
-    teacher_bundle = checked.teacher
+    plan = preflight(cfg, resume_run_id)
     phases.mark("preflight")
     start_ray(cfg, console)
     phases.mark("ray_start")
-    mlrun = _open_run(cfg, parent_run_id, resume_run_id, on_start, tags)
+    mlrun = _open_run(plan, parent_run_id, resume_run_id, on_start, tags)
     phases.mark("mlflow_open")
     try:
         out_dir = _run_folder(cfg, mlrun, console)
         if resume_run_id:
             _say(
                 console,
-                f"[dive] resuming from {checked.resume_from.describe() if checked.resume_from else 'step 0'}",
+                f"[dive] resuming from {plan.resume_from.describe() if plan.resume_from else 'step 0'}",
             )
-        datasets, info = _streams(cfg, checked, mlrun)
+        datasets, info = _streams(plan, mlrun)
         if console is not None:
             info.progress = board_actor()
         trainer = _trainer(cfg, datasets, info, callbacks)
@@ -209,26 +191,20 @@ def run(
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         _, state = load_newest(result.checkpoint.filesystem, os.path.dirname(result.checkpoint.path))
-        export_dir = export_checkpoint(cfg, state, out_dir / "export", teacher_bundle, mlrun.run_id)
+        export_dir = export_checkpoint(
+            cfg, state, out_dir / "export", plan.teacher, mlrun.run_id, plan.id_manifest.classnames
+        )
         mlrun.log_artifacts(export_dir, "export")
         phases.mark("export")
         if console is not None:
             console.say("[dive] training done; exporting and evaluating")
-        report = finish(cfg, mlrun, export_dir, out_dir)
+        report = finish(cfg, mlrun, export_dir, out_dir, plan.manifests)
         phases.mark("evaluate")
         mlrun.log_metrics(phases.metrics())
         _log_console(mlrun, console)
         mlrun.end("FINISHED")
     except BaseException as err:  # never left RUNNING: Ctrl-C or `ray job stop` is KILLED, the rest FAILED
-        _log_console(mlrun, console)
-        if isinstance(err, KeyboardInterrupt):
-            mlrun.end("KILLED")
-            raise
-        write_error = _checkpoint_write_error(err)
-        mlrun.set_tag("dive.failure", mask_text(str(write_error or err))[:1000])
-        mlrun.end("FAILED")
-        if write_error is not None:  # one line for the user, not the worker group's traceback
-            raise write_error from err
+        _end_failed(mlrun, console, err)
         raise
     return RunResult(
         mlrun.run_id,
@@ -259,6 +235,21 @@ class _Phases:
 
     def metrics(self) -> dict[str, float]:
         return {f"time/{phase}_s": s for phase, s in self.seconds.items()}
+
+
+def _end_failed(mlrun: Any, console: Console | None, err: BaseException) -> None:
+    """End the MLflow run of a run that raised ``err``: KILLED when interrupted, else FAILED with the reason as its
+    ``dive.failure`` tag. A failed checkpoint write is raised as itself: one line for the user, not the worker
+    group's traceback."""
+    _log_console(mlrun, console)
+    if isinstance(err, KeyboardInterrupt):
+        mlrun.end("KILLED")
+        return
+    write_error = _checkpoint_write_error(err)
+    mlrun.set_tag("dive.failure", mask_text(str(write_error or err))[:1000])
+    mlrun.end("FAILED")
+    if write_error is not None:
+        raise write_error from err
 
 
 def _say(console: Console | None, line: str) -> None:
@@ -303,7 +294,7 @@ def _log_console(mlrun: Any, console: Console | None) -> None:
 
 
 def _open_run(
-    cfg: Config,
+    plan: Plan,
     parent_run_id: str | None,
     resume_run_id: str | None,
     on_start: Callable[[str], None] | None,
@@ -312,12 +303,12 @@ def _open_run(
     """The run's MLflow run: resumed, or new with its resolved config."""
     from pipeline import tracking
 
-    uri = tracking.tracking_uri(cfg)
+    cfg = plan.cfg
     if resume_run_id:
         spool = Path(cfg.tracking.output_dir) / resume_run_id / tracking.SPOOL
-        mlrun = tracking.Run.resume(uri, resume_run_id, spool)
+        mlrun = tracking.Run.resume(plan.tracking_uri, resume_run_id, spool)
     else:
-        mlrun = tracking.Run.start(cfg, parent_run_id=parent_run_id, tags=tags)
+        mlrun = tracking.Run.start(cfg, uri=plan.tracking_uri, parent_run_id=parent_run_id, tags=tags)
         mlrun.spool = Path(cfg.tracking.output_dir) / mlrun.run_id / tracking.SPOOL
     try:
         if not resume_run_id:
@@ -348,7 +339,7 @@ def _run_folder(cfg: Config, mlrun: Any, console: Console | None) -> Path:
     return out_dir
 
 
-def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any], Any]:
+def _streams(plan: Plan, mlrun: Any) -> tuple[dict[str, Any], Any]:
     """The ID and reference Ray Datasets (with the teacher cache's columns when preflight found it matches),
     and the RunInfo the workers need."""
     from pipeline.data.format import CAPTIONED, LABELLED
@@ -357,25 +348,25 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
     from pipeline.ray_env import on_driver_node
     from pipeline.worker import RunInfo
 
-    use_cache = checked.use_teacher_cache
+    cfg, use_cache = plan.cfg, plan.use_teacher_cache
+    id_manifest, ref_manifest = plan.id_manifest, plan.ref_manifest
     counter = SkipCounter.options(**on_driver_node()).remote()
     common = dict(
-        size=checked.teacher.preprocess_cfg["size"][0],
+        size=plan.teacher.preprocess_cfg["size"][0],
         max_pixels=cfg.data.max_image_pixels,
         model_name=cfg.model.name,
         column_map=cfg.data.column_map,
         counter=counter,
     )
-    id_ds, id_manifest = read_stream(
-        cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=checked.id_manifest, **common
+    id_ds, _ = read_stream(
+        cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=id_manifest, **common
     )
     datasets: dict[str, Any] = {}
     kept: list[str] = []  # the streams each worker reads once and keeps
-    datasets["id"], keep = _held(
+    datasets["id"], keep = _materialized(
         cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment)
     )
     kept += ["id"] if keep else []
-    ref_manifest = checked.ref_manifest
     # Only a method with a reference term reads the stream (FLYP, FT and LP-FT would decode it for nothing).
     if ref_manifest is not None and cfg.loss.method in USES_REFERENCE:
         ref_ds, _ = read_stream(
@@ -387,8 +378,9 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
             **common,
         )
         cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
-        datasets["ref"], keep = _held(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
+        datasets["ref"], keep = _materialized(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
         kept += ["ref"] if keep else []
+    val_sets = (cfg.val.id, cfg.val.ref, cfg.val.zs)
     info = RunInfo(
         run_id=mlrun.run_id,
         tracking_uri=mlrun.uri,
@@ -396,18 +388,20 @@ def _streams(cfg: Config, checked: Checked, mlrun: Any) -> tuple[dict[str, Any],
         log_every=cfg.tracking.log_every,
         id_rows=id_manifest.num_rows,
         ref_rows=ref_manifest.num_rows if ref_manifest is not None else 0,
+        ref_batch=plan.ref_batch,
         classnames=id_manifest.classnames,
         templates=id_manifest.templates,
         use_teacher_cache=use_cache,
         skip_counter=counter,
         kept=tuple(kept),
+        val_manifests={folder: plan.manifests[folder] for folder in val_sets if folder},
     )
     return datasets, info
 
 
-def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> tuple[Any, bool]:
+def _materialized(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> tuple[Any, bool]:
     """``ds`` and whether the workers keep it: a stream estimated under ``data.keep_in_memory_mb`` is decoded once,
-    not by every epoch and every reference cycle: computed here into the object store before the workers start
+    not by every epoch and every reference cycle: materialized here into the object store before the workers start
     (decoding while a worker builds its model is slower on few cores; benchmarks/perf). With
     ``data.keep_in_worker`` each worker also keeps its shard after one read from there, made in the background
     while its model builds, and replays it: no Ray Data restart at every epoch."""
@@ -416,7 +410,7 @@ def _held(cfg: Config, ds: Any, rows: int, size: int, extra_bytes: int = 0) -> t
     )  # uint8 pixels + tokens/labels + cached vectors
     if not cfg.data.keep_in_memory_mb or mb > cfg.data.keep_in_memory_mb:
         return ds, False
-    # The held blocks, in read order, are what Train's split later deals: fixed here too (data.exact_order).
+    # The materialized blocks, in read order, are what Train's split later deals: fixed here too (data.exact_order).
     ds.context.execution_options.preserve_order = cfg.data.exact_order
     return ds.materialize(), cfg.data.keep_in_worker
 
@@ -454,9 +448,17 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
     )
 
 
-def export_checkpoint(cfg: Config, state: dict, folder: Path, bundle: Any, run_id: str) -> Path:
+def export_checkpoint(
+    cfg: Config,
+    state: dict,
+    folder: Path,
+    bundle: Any,
+    run_id: str,
+    classnames: Sequence[str] | None = None,
+) -> Path:
     """Write the open_clip ``local-dir:`` export (with its card) of the student in a checkpoint's ``state``
-    (:mod:`pipeline.checkpoint`)."""
+    (:mod:`pipeline.checkpoint`). ``classnames``: those of ``data.id_train``, for an FT / LP-FT head (read from
+    its manifest when not given)."""
     from dive.export import LinearHead, export_model
     from dive.models import build_model
     from pipeline.data.format import LABELLED, check_dataset
@@ -475,7 +477,8 @@ def export_checkpoint(cfg: Config, state: dict, folder: Path, bundle: Any, run_i
     }
     head = None
     if state.get("head"):  # FT / LP-FT: the trained classifier goes with the export
-        classnames = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map).classnames
+        if classnames is None:
+            classnames = check_dataset(cfg.data.id_train, LABELLED, cfg.data.column_map).classnames
         head = LinearHead(state["head"]["weight"], state["head"]["bias"], list(classnames))
         card["linear_head"] = f"{len(classnames)} classes of {cfg.data.id_train}"
     return export_model(
@@ -489,13 +492,20 @@ def export_checkpoint(cfg: Config, state: dict, folder: Path, bundle: Any, run_i
     )
 
 
-def finish(cfg: Config, mlrun: Any, export_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Evaluate teacher and fine-tuned model, log metrics, tables and plots to the run."""
+def finish(
+    cfg: Config,
+    mlrun: Any,
+    export_dir: Path,
+    out_dir: Path,
+    manifests: Mapping[str, Manifest] | None = None,
+) -> dict[str, Any]:
+    """Evaluate teacher and fine-tuned model, log metrics, tables and plots to the run (``manifests``: those
+    preflight read, by folder)."""
     from pipeline import plots
     from pipeline.evaluate import evaluate
 
     student = replace(cfg.model, name=f"local-dir:{export_dir}", pretrained="")
-    report = evaluate(cfg.model, student, cfg)
+    report = evaluate(cfg.model, student, cfg, manifests)
     metrics = {f"eval/{k}": v for k, v in report["finetuned"].items()}
     metrics.update({f"eval/teacher/{k}": v for k, v in report["teacher"].items()})
     mlrun.log_metrics(metrics)
@@ -573,14 +583,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
             args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
         cfg = resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides))
+        validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
         if args.validate:
-            print(to_yaml(ready(cfg, build_demo=False)))  # URIs' secrets masked
+            if not cfg.data.demo:  # the demo's data is not built by a check
+                check_datasets(cfg)
+            print(to_yaml(cfg))  # URIs' secrets masked
             print("config OK", file=sys.stderr)
             return 0
-        validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
         with Console(cfg.tracking.output_dir, verbose=args.verbose) as console:
             console.say(f"[dive] {where(cfg)}")
-            cfg = ready(cfg)
+            ensure_demo_data(cfg)
             result = run(cfg, resume_run_id=resume_run_id, console=console)
             _print_summary(result, console)
     except (ConfigError, DataError, FileNotFoundError) as err:

@@ -24,24 +24,15 @@ import ray.train.torch
 import torch
 
 from dive import zeroshot
-from dive.config import (
-    USES_HEAD,
-    USES_REFERENCE,
-    USES_TEACHER,
-    VAL_OBJECTIVES,
-    Config,
-    Method,
-    Precision,
-    from_dict,
-)
+from dive.config import USES_HEAD, USES_REFERENCE, VAL_OBJECTIVES, Config, Method, Precision, from_dict
 from dive.distributed import mean_across_ranks
-from dive.guard import NonFiniteGuard, grads_finite, nonfinite_terms
+from dive.guard import NonFiniteGuard
 from dive.metrics import accuracy, retrieval_accuracy, val_objective
-from dive.models import build_model, clamp_logit_scale, configure_temperature, embed_dim, frozen_teacher
-from dive.optim import build_optimizer, cosine_with_warmup
+from dive.models import build_model
+from dive.step import build_task, optimizer_step
 from dive.task import DiveTask
 from pipeline import checkpoint as training_state
-from pipeline.data.format import CAPTIONED, LABELLED
+from pipeline.data.format import CAPTIONED, LABELLED, Manifest
 from pipeline.data.streams import KeptShard, cycle_batches, load_val_set
 from pipeline.data.transforms import PromptTable, normalize_images, random_resized_crop
 
@@ -63,8 +54,17 @@ class RunInfo:
     progress: Any = None  # a console ProgressBoard actor: rank 0 posts every step (at most 4 times a second)
     log_every: int = 10
     ref_rows: int = 0
+    ref_batch: int = 0  # B′: reference rows per optimiser step (pipeline.preflight.Plan.ref_batch)
     # Streams each worker reads once and keeps in its memory (small ones, with data.keep_in_worker).
     kept: tuple[str, ...] = ()
+    # The validation sets' manifests, by folder, as preflight read them (rank 0 samples its sets from these).
+    val_manifests: dict[str, Manifest] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # train_loop_config carries them as plain dicts
+        self.val_manifests = {
+            folder: m if isinstance(m, Manifest) else Manifest(**m)
+            for folder, m in self.val_manifests.items()
+        }
 
 
 def total_steps(cfg: Config, id_rows: int) -> tuple[int, int]:
@@ -143,33 +143,31 @@ def _setup(cfg: Config, info: RunInfo) -> _Loop:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.optim.seed)  # same initial weights (e.g. random heads) on every rank
     bundle = build_model(cfg.model)
-    student = bundle.model
-    configure_temperature(student, cfg.loss.temperature, cfg.loss.learn_temperature)
-    method = cfg.loss.method
-    needs_teacher = method in USES_TEACHER and not info.use_teacher_cache
-    teacher = frozen_teacher(student) if needs_teacher else None
     head = None
-    if method in USES_HEAD:
-        head = zeroshot.build_head(student, bundle.tokenizer, info.classnames, info.templates)
-    task = DiveTask(
-        student,
-        teacher,
+    if cfg.loss.method in USES_HEAD:
+        head = zeroshot.build_head(bundle.model, bundle.tokenizer, info.classnames, info.templates)
+    steps_per_epoch, max_steps = total_steps(cfg, info.id_rows)
+    state = build_task(
+        bundle,
         cfg.loss,
-        embed_dim(student),
+        cached_teacher=info.use_teacher_cache,
         head_weights=head,
         freeze_batchnorm=cfg.model.freeze_batchnorm,
-    ).to(device)
-    optimizer = build_optimizer(task.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
-    steps_per_epoch, max_steps = total_steps(cfg, info.id_rows)
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup=cfg.optim.warmup_steps,
+        total_steps=max_steps,
+        device=device,
+    )
     return _Loop(
         cfg=cfg,
         info=info,
         rank=ctx.get_world_rank(),
         device=device,
         bundle=bundle,
-        task=task,
-        optimizer=optimizer,
-        scheduler=cosine_with_warmup(optimizer, cfg.optim.warmup_steps, max_steps),
+        task=state.task,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
         prompts=PromptTable(bundle.tokenizer, info.classnames, info.templates),
         steps_per_epoch=steps_per_epoch,
         max_steps=max_steps,
@@ -190,18 +188,15 @@ def _restore(loop: _Loop, checkpoint: Any) -> None:
     )
 
 
-def _micro_batches(cfg: Config, world: int) -> dict[str, int]:
+def _micro_batches(cfg: Config, info: RunInfo, world: int) -> dict[str, int]:
     """Rows per micro-batch on each rank, per stream: each rank takes 1/world of a batch, in grad_accum pieces."""
     per_micro = world * cfg.optim.grad_accum
-    return {
-        "id": cfg.optim.global_batch // per_micro,
-        "ref": (cfg.data.ref_batch or cfg.optim.global_batch) // per_micro,
-    }
+    return {"id": cfg.optim.global_batch // per_micro, "ref": info.ref_batch // per_micro}
 
 
 def _keep_streams(cfg: Config, info: RunInfo) -> dict[str, KeptShard]:
     """This rank's shards of the streams it keeps (``info.kept``), their one Ray Data pass started in the background."""
-    micro = _micro_batches(cfg, ray.train.get_context().get_world_size())
+    micro = _micro_batches(cfg, info, ray.train.get_context().get_world_size())
     return {name: KeptShard(ray.train.get_dataset_shard(name), micro[name]) for name in info.kept}
 
 
@@ -217,7 +212,7 @@ def _distribute(loop: _Loop, resumed: bool, kept: dict[str, KeptShard]) -> None:
     loop.task.train()
     if loop.rank == 0:
         loop.logger = _RankZeroLogger(loop.info, resumed)
-        loop.validator = _Validator(cfg, loop.bundle, loop.device)
+        loop.validator = _Validator(cfg, loop.bundle, loop.device, loop.info.val_manifests)
         if resumed:  # visible in MLflow: where a restarted worker group resumed
             center = loop.task.center.norm().item()
             loop.logger.log(
@@ -225,7 +220,7 @@ def _distribute(loop: _Loop, resumed: bool, kept: dict[str, KeptShard]) -> None:
             )
     if loop.device.type == "cuda" and cfg.model.precision is Precision.bf16:
         loop.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    micro = _micro_batches(cfg, world)
+    micro = _micro_batches(cfg, loop.info, world)
     if cfg.loss.method in USES_REFERENCE:
         micro_ref = micro["ref"]
         # Resumed: continue the reference cycle where the interrupted run was (one reference micro-batch per ID
@@ -259,8 +254,15 @@ def _train_epoch(loop: _Loop) -> None:
             t_fetch = time.perf_counter()
             continue
         torch.manual_seed(_step_seed(cfg, loop.step, loop.rank))  # dropout: the same masks after a resume
-        terms = _optimizer_step(
-            loop.task, micro, loop.optimizer, loop.scheduler, cfg, loop.step, loop.autocast, loop.guard
+        terms = optimizer_step(
+            loop.task,
+            micro,
+            loop.optimizer,
+            loop.scheduler,
+            loop.step,
+            grad_clip=cfg.optim.grad_clip,
+            autocast=loop.autocast,
+            guard=loop.guard,
         )
         micro = []
         loop.step += 1
@@ -335,63 +337,14 @@ def _validate(loop: _Loop) -> dict[str, float]:
     return val
 
 
-def _optimizer_step(
-    task: DiveTask,
-    micro: list[dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: Config,
-    step: int,
-    autocast: contextlib.AbstractContextManager[Any],
-    guard: NonFiniteGuard | None = None,
-) -> dict[str, torch.Tensor]:
-    """Accumulate gradients over the micro-batches (syncing DDP only on the last), step, then update m.
-
-    A step whose loss terms or gradients are not finite (on any rank) is skipped whole — no optimiser step, no
-    schedule step, no centre update — and counted by ``guard``, which fails the run after too many in a row."""
-    totals: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(micro):
-        last = i == len(micro) - 1
-        sync = (
-            contextlib.nullcontext()
-            if last or not hasattr(task.student, "no_sync")
-            else task.student.no_sync()
-        )
-        with sync:
-            with autocast:
-                terms = task(batch, step=step)
-            (terms["loss"] / len(micro)).backward()
-        for k, v in terms.items():
-            totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
-    trainable = [p for p in task.parameters() if p.requires_grad]
-    if guard is not None:
-        bad = nonfinite_terms(totals)
-        local = float(bool(bad) or not grads_finite(trainable))
-        if guard.check(
-            step,
-            bad,
-            grads_ok=mean_across_ranks(torch.tensor(local, device=totals["loss"].device)).item() == 0.0,
-        ):
-            _log.warning("[dive] step %d skipped: non-finite %s", step, ", ".join(guard.last_terms))
-            optimizer.zero_grad(set_to_none=True)
-            task.discard_pending()
-            return totals
-    if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    clamp_logit_scale(task.student_model)
-    task.update_center()  # after the optimiser step (docs/method.md §2), all-reduced across ranks
-    return totals
-
-
 class _Validator:
     """Rank 0's epoch-end validation on small held-out sets (``val.id`` / ``val.ref``), loaded once.
 
     Its ``val/objective`` is what Tune sweeps optimise and ASHA prunes on; plain runs log the same metrics."""
 
-    def __init__(self, cfg: Config, bundle: Any, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, bundle: Any, device: torch.device, manifests: dict[str, Manifest] | None = None
+    ) -> None:
         size = bundle.preprocess_cfg["size"][0]
         common = dict(
             size=size,
@@ -401,11 +354,18 @@ class _Validator:
             column_map=cfg.data.column_map,
             seed=cfg.optim.seed,
         )
-        self.id_set = load_val_set(cfg.val.id, LABELLED, **common) if cfg.val.id else None
-        self.ref_set = load_val_set(cfg.val.ref, CAPTIONED, **common)[0] if cfg.val.ref else None
-        self.zs_set = load_val_set(cfg.val.zs, LABELLED, **common) if cfg.val.zs else None
+        manifests = manifests or {}
+
+        def load(folder: str, kind: str) -> tuple[dict[str, np.ndarray], Manifest] | None:
+            return load_val_set(folder, kind, manifest=manifests.get(folder), **common) if folder else None
+
+        self.id_set = load(cfg.val.id, LABELLED)
+        ref = load(cfg.val.ref, CAPTIONED)
+        self.ref_set = ref[0] if ref is not None else None
+        self.zs_set = load(cfg.val.zs, LABELLED)
         self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.val.id_weight
-        self.kept = VAL_OBJECTIVES[cfg.val.objective]
+        # The metric that stands for zero-shot skill retained, beside val/id_acc, in val/objective.
+        self.retained_metric = VAL_OBJECTIVES[cfg.val.objective]
         self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
     def __bool__(self) -> bool:
@@ -437,7 +397,7 @@ class _Validator:
                     torch.from_numpy(self.ref_set["text"]).to(self.device), normalize=True
                 )
                 out["val/ref_retrieval"] = retrieval_accuracy(image, text, list(self.ref_set["caption"]))
-        objective = val_objective(out, self.weight, self.kept)
+        objective = val_objective(out, self.weight, self.retained_metric)
         if objective is not None:
             out["val/objective"] = objective
         return out

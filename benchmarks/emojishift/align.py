@@ -521,37 +521,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
     model = bundle.model
     model.eval()
     towers_fp = towers_fingerprint(model)
-    build_s = time.perf_counter() - t_build
-    cache = out / "features"
-
-    log(f"{name}: towers {towers_fp}; features -> {cache}")
-    t0 = time.perf_counter()
-    align, hit = extract(bundle, data / "alignment", args.feature_batch, cache, towers_fp, log, args.unfreeze)
-    align_s = time.perf_counter() - t0
-    timings: dict[str, Any] = {
-        "build_model_s": build_s,
-        "alignment_features_s": align_s,
-        "alignment_cached": hit,
-    }
-
-    hits: list[bool] = []
-
-    def features(splits: Sequence[str]) -> dict[str, Features]:
-        out: dict[str, Features] = {}
-        for split in splits:
-            if (data / split).is_dir():
-                out[split], hit = extract(
-                    bundle, data / split, args.feature_batch, cache, towers_fp, log, args.unfreeze
-                )
-                hits.append(hit)
-        return out
-
-    t0 = time.perf_counter()
-    val = features(VAL_SETS)  # always: the settings are chosen on these
-    ref = features(["ref_val"]).get("ref_val")
-    labelled = {} if args.no_eval else features(eval_sets(data))
-    timings["eval_features_s"] = time.perf_counter() - t0
-    timings["eval_cached"] = all(hits)
+    timings: dict[str, Any] = {"build_model_s": time.perf_counter() - t_build}
+    align, val, ref, labelled = _all_features(args, bundle, towers_fp, timings, log)
 
     def scored(when: str) -> dict[str, float]:
         """The teacher's test-set scores now (none with --no-eval), timed into ``timings``; reported, never
@@ -570,28 +541,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
     chosen = max(trials, key=lambda t: t["val_objective"])
     after = scored("after")
 
-    teacher = out / "teacher.pt"
-    tmp = teacher.with_suffix(".pt.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(teacher)
-    settings = {
-        "model": name,
-        "data": str(data),
-        "alignment_rows": int(align.image.shape[0]),
-        "alignment_fingerprint": read_manifest(data / "alignment").fingerprint,
-        "epochs": chosen["epochs"],
-        "batch": args.batch,
-        "lr": chosen["lr"],
-        "weight_decay": chosen["weight_decay"],
-        "searched": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.wd},
-        "seed": args.seed,
-        "learn_logit_scale": not args.fixed_scale,
-        "unfreeze": args.unfreeze,
-        "trained": [*TRAINABLE, *([] if args.fixed_scale else [LOGIT_SCALE])]
-        + [f"{p}*" for p in unfrozen_prefixes(model, args.unfreeze)],
-        "towers_fingerprint": towers_fp,
-        "threads": torch.get_num_threads(),
-    }
+    teacher = _save_teacher(model, out / "teacher.pt")
+    settings = _settings(args, name, model, align, chosen, towers_fp)
     report: dict[str, Any] = {
         "settings": settings,
         "teacher": str(teacher),
@@ -625,6 +576,80 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> tuple[d
         )
     (out / "align_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report, bundle
+
+
+def _all_features(
+    args: argparse.Namespace,
+    bundle: ModelBundle,
+    towers_fp: str,
+    timings: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[Features, dict[str, Features], Features | None, dict[str, Features]]:
+    """The frozen towers' features of every split the command reads (cached under ``OUT/features``): alignment
+    pairs, validation sets, ``ref_val`` and (unless --no-eval) the test sets; extraction times into ``timings``."""
+    data, cache = Path(args.data), Path(args.out) / "features"
+    log(f"lite-minilm-{args.size}: towers {towers_fp}; features -> {cache}")
+    t0 = time.perf_counter()
+    align, hit = extract(bundle, data / "alignment", args.feature_batch, cache, towers_fp, log, args.unfreeze)
+    timings["alignment_features_s"] = time.perf_counter() - t0
+    timings["alignment_cached"] = hit
+    hits: list[bool] = []
+
+    def features(splits: Sequence[str]) -> dict[str, Features]:
+        found: dict[str, Features] = {}
+        for split in splits:
+            if (data / split).is_dir():
+                found[split], hit = extract(
+                    bundle, data / split, args.feature_batch, cache, towers_fp, log, args.unfreeze
+                )
+                hits.append(hit)
+        return found
+
+    t0 = time.perf_counter()
+    val = features(VAL_SETS)  # always: the settings are chosen on these
+    ref = features(["ref_val"]).get("ref_val")
+    labelled = {} if args.no_eval else features(eval_sets(data))
+    timings["eval_features_s"] = time.perf_counter() - t0
+    timings["eval_cached"] = all(hits)
+    return align, val, ref, labelled
+
+
+def _save_teacher(model: torch.nn.Module, path: Path) -> Path:
+    """The aligned weights at ``path``, written whole or not at all (a reader never loads half a file)."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _settings(
+    args: argparse.Namespace,
+    name: str,
+    model: torch.nn.Module,
+    align: Features,
+    chosen: dict[str, Any],
+    towers_fp: str,
+) -> dict[str, Any]:
+    """What the teacher was aligned with: data, the chosen (and searched) settings, what was trained."""
+    data = Path(args.data)
+    return {
+        "model": name,
+        "data": str(data),
+        "alignment_rows": int(align.image.shape[0]),
+        "alignment_fingerprint": read_manifest(data / "alignment").fingerprint,
+        "epochs": chosen["epochs"],
+        "batch": args.batch,
+        "lr": chosen["lr"],
+        "weight_decay": chosen["weight_decay"],
+        "searched": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.wd},
+        "seed": args.seed,
+        "learn_logit_scale": not args.fixed_scale,
+        "unfreeze": args.unfreeze,
+        "trained": [*TRAINABLE, *([] if args.fixed_scale else [LOGIT_SCALE])]
+        + [f"{p}*" for p in unfrozen_prefixes(model, args.unfreeze)],
+        "towers_fingerprint": towers_fp,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -569,7 +569,7 @@ def _benchmark(
     from pipeline import tracking
     from pipeline.data.format import LABELLED, DataError, check_dataset
     from pipeline.ray_env import init_ray
-    from pipeline.train import prepare_config, run
+    from pipeline.train import prepare_config
 
     try:
         base = prepare_config(str(CONFIG), list(args.overrides))
@@ -587,56 +587,95 @@ def _benchmark(
     mlparent, resumed = tracking.parent_run(
         base, out / "state.json", run_name=f"emojishift-{size_name}", tags={"dive.benchmark": "emojishift"}
     )
-    parent = mlparent.run_id
     if resumed:
-        log(f"resuming into MLflow parent run {parent}")
+        log(f"resuming into MLflow parent run {mlparent.run_id}")
     else:
         mlparent.log_dict({"size": size_name, **size.__dict__}, "benchmark/size.json")
+    rows = _Rows(out / "runs", mlparent)
+    rows.teacher(base)
+    for method, seed, cfg in configs:
+        rows.method(method, seed, cfg, out / "wise")
+    # E.g. the ablations of an earlier --methods invocation.
+    rows.rows.extend(earlier_rows(out / "runs", rows.rows))
+    _report(args, size_name, size, out, invocations, base, mlparent, rows.rows, chosen)
+    return 0
 
-    def done(name: str) -> dict[str, Any] | None:
-        path = out / "runs" / f"{name}.json"
+
+class _Rows:
+    """The benchmark's result rows: one JSON file per finished row under ``runs/`` (what a resumed invocation
+    skips), each logged to the MLflow parent run as well."""
+
+    def __init__(self, folder: Path, mlparent: Any) -> None:
+        self.folder, self.mlparent = folder, mlparent
+        self.rows: list[dict[str, Any]] = []
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def record(name: str, row: dict[str, Any]) -> dict[str, Any]:
-        (out / "runs" / f"{name}.json").write_text(json.dumps(row, indent=2))
+    def record(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
+        (self.folder / f"{name}.json").write_text(json.dumps(row, indent=2))
         step = row["seed"]
-        mlparent.log_metrics({f"{row['key']}/{k}": v for k, v in row["metrics"].items()}, step)
+        self.mlparent.log_metrics({f"{row['key']}/{k}": v for k, v in row["metrics"].items()}, step)
         return row
 
-    rows = []
-    if (row := done("teacher")) is None:
-        log("scoring the zero-shot teacher")
-        t0 = time.perf_counter()
-        metrics = score(base, {"teacher": base.model}, with_rsa=False)["teacher"]
-        metrics["rsa_mean"] = 1.0  # RSA of a model with itself
-        row = record(
-            "teacher", {"key": "teacher", "seed": 0, "metrics": metrics, "seconds": time.perf_counter() - t0}
-        )
-    rows.append(row)
-    for method, seed, cfg in configs:
+    def teacher(self, base: Any) -> None:
+        """The zero-shot teacher's row."""
+        if (row := self.done("teacher")) is None:
+            log("scoring the zero-shot teacher")
+            t0 = time.perf_counter()
+            metrics = score(base, {"teacher": base.model}, with_rsa=False)["teacher"]
+            metrics["rsa_mean"] = 1.0  # RSA of a model with itself
+            row = self.record(
+                "teacher",
+                {"key": "teacher", "seed": 0, "metrics": metrics, "seconds": time.perf_counter() - t0},
+            )
+        self.rows.append(row)
+
+    def method(self, method: Any, seed: int, cfg: Any, wise_dir: Path) -> None:
+        """One method's run at one seed (and, for a method with WiSE-FT, its interpolations' rows)."""
+        from pipeline.train import run
+
         name = f"{method.key}-s{seed}"
-        if (row := done(name)) is None:
+        if (row := self.done(name)) is None:
             log(f"training {method.label}, seed {seed}")
-            result = run(cfg, parent_run_id=parent)
+            result = run(cfg, parent_run_id=self.mlparent.run_id)
             metrics = {**result.report["finetuned"], "train_s": result.train_seconds}
             metrics.update({k: v for k, v in result.metrics.items() if k.startswith("val/")})  # last epoch's
-            row = record(name, {
+            row = self.record(name, {
                 "key": method.key, "seed": seed, "metrics": metrics, "run_id": result.run_id,
                 "export": result.export_dir, "steps": result.steps, "seconds": result.seconds,
             })  # fmt: skip
-        rows.append(row)
-        if method.wise:
-            names = {a: f"{wise_key(a, method.key)}-s{seed}" for a in WISE_ALPHAS}
-            missing = [a for a, n in names.items() if done(n) is None]
-            if missing:
-                log(f"scoring WiSE-FT α={','.join(f'{a:g}' for a in missing)} of {method.label}, seed {seed}")
-                for alpha, metrics in wise_rows(cfg, row["export"], missing, out / "wise" / name).items():
-                    metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
-                    wise = {"key": wise_key(alpha, method.key), "seed": seed, "metrics": metrics}
-                    record(names[alpha], wise)
-            rows.extend(done(n) for n in names.values())
-    rows.extend(earlier_rows(out / "runs", rows))  # e.g. the ablations of an earlier --methods invocation
+        self.rows.append(row)
+        if not method.wise:
+            return
+        names = {a: f"{wise_key(a, method.key)}-s{seed}" for a in WISE_ALPHAS}
+        missing = [a for a, n in names.items() if self.done(n) is None]
+        if missing:
+            log(f"scoring WiSE-FT α={','.join(f'{a:g}' for a in missing)} of {method.label}, seed {seed}")
+            for alpha, metrics in wise_rows(cfg, row["export"], missing, wise_dir / name).items():
+                metrics["train_s"] = row["metrics"]["train_s"]  # no training of its own
+                wise = {"key": wise_key(alpha, method.key), "seed": seed, "metrics": metrics}
+                self.record(names[alpha], wise)
+        self.rows.extend(self.done(n) for n in names.values())
 
+
+def _report(
+    args: argparse.Namespace,
+    size_name: str,
+    size: Size,
+    out: Path,
+    invocations: Invocations,
+    base: Any,
+    mlparent: Any,
+    rows: list[dict[str, Any]],
+    chosen: str | None,
+) -> None:
+    """report.json, report.md and the plots, logged to the parent run (which ends FINISHED); the README block."""
+    from dive.redact import mask_text
+    from pipeline import tracking
+
+    parent = mlparent.run_id
     table = aggregate(rows)
     wall = invocations.total_s()
     command = invocations.command
@@ -688,7 +727,6 @@ def _benchmark(
         f"done in {invocations.elapsed_s() / 60:.1f} min ({wall / 60:.1f} min in all{invocations.summary()}): "
         f"{out / 'report.md'} (MLflow parent run {parent})"
     )
-    return 0
 
 
 if __name__ == "__main__":

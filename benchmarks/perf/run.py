@@ -10,7 +10,7 @@ moves both sides of each ratio together. It prints a Markdown table and writes `
 
 1. **Step cost** (``steps``): one optimiser step of FLYP, DiVE with the live teacher and DiVE with cached teacher
    embeddings, at B' = B, B/2, B/4 — each configuration in a fresh process forked from one that has imported the
-   libraries (same threads, same synthetic batch, the pipeline's own ``_optimizer_step``), interleaved over
+   libraries (same threads, same synthetic batch, the training loop's own ``dive.step``), interleaved over
    rounds, median step time. The floor of DiVE with a
    cache is one student forward + backward over B + B' samples: ``(B + B') / B`` × FLYP. Memory: peak RSS above
    the process's footprint before the model is built (CPU), ``max_memory_allocated`` (CUDA).
@@ -150,34 +150,28 @@ def measure_step(spec: StepSpec) -> dict[str, float]:
     """Median seconds per optimiser step and peak memory of one configuration (call in a fresh process)."""
     import torch
 
-    from dive.config import Config, LossSettings, Method, ModelSettings
-    from dive.models import build_model, embed_dim, frozen_teacher
-    from dive.optim import build_optimizer, cosine_with_warmup
-    from dive.task import DiveTask
-    from pipeline.worker import _optimizer_step
+    from dive.config import LossSettings, Method, ModelSettings
+    from dive.step import build_task, optimizer_step
 
     torch.set_num_threads(spec.threads)
     torch.manual_seed(0)
     cuda = spec.device.startswith("cuda")
     base = _rss_mb()
-    bundle = build_model(ModelSettings(name=spec.model))
-    method = Method(spec.method)
-    teacher = frozen_teacher(bundle.model) if spec.teacher == "live" else None
-    task = DiveTask(
-        bundle.model,
-        teacher,
-        LossSettings(method=method, lambda_avl=1.0, lambda_pvl=1.0),
-        embed_dim(bundle.model),
-    ).to(spec.device)
-    task.train()
-    optimizer = build_optimizer(task.named_parameters(), 1e-5, 0.1)
-    scheduler = cosine_with_warmup(optimizer, 0, 10**6)
+    state = build_task(
+        ModelSettings(name=spec.model),
+        LossSettings(method=Method(spec.method), lambda_avl=1.0, lambda_pvl=1.0),
+        cached_teacher=spec.teacher != "live",
+        lr=1e-5,
+        weight_decay=0.1,
+        total_steps=10**6,
+        device=spec.device,
+    )
+    state.task.train()
     batch = {
         k: v.to(spec.device)
-        for k, v in synthetic_batch(bundle, spec.batch, spec.ref_batch, spec.teacher).items()
+        for k, v in synthetic_batch(state.bundle, spec.batch, spec.ref_batch, spec.teacher).items()
     }
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    cfg = Config()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -186,7 +180,7 @@ def measure_step(spec: StepSpec) -> dict[str, float]:
             if cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            _optimizer_step(task, [batch], optimizer, scheduler, cfg, i, autocast)
+            optimizer_step(state.task, [batch], state.optimizer, state.scheduler, i, autocast=autocast)
             if cuda:
                 torch.cuda.synchronize()
             if i >= spec.warmup:
@@ -228,7 +222,7 @@ def synthetic_batch(bundle: Any, n_id: int, n_ref: int, teacher: str) -> dict[st
 
 
 # What every configuration's process needs imported: loaded once into the fork server, not by each process.
-_PRELOAD = ["torch", "open_clip", "dive.task", "dive.models", "pipeline.worker", "benchmarks.perf.run"]
+_PRELOAD = ["torch", "open_clip", "dive.task", "dive.models", "dive.step", "benchmarks.perf.run"]
 
 
 def _fresh_processes() -> ProcessPoolExecutor:
@@ -353,8 +347,9 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     """Real runs on the demo (1 worker, the demo's method) timed against a bare loop: the first in this process
     (cold: it starts Ray, its Ray Data workers and MLflow's store, as a lone ``train.py`` does) and the same run
     again (warm: as each later run of a sweep or benchmark that shares one Ray instance). At full size also, warm
-    like the second: every stream decoded each epoch (``data.keep_in_memory_mb=0``, the behaviour before held
-    streams), held streams re-read from the object store each epoch (``data.keep_in_worker=false``), 2 workers."""
+    like the second: every stream decoded each epoch (``data.keep_in_memory_mb=0``, the behaviour before
+    materialized streams), materialized streams re-read from the object store each epoch
+    (``data.keep_in_worker=false``), 2 workers."""
     from pipeline.train import prepare_config
 
     overrides = pipeline_overrides(quick, size, threads)
@@ -397,7 +392,7 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     if size.scaling:
         streamed = _timed_run(prepare_config(None, [*overrides, "data.keep_in_memory_mb=0"]))
         out.update(_versus_bare("streamed", streamed, bare))
-        # Held, but not kept by the workers: each epoch reads the object store again through Ray Data
+        # Materialized, but not kept by the workers: each epoch reads the object store again through Ray Data
         reread = _timed_run(prepare_config(None, [*overrides, "data.keep_in_worker=false"]))
         out["reread_first_step_s"] = reread["first_step_s"] - bare["step_s"]
         out.update(_versus_bare("reread", reread, bare))
@@ -408,7 +403,7 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
 
 def order_part(size: Size, threads: int) -> dict[str, Any]:
     """What ``data.exact_order`` (Ray Data's preserve_order) costs: 2 workers (whose split it fixes), streamed and
-    held streams, on / off / off / on so that drift over the runs cancels."""
+    materialized streams, on / off / off / on so that drift over the runs cancels."""
     from pipeline.train import prepare_config
 
     two = [*pipeline_overrides(False, size, threads), *two_workers(threads)]
@@ -428,21 +423,19 @@ def order_part(size: Size, threads: int) -> dict[str, Any]:
 def _timed_run(cfg: Any) -> dict[str, Any]:
     """``run(cfg)`` with wall-clock marks: its steps' MLflow timestamps (``tracking.log_every=1``) give the first
     step, the training throughput (epoch boundaries and validation included) and the tail (export + eval)."""
-    from mlflow.tracking import MlflowClient
-
+    from pipeline.tracking import Run
     from pipeline.train import run
 
     t0 = time.time()
     result = run(cfg)
     t_end = time.time()
-    client = MlflowClient(result.tracking_uri)
-    loss = sorted(client.get_metric_history(result.run_id, "train/loss"), key=lambda m: m.step)
-    waits = [m.value for m in client.get_metric_history(result.run_id, "train/data_wait_frac") if m.step > 1]
-    stamps = [m.timestamp / 1000 for m in loss]
+    mlrun = Run(result.tracking_uri, result.run_id)
+    waits = [value for step, value, _ in mlrun.metric_times("train/data_wait_frac") if step > 1]
+    stamps = [seconds for _, _, seconds in mlrun.metric_times("train/loss")]
     span = stamps[-1] - stamps[0]  # steps 2…N: step 1 also pays the first batches' latency
     phases = {
         k.removeprefix("time/").removesuffix("_s"): v
-        for k, v in client.get_run(result.run_id).data.metrics.items()
+        for k, v in mlrun.latest_metrics().items()
         if k.startswith("time/")
     }
     before_fit = sum(phases.get(p, 0.0) for p in ("preflight", "ray_start", "mlflow_open", "streams"))
@@ -463,27 +456,28 @@ def bare_loop(cfg: Any, steps: int, threads: int) -> dict[str, float]:
     """The same model, method, batch and threads as the pipeline run, on in-memory tensors, in this process."""
     import torch
 
-    from dive.config import USES_REFERENCE, USES_TEACHER
-    from dive.models import build_model, embed_dim, frozen_teacher
-    from dive.optim import build_optimizer, cosine_with_warmup
-    from dive.task import DiveTask
-    from pipeline.worker import _optimizer_step
+    from dive.config import USES_REFERENCE, ref_batch
+    from dive.step import build_task, optimizer_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    bundle = build_model(cfg.model)
-    method = cfg.loss.method
-    teacher = frozen_teacher(bundle.model) if method in USES_TEACHER else None
-    task = DiveTask(bundle.model, teacher, cfg.loss, embed_dim(bundle.model))
-    task.train()
-    optimizer = build_optimizer(task.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, max(steps, 1))
-    ref = (cfg.data.ref_batch or cfg.optim.global_batch) if method in USES_REFERENCE else 0
-    batch = synthetic_batch(bundle, cfg.optim.global_batch, ref, "live")
-    _optimizer_step(task, [batch], optimizer, scheduler, cfg, 0, contextlib.nullcontext())  # warm-up
+    state = build_task(
+        cfg.model,
+        cfg.loss,
+        freeze_batchnorm=cfg.model.freeze_batchnorm,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup=cfg.optim.warmup_steps,
+        total_steps=max(steps, 1),
+    )
+    state.task.train()
+    ref = ref_batch(cfg) if cfg.loss.method in USES_REFERENCE else 0
+    batch = synthetic_batch(state.bundle, cfg.optim.global_batch, ref, "live")
+    args = (state.task, [batch], state.optimizer, state.scheduler)
+    optimizer_step(*args, 0, grad_clip=cfg.optim.grad_clip)  # warm-up
     t = time.perf_counter()
     for i in range(steps):
-        _optimizer_step(task, [batch], optimizer, scheduler, cfg, i + 1, contextlib.nullcontext())
+        optimizer_step(*args, i + 1, grad_clip=cfg.optim.grad_clip)
     seconds = time.perf_counter() - t
     return {"step_s": seconds / steps, "samples_per_s": cfg.optim.global_batch * steps / seconds}
 

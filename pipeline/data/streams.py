@@ -152,10 +152,12 @@ def load_val_set(
     model_name: str,
     column_map: Mapping[str, str] | None = None,
     seed: int = 0,
+    manifest: Manifest | None = None,
 ) -> tuple[dict[str, np.ndarray], Manifest]:
     """A fixed, seeded sample of at most ``samples`` rows of a small validation set, preprocessed exactly as
-    the eval stream does (in-process: it is read once per run, on rank 0). Captioned sets keep ``caption``."""
-    manifest = check_dataset(folder, kind, column_map)
+    the eval stream does (in-process: it is read once per run, on rank 0). Captioned sets keep ``caption``.
+    The set is checked first, unless the caller passes the ``manifest`` its own check returned."""
+    manifest = manifest or check_dataset(folder, kind, column_map)
     rng = np.random.default_rng(seed)
     chosen = set(rng.permutation(manifest.num_rows)[:samples].tolist())
     columns = list(required_columns(kind))

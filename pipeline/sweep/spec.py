@@ -301,13 +301,16 @@ def prepare(
     space: str, config: str | None, overrides: list[str], spec_overrides: list[str]
 ) -> tuple[SweepSpec, Config, dict[str, Any]]:
     """Load and check the space and the base run config (with the space's fixed overrides) — before Ray."""
+    from pipeline.preflight import check_inputs
     from pipeline.train import DEMO_CONFIG, prepare_config
 
     spec = load_spec(space, spec_overrides)
     fixed = [override(k, v) for k, v in spec.overrides.items()] + list(overrides)
     path = config or spec.config or None
     dists = check_spec(spec, load_config(path or DEMO_CONFIG, fixed), space)  # cheap: no data touched yet
-    return spec, prepare_config(path, fixed), dists
+    base = prepare_config(path, fixed)
+    check_inputs(base)  # a missing input or a bad dataset fails the sweep here, not every trial inside Ray
+    return spec, base, dists
 
 
 def sweep_name(base: Config, explicit: str | None, default: str) -> str:

@@ -19,17 +19,16 @@ import pytest
 import torch
 
 from dive.config import LossSettings
-from dive.models import embed_dim
-from dive.optim import build_optimizer, cosine_with_warmup
-from dive.task import DiveTask
+from dive.step import build_task
 from pipeline import checkpoint
 
 
 def _setup(bundle):
     torch.manual_seed(0)
-    task = DiveTask(bundle.model, None, LossSettings(), embed_dim(bundle.model))
-    optimizer = build_optimizer(task.named_parameters(), 1e-3, 0.1)
-    return task, optimizer, cosine_with_warmup(optimizer, 2, 10)
+    state = build_task(
+        bundle, LossSettings(), cached_teacher=True, lr=1e-3, weight_decay=0.1, warmup=2, total_steps=10
+    )
+    return state.task, state.optimizer, state.scheduler
 
 
 def test_state_round_trips_through_a_checkpoint_folder(tiny_bundle, tmp_path):

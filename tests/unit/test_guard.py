@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
 import torch
 
-from dive.config import Config, ConfigError, LossSettings, load_config, validate
+from dive.config import ConfigError, LossSettings, OptimSettings, load_config, validate
 from dive.guard import NonFiniteError, NonFiniteGuard, grads_finite, nonfinite_terms
-from dive.models import embed_dim, frozen_teacher
-from dive.optim import build_optimizer, cosine_with_warmup
-from dive.task import DiveTask
+from dive.step import build_task, optimizer_step
 from tests.helpers import make_batch
 
 
@@ -39,32 +36,36 @@ def test_guard_skips_counts_and_fails_after_the_limit_naming_step_and_term():
 
 
 def test_a_nan_step_is_skipped_whole_weights_optimiser_and_centre_unchanged(tiny_bundle):
-    from pipeline.worker import _optimizer_step
-
-    student = copy.deepcopy(tiny_bundle.model)
-    task = DiveTask(
-        student, frozen_teacher(student), LossSettings(lambda_avl=10, lambda_pvl=10), embed_dim(student)
+    state = build_task(
+        copy.deepcopy(tiny_bundle),
+        LossSettings(lambda_avl=10, lambda_pvl=10),
+        lr=1e-3,
+        warmup=1,
+        total_steps=10,
     )
-    cfg = Config()
-    opt = build_optimizer(task.named_parameters(), 1e-3, 0.1)
-    sched = cosine_with_warmup(opt, 1, 10)
+    task, opt, sched = state.task, state.optimizer, state.scheduler
+    grad_clip = OptimSettings().grad_clip
     guard = NonFiniteGuard(max_consecutive=2)
     task.train()
+
+    def step(batch, i):
+        return optimizer_step(task, [batch], opt, sched, i, grad_clip=grad_clip, guard=guard)
+
     good = make_batch(tiny_bundle)
-    _optimizer_step(task, [good], opt, sched, cfg, 0, contextlib.nullcontext(), guard)  # a real step first
+    step(good, 0)  # a real step first
     before = {k: v.clone() for k, v in task.state_dict().items()}
     lr = sched.get_last_lr()[0]
     bad = {**good, "ref_image": torch.full_like(good["ref_image"], float("nan"))}
-    terms = _optimizer_step(task, [bad], opt, sched, cfg, 1, contextlib.nullcontext(), guard)
+    terms = step(bad, 1)
     assert "loss" in nonfinite_terms(terms) and guard.total == 1
     after = task.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights, logit scale and the EMA centre
     assert sched.get_last_lr()[0] == lr and all(p.grad is None for p in task.parameters())
-    _optimizer_step(task, [good], opt, sched, cfg, 2, contextlib.nullcontext(), guard)  # finite again: resets
+    step(good, 2)  # finite again: resets
     assert guard.consecutive == 0 and not torch.equal(before["center"], task.state_dict()["center"])
-    _optimizer_step(task, [bad], opt, sched, cfg, 3, contextlib.nullcontext(), guard)
+    step(bad, 3)
     with pytest.raises(NonFiniteError, match="step 4"):
-        _optimizer_step(task, [bad], opt, sched, cfg, 4, contextlib.nullcontext(), guard)
+        step(bad, 4)
 
 
 @pytest.mark.parametrize("override", ["loss.lambda_avl=inf", "optim.lr=nan", "loss.ema_momentum=nan"])

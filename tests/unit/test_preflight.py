@@ -156,3 +156,53 @@ def test_a_resume_whose_checkpoints_are_all_incomplete_is_refused_before_ray(dem
     assert not partial.exists()  # what a killed writer left is cleared before a resume
     (run,) = _runs(tmp_path)
     assert run.info.status == "KILLED"
+
+
+def test_preflight_carries_every_manifest_and_the_resolved_values(demo, tmp_path):
+    cfg = _cfg(demo, tmp_path, "loss.method=dive", "data.ref_batch=8")
+    plan = preflight(cfg)
+    ev = cfg.eval
+    evaluated = [ev.id, *ev.ood.values(), *ev.zs.values()]
+    assert set(plan.manifests) == {cfg.data.id_train, cfg.data.reference, *evaluated, cfg.val.id, cfg.val.ref}
+    assert plan.manifests[cfg.val.id].kind == "labelled" and plan.manifests[cfg.val.ref].kind == "captioned"
+    assert plan.id_manifest is plan.manifests[cfg.data.id_train] and plan.ref_manifest.num_rows > 0
+    assert plan.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db" and plan.ref_batch == 8
+    assert preflight(_cfg(demo, tmp_path, "data.ref_batch=0")).ref_batch == 16  # 0: optim.global_batch
+
+
+def test_the_pre_ray_stage_reads_each_dataset_once(demo, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from pipeline.data import format as data_format
+
+    reads: Counter[str] = Counter()
+    read_manifest = data_format.read_manifest
+
+    def counted(folder):
+        reads[str(folder)] += 1
+        return read_manifest(folder)
+
+    class BeforeRay(Exception):
+        pass
+
+    def stop(*_a, **_k):
+        raise BeforeRay
+
+    monkeypatch.setattr(data_format, "read_manifest", counted)
+    monkeypatch.setattr(train, "start_ray", stop)
+    base = tmp_path / "base.yaml"
+    base.write_text("{}\n")
+    cfg = train.prepare_config(str(base), [*tiny_run_overrides(demo, tmp_path, "pre"), "loss.method=dive"])
+    with pytest.raises(BeforeRay):
+        train.run(cfg)
+    ev = cfg.eval
+    read = {
+        cfg.data.id_train,
+        cfg.data.reference,
+        ev.id,
+        *ev.ood.values(),
+        *ev.zs.values(),
+        cfg.val.id,
+        cfg.val.ref,
+    }
+    assert set(reads) == read and set(reads.values()) == {1}
