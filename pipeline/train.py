@@ -152,9 +152,11 @@ def run(
     on_start: Callable[[str], None] | None = None,
     tags: Mapping[str, str] | None = None,
     console: Console | None = None,
+    plan: Plan | None = None,
 ) -> RunResult:
     """Train, export, evaluate and log one run. ``cfg`` must be validated and resolved (prepare_config); its
-    :func:`~pipeline.preflight.preflight` runs first, and what it read and resolved serves the whole run.
+    :func:`~pipeline.preflight.preflight` runs first (unless the caller ran it: ``plan``), and what it read and
+    resolved serves the whole run.
 
     ``resume_run_id`` continues an interrupted run: the same MLflow run, and the same Ray Train run name and
     storage path, so Ray Train finds the run's checkpoint snapshot and the workers restore the latest checkpoint.
@@ -167,7 +169,7 @@ def run(
     t0 = time.perf_counter()
     phases = _Phases()  # where a run's fixed cost goes: time/<phase>_s in MLflow
     # Everything knowable fails here: before Ray, before an MLflow run exists (or is reopened).
-    plan = preflight(cfg, resume_run_id)
+    plan = plan or preflight(cfg, resume_run_id)
     phases.mark("preflight")
     start_ray(cfg, console)
     phases.mark("ray_start")
@@ -593,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         with Console(cfg.tracking.output_dir, verbose=args.verbose) as console:
             console.say(f"[dive] {where(cfg)}")
             ensure_demo_data(cfg)
-            result = run(cfg, resume_run_id=resume_run_id, console=console)
+            plan = preflight(cfg, resume_run_id)
+            result = run(cfg, resume_run_id=resume_run_id, console=console, plan=plan)
             _print_summary(result, console)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {mask_text(str(err))}", file=sys.stderr)  # an override or a path may quote a secret

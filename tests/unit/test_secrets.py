@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -143,7 +144,7 @@ def test_the_banner_and_the_error_line_of_a_refused_run_hold_no_password(tmp_pat
     the ``error:`` line and any log the command kept show the URI masked. The built-in demo config with its
     build skipped: the tracking check comes first in preflight, before any data is read."""
     monkeypatch.setattr(train, "start_ray", lambda *_a, **_k: pytest.fail("Ray started"))
-    monkeypatch.setattr(train, "ready", lambda cfg, build_demo=True: cfg)
+    monkeypatch.setattr(train, "ensure_demo_data", lambda cfg: None)
     monkeypatch.setenv("DIVE_HOME", str(tmp_path))
     uri = f"http://alice:{PLANTED}@127.0.0.1:{free_port()}/"
     assert train.main([f"tracking.uri={uri}"]) == 2
@@ -182,7 +183,9 @@ def leaky_cfg(request, tmp_path, monkeypatch):
 
 def test_the_saved_config_mlflow_params_and_artifacts_hold_no_password(leaky_cfg, capsys):
     cfg, store = leaky_cfg
-    mlrun = train._open_run(cfg, None, None, None)  # MLflow run + params + config/resolved.yaml
+    # What preflight resolved that opening a run reads: the config and its tracking URI (the real one, in memory).
+    plan = SimpleNamespace(cfg=cfg, tracking_uri=tracking.tracking_uri(cfg))
+    mlrun = train._open_run(plan, None, None, None)  # MLflow run + params + config/resolved.yaml
     out_dir = train._run_folder(cfg, mlrun, None)  # the run folder's config.yaml + the start line
     mlrun.end("FINISHED")
     saved = (out_dir / "config.yaml").read_text()
