@@ -107,7 +107,7 @@ def optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     clamp_logit_scale(task.student_model)
-    task.update_center()  # after the optimiser step (method.md §2), all-reduced across ranks
+    task.update_center()  # after the optimiser step (docs/method.md §2), all-reduced across ranks
     return totals
 
 
