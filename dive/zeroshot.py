@@ -1,7 +1,7 @@
 """Zero-shot text heads: one unit vector per class, the mean of its prompt embeddings.
 
 The prompt-ensembling itself is open_clip's :func:`open_clip.build_zero_shot_classifier`; this module adds
-the input checks, the (C, D) layout the rest of the pipeline uses and the restoring of the model's train/eval
+the input checks (templates with ``{}`` or ``{c}``, :mod:`dive.templates`), the (C, D) layout the rest of the pipeline uses and the restoring of the model's train/eval
 mode, so a head can be built in the middle of training. For ImageNet use open_clip's 80 CLIP prompts,
 ``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES`` (callables, accepted as templates here).
 """
@@ -19,18 +19,11 @@ from torch import nn
 if TYPE_CHECKING:
     from dive.models import ClipModel
 
+from dive.templates import DEFAULT_TEMPLATES, as_callable, check_template
+
+__all__ = ["DEFAULT_TEMPLATES", "Template", "build_head", "eval_mode", "logits"]
+
 Template = str | Callable[[str], str]
-
-# A small prompt ensemble for datasets without curated templates (CLIP's "simple" ImageNet subset style).
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a bad photo of the {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "art of the {}.",
-)
-
-_PROBE = "\x00classname\x00"
 
 
 def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
@@ -38,9 +31,10 @@ def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
     out: list[Callable[[str], str]] = []
     for i, t in enumerate(templates):
         if isinstance(t, str):
-            if _PROBE not in t.format(_PROBE):
-                raise ValueError(f"templates[{i}] {t!r} has no '{{}}' placeholder for the class name")
-            out.append(t.format)
+            problem = check_template(t)
+            if problem is not None:
+                raise ValueError(f"templates[{i}] {t!r}: {problem}")
+            out.append(as_callable(t))
         elif callable(t):
             out.append(t)
         else:

@@ -22,6 +22,10 @@ from pipeline.data.format import LABELLED, DataError, Manifest, read_manifest
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder for the shards and dataset.json")
+    _common_options(p)
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help="rows per Parquet shard"
     )
@@ -87,6 +91,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", default="utf-8", help="caption members' text encoding (default %(default)s)")
 
     p = sub.add_parser(
+        "suite",
+        help="a named dataset (ImageNet and its shifts, the zero-shot sets) from the layout it ships in",
+        description="Convert a named dataset from its official, torchvision, CoOp-split or CLIP_benchmark "
+        "webdataset layout into a labelled set with its class names, templates and head (docs/data.md). "
+        "`dive data suite --list` shows every recipe, its splits and layouts.",
+    )
+    p.add_argument("name", nargs="?", help="recipe name (see --list)")
+    p.add_argument(
+        "src", nargs="?", help="the dataset as downloaded (a folder, or a split file's image root)"
+    )
+    p.add_argument("out", nargs="?", help="output folder for the shards and dataset.json")
+    p.add_argument("--list", action="store_true", help="list the recipes, their splits and layouts, and exit")
+    p.add_argument(
+        "--split", default="", help="which split to convert (default: the recipe's evaluation split)"
+    )
+    p.add_argument("--layout", default="", help="the source layout (default: detected)")
+    p.add_argument(
+        "--templates",
+        help="a named template set (openai_imagenet, simple, default, clip:<dataset>) or a file",
+    )
+    p.add_argument(
+        "--labels", type=Path, help="a label file, where the layout keeps labels apart (ImageNet val)"
+    )
+    p.add_argument("--split-file", type=Path, help="CoOp's split_zhou_<Name>.json (default: found in SRC)")
+    p.add_argument("--mappings", type=Path, help="ObjectNet's mappings/ folder (default: SRC/mappings)")
+    _common_options(p)
+
+    p = sub.add_parser(
         "cache-teacher", help="add the frozen teacher's embeddings to a captioned set, in place"
     )
     p.add_argument("dataset", help="folder of captioned shards (rewritten all-or-nothing)")
@@ -113,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe_list() -> str:
+    from pipeline.suites.registry import recipes
+
+    rows = [
+        f"{r.name:<16} {r.summary}\n{'':<16}   splits: {', '.join(r.splits)}; layouts: {', '.join(r.layouts)}"
+        for r in recipes().values()
+    ]
+    return "\n".join(rows)
+
+
 def _summary(
     command: str, manifest: Manifest, out: PathLike, seconds: float, skipped: Mapping[str, int]
 ) -> str:
@@ -121,6 +163,8 @@ def _summary(
     what = f"{manifest.kind}, {manifest.num_classes} classes" if manifest.kind == LABELLED else manifest.kind
     if command == "cache-teacher":
         what += f", teacher {manifest.teacher_fingerprint}, D={manifest.teacher_dim}"
+    if manifest.protocol:
+        what += ", " + ", ".join(f"{k} {v}" for k, v in manifest.protocol.items() if k != "suite")
     skip_text = f"skipped {total}" + (f" ({by_reason})" if total else "")
     return f"{command}: wrote {manifest.num_rows} rows ({what}) to {out}; {skip_text}; {seconds:.1f} s"
 
@@ -141,6 +185,19 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             allow_outside_base=args.allow_outside_base,
             **common,
         )
+        out, skipped = args.out, manifest.skipped
+    elif args.command == "suite":
+        from pipeline.suites.convert import convert_suite
+        from pipeline.suites.registry import Options
+
+        options = Options(
+            split=args.split,
+            layout=args.layout,
+            labels=args.labels,
+            split_file=args.split_file,
+            mappings=args.mappings,
+        )
+        manifest = convert_suite(args.name, args.src, args.out, options, templates=args.templates, **common)
         out, skipped = args.out, manifest.skipped
     elif args.command == "wds":
         manifest = convert_wds(
@@ -176,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command == "suite" and (args.list or not all((args.name, args.src, args.out))):
+        if not args.list:
+            print("error: dive data suite needs NAME SRC OUT (or --list)", file=sys.stderr)
+            return 2
+        print(_recipe_list())
+        return 0
     common = {}
     if args.command != "cache-teacher":
         common = dict(

@@ -17,7 +17,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from dive.config import MAX_IMAGE_PIXELS
-from dive.zeroshot import DEFAULT_TEMPLATES
+from dive.templates import DEFAULT_TEMPLATES, check_template
 from pipeline.data.format import (
     BAD_LABEL,
     BAD_TEXT,
@@ -255,12 +255,9 @@ def load_templates(path: PathLike) -> list[str]:
     """Prompt templates from a file: one per line, each with ``{}`` for the class name (``#`` comments)."""
     templates = []
     for lineno, line in _read_lines(path, "templates"):
-        try:
-            ok = "{}" in line and line.format("x") is not None
-        except (IndexError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise DataError(f"{path}:{lineno}: template {line!r} needs exactly one '{{}}' for the class name")
+        problem = check_template(line)
+        if problem is not None:
+            raise DataError(f"{path}:{lineno}: template {line!r} {problem}")
         templates.append(line)
     return templates
 

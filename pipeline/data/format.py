@@ -31,6 +31,9 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
+from dive.heads import LabelMap
+from dive.templates import check_template
+
 MANIFEST = "dataset.json"
 LABELLED, CAPTIONED = "labelled", "captioned"
 KINDS = (LABELLED, CAPTIONED)
@@ -65,10 +68,37 @@ class Manifest:
     teacher_fingerprint: str = ""  # set when teacher_* columns are cached
     teacher_dim: int = 0
     schema_version: int = 1
+    # Labelled sets scored against another classifier (``dive data suite``; docs/data.md, "Heads"): its name, its
+    # class names and templates, and per label the classifier classes whose max logit is that label's score
+    # (one each: a subset, ImageNet-R / -A; several: many-to-one, ObjectNet). Empty: the set's own classes.
+    head: str = ""
+    head_classnames: list[str] = field(default_factory=list)
+    head_templates: list[str] = field(default_factory=list)
+    head_groups: list[list[int]] = field(default_factory=list)
+    # Pixels cropped off each side of an image before the eval transform (ObjectNet's protocol: 2).
+    eval_border: int = 0
+    # Class names deliberately shared by two classes, kept as published (CLIP's ImageNet names hold 'missile' and
+    # 'sunglasses' twice); any other repeated name is refused.
+    shared_names: list[str] = field(default_factory=list)
+    # Where the split, class names and templates came from (``dive data suite`` records layout, split source,
+    # template set), so two results can be compared knowing their protocol.
+    protocol: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    def label_map(self) -> LabelMap | None:
+        """How labels map onto ``head_classnames`` (None: the set is scored on its own classes)."""
+        if not self.head_groups:
+            return None
+        return LabelMap.from_lists(self.head_groups, len(self.head_classnames))
+
+    def scoring_classes(self) -> tuple[list[str], list[str]]:
+        """The (class names, templates) of the head this set is scored with."""
+        if self.head_classnames:
+            return self.head_classnames, self.head_templates or self.templates
+        return self.classnames, self.templates
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
@@ -98,29 +128,64 @@ def _check_manifest_types(path: Path, m: Manifest) -> None:
     """JSON holds any type: ``"classnames": "cat,dog"`` or ``"num_rows": "2"`` would otherwise pass and fail
     later (a string iterates as characters) or crash with a TypeError far from the file."""
     problems = []
-    for key in ("name", "source", "fingerprint", "teacher_fingerprint"):
+    for key in ("name", "source", "fingerprint", "teacher_fingerprint", "head"):
         if not isinstance(getattr(m, key), str):
             problems.append(f"'{key}' must be a string, got {getattr(m, key)!r}")
     for key in ("num_rows", "teacher_dim", "schema_version"):
         if not _is_count(getattr(m, key)):
             problems.append(f"'{key}' must be an integer >= 0, got {getattr(m, key)!r}")
-    for key in ("classnames", "templates"):
+    for key in ("classnames", "templates", "head_classnames", "head_templates", "shared_names"):
         value = getattr(m, key)
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             problems.append(f"'{key}' must be a list of strings, got {value!r:.80}")
-    if isinstance(m.templates, list):
-        bad = [t for t in m.templates if isinstance(t, str) and "{}" not in t]
+    for key in ("templates", "head_templates"):
+        value = getattr(m, key)
+        if not isinstance(value, list):
+            continue
+        bad = [t for t in value if isinstance(t, str) and check_template(t) is not None]
         if bad:
-            problems.append(f"'templates' must each hold '{{}}' (where the class name goes), got {bad[:3]}")
+            problems.append(
+                f"'{key}' must each hold one '{{}}' or '{{c}}' (where the class name goes), got {bad[:3]}"
+            )
     if not isinstance(m.skipped, dict) or not all(_is_count(v) for v in m.skipped.values()):
         problems.append(f"'skipped' must map reasons to counts, got {m.skipped!r:.80}")
+    if not _is_count(m.eval_border):
+        problems.append(f"'eval_border' must be an integer >= 0, got {m.eval_border!r}")
+    if not isinstance(m.protocol, dict) or not all(isinstance(v, str) for v in m.protocol.values()):
+        problems.append(f"'protocol' must map names to strings, got {m.protocol!r:.80}")
+    problems += _head_problems(m)
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
-    check_classnames(m.classnames, path)
+    shared = m.shared_names if isinstance(m.shared_names, list) else []
+    check_classnames(m.classnames, path, shared=shared)
+    check_classnames(m.head_classnames, path, shared=shared)
+
+
+def _head_problems(m: Manifest) -> list[str]:
+    """A head mapping must give every label a non-empty group of valid classifier classes."""
+    groups = m.head_groups
+    if not groups:
+        return []
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and all(_is_count(c) for c in g) for g in groups
+    ):
+        return [f"'head_groups' must be a list of lists of class indices, got {groups!r:.80}"]
+    if not m.head_classnames:
+        return ["'head_groups' needs 'head_classnames' (the classes the groups index)"]
+    if len(groups) != len(m.classnames):
+        return [f"'head_groups' has {len(groups)} groups, expected one per class ({len(m.classnames)})"]
+    try:
+        LabelMap.from_lists(groups, len(m.head_classnames))
+    except ValueError as err:
+        return [f"'head_groups': {err}"]
+    return []
 
 
 def check_classnames(
-    names: Sequence[str], where: str | os.PathLike[str], sources: Sequence[str] | None = None
+    names: Sequence[str],
+    where: str | os.PathLike[str],
+    sources: Sequence[str] | None = None,
+    shared: Collection[str] = (),
 ) -> None:
     """Refuse two class names that are equal after case-folding and stripping surrounding whitespace.
 
@@ -129,12 +194,13 @@ def check_classnames(
     and even a cased one sees one concept under two labels, so accuracy on them is a coin toss no training fixes.
     Every place class names enter a dataset calls this: the converters and the manifest check (an existing
     ``dataset.json`` is refused before Ray starts). ``sources[i]`` says where name i came from (a folder, a line);
-    by default its label.
+    by default its label. Names in ``shared`` may repeat (a published list kept as it is, :attr:`Manifest.shared_names`).
     """
+    allowed = {n.strip().casefold() for n in shared}
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         folded = name.strip().casefold()
-        if folded in seen:
+        if folded in seen and folded not in allowed:
             j = seen[folded]
             a, b = (sources[j], sources[i]) if sources is not None else (f"label {j}", f"label {i}")
             raise DataError(

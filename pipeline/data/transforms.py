@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from dive.templates import render
 from pipeline.data.format import (
     BAD_LABEL,
     LABELLED,
@@ -172,7 +173,7 @@ class PromptTable:
     def __init__(self, tokenizer: Any, classnames: list[str], templates: list[str]) -> None:
         if not templates:
             raise ValueError("the ID dataset manifest lists no prompt templates")
-        prompts = [t.format(c) for c in classnames for t in templates]
+        prompts = [render(t, c) for c in classnames for t in templates]
         tokens = tokenizer(prompts)
         self.tokens = tokens.view(len(classnames), len(templates), -1)
         self.num_templates = len(templates)

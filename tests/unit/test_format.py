@@ -179,7 +179,7 @@ CAPTIONED_MANIFEST = Manifest("ds", CAPTIONED, num_rows=2)
             labelled_table(),
             Manifest("ds", LABELLED, num_rows=2, classnames=["cat", "dog"], templates=["a photo"]),
             None,
-            r"'templates' must each hold '\{\}'.*'a photo'",
+            r"'templates' must each hold one '\{\}' or '\{c\}'.*'a photo'",
         ),
         (
             pa.table(
