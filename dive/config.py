@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from omegaconf.nodes import EnumNode
 
 from dive.redact import mask_text, mask_tree, masked_keys
+from dive.templates import SET_NAMES as TEMPLATE_SETS
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,12 @@ class DataSettings:
     # and rank (the stream holds each image with a margin). Reference images are never augmented, so that
     # teacher embeddings of the reference set can be cached.
     augment: bool = True
+    # The random-resized crop of augmented ID images: the area share and aspect-ratio ranges, and the mirror.
+    # The defaults are this project's; FLYP (the paper's recipe) trains with open_clip's transform: crop_scale
+    # [0.9, 1.0], no flip. A stream keeps each image with the margin the smallest crop needs (1/sqrt(scale)).
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: bool = True
     # Images with more pixels than this are skipped and counted (decompression-bomb guard).
     max_image_pixels: int = MAX_IMAGE_PIXELS
     # If set, the built-in demo data and demo teacher are generated into this folder when missing.
@@ -187,6 +194,10 @@ class EvalSettings:
     id: str = ""
     ood: dict[str, str] = field(default_factory=dict)
     zs: dict[str, str] = field(default_factory=dict)
+    # Suite name ("id" or an ood / zs name) → a named template set that replaces the set's own prompts:
+    # openai_imagenet (CLIP's 80), simple (its 7), default, or clip:<dataset> (CLIP's per-dataset prompts, as
+    # CLIP_benchmark ships them). Sets scored on ImageNet's head (R, A, ObjectNet) take it for that head.
+    templates: dict[str, str] = field(default_factory=dict)
     # RSA on a fixed sample of captioned pairs (docs/method.md §5). "" uses data.reference.
     rsa_set: str = ""
     rsa_samples: int = 1000
@@ -368,7 +379,12 @@ def load_config(
         except OmegaConfBaseException as err:
             raise explain_error(err, f"override '{item}'") from None
         cfg = _merge(cfg, dot, f"override '{item}'")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:  # an interpolation that cannot resolve, e.g. an unset ${oc.env:X}
+        where = f"{path}: " if path is not None else ""
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{where}key '{key}': {str(err).splitlines()[0]}") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -520,6 +536,19 @@ def _check_optim(cfg: Config, need: _Need) -> None:
         "MB >= 0 (0: always stream)",
         data.keep_in_memory_mb,
     )
+    scale, ratio = data.crop_scale, data.crop_ratio
+    need(
+        len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+        "data.crop_scale",
+        "[low, high] with 0 < low <= high <= 1 (area shares)",
+        scale,
+    )
+    need(
+        len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
+        "data.crop_ratio",
+        "[low, high] with 0 < low <= high (width / height)",
+        ratio,
+    )
     bad_targets = sorted(set(data.column_map.values()) - {"image", "label", "caption", "key"})
     need(not bad_targets, "data.column_map", "targets among image, label, caption, key", bad_targets)
 
@@ -548,6 +577,16 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
     need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
     need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
+    suites = {"id", *ev.ood, *ev.zs}
+    for name, value in ev.templates.items():
+        need(name in suites, f"eval.templates.{name}", f"a suite name among {sorted(suites)}", name)
+        known = value.startswith("clip:") or value in TEMPLATE_SETS
+        need(
+            known,
+            f"eval.templates.{name}",
+            f"a template set: {', '.join(sorted(TEMPLATE_SETS))} or clip:<dataset>",
+            value,
+        )
     if val.objective is ValObjective.id_zs and check_paths:
         need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
 

@@ -23,8 +23,8 @@ class LabelMap:
     """``groups[i]``: the classifier classes (indices into ``num_classes``) whose max logit is label i's score.
 
     One index per label is a subset (ImageNet-R / -A); several are many-to-one (ObjectNet). A classifier class
-    may belong to no group (it is never predicted) but to at most one: a class in two groups would give two
-    labels the same score.
+    may belong to no group (it is never predicted) or to several (a many-to-one map published that way: each
+    group still takes its own max, as FLYP's and WiSE-FT's projection does).
     """
 
     groups: tuple[tuple[int, ...], ...]
@@ -33,16 +33,12 @@ class LabelMap:
     def __post_init__(self) -> None:
         if not self.groups:
             raise ValueError("a label map needs at least one label")
-        seen: dict[int, int] = {}
         for label, group in enumerate(self.groups):
             if not group:
                 raise ValueError(f"label {label} maps to no classifier class")
             for c in group:
                 if not 0 <= c < self.num_classes:
                     raise ValueError(f"label {label} maps to class {c}, outside [0, {self.num_classes})")
-                if c in seen:
-                    raise ValueError(f"classifier class {c} is in the groups of labels {seen[c]} and {label}")
-                seen[c] = label
 
     @classmethod
     def from_lists(cls, groups: Sequence[Sequence[int]], num_classes: int) -> LabelMap:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from open_clip import zero_shot_metadata
-
 POSITIONAL, NAMED = "{}", "{c}"
 
 # A small prompt ensemble for datasets without curated templates (CLIP's "simple" ImageNet subset style).
@@ -58,8 +56,14 @@ def _from_callables(fns: Sequence[Callable[[str], str]]) -> tuple[str, ...]:
     return tuple(fn(POSITIONAL) for fn in fns)
 
 
+SET_NAMES = ("openai_imagenet", "simple", "default")
+
+
 def named_sets() -> dict[str, tuple[str, ...]]:
-    """Template sets known without any dataset: name → prompts (``{}`` spelling)."""
+    """Template sets known without any dataset: name → prompts (``{}`` spelling). open_clip is imported here,
+    not at module import: configs name these sets and are checked before anything heavy is loaded."""
+    from open_clip import zero_shot_metadata
+
     return {
         "openai_imagenet": _from_callables(zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
         "simple": _from_callables(zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES),
@@ -69,7 +73,6 @@ def named_sets() -> dict[str, tuple[str, ...]]:
 
 def named(name: str) -> list[str]:
     """One named set; an unknown name is a ``KeyError`` that lists the known ones."""
-    sets = named_sets()
-    if name not in sets:
-        raise KeyError(f"unknown template set {name!r}; known sets: {', '.join(sorted(sets))}")
-    return list(sets[name])
+    if name not in SET_NAMES:
+        raise KeyError(f"unknown template set {name!r}; known sets: {', '.join(sorted(SET_NAMES))}")
+    return list(named_sets()[name])

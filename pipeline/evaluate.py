@@ -28,6 +28,7 @@ import torch
 from dive import zeroshot
 from dive.config import Config, ModelSettings, load_config
 from dive.export import LinearHead, load_linear_head
+from dive.heads import LabelMap, project_logits
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import LOCAL_DIR, ModelBundle, build_model
 from pipeline.data.format import (
@@ -42,6 +43,7 @@ from pipeline.data.format import (
 )
 from pipeline.data.streams import open_dataset
 from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
+from pipeline.suites.names import template_set
 
 
 @dataclass
@@ -68,6 +70,7 @@ class _Scorer:
         heads: dict[str, list[np.ndarray]],
         threads: int,
         bundles: Mapping[str, ModelBundle] | None = None,
+        label_maps: Sequence[LabelMap | None] = (),
     ) -> None:
         if bundles is None:  # an actor: its own process, its own thread budget
             torch.set_num_threads(threads)
@@ -77,6 +80,8 @@ class _Scorer:
             b.model.eval()
         # Copies: arrays from the object store are read-only, which torch.from_numpy warns about in every actor.
         self.heads = {name: [torch.tensor(h) for h in hs] for name, hs in heads.items()}
+        # Per suite: how its labels map onto its head's classes (None: one head class per label).
+        self.label_maps = list(label_maps) or [None] * len(next(iter(heads.values()), []))
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,7 +100,7 @@ class _Scorer:
                 logits = feats[rows] @ head[:, : feats.shape[1]].T
                 if head.shape[1] > feats.shape[1]:  # a trained linear head: its last column is the bias
                     logits = logits + head[:, -1]
-                pred = logits.argmax(dim=-1)
+                pred = project_logits(logits, self.label_maps[s]).argmax(dim=-1)
                 correct[rows] = pred == labels[rows]
             out[f"correct_{name}"] = correct.numpy()
         return out
@@ -125,27 +130,41 @@ def _suite_batches(suites: Sequence[Suite], cfg: Config) -> Iterator[dict[str, n
 
 
 def _heads(
-    bundle: ModelBundle, manifests: Sequence[Manifest], linear: LinearHead | None = None
+    bundle: ModelBundle,
+    manifests: Sequence[Manifest],
+    linear: LinearHead | None = None,
+    templates: Sequence[Sequence[str] | None] = (),
 ) -> list[np.ndarray]:
     """One head per suite; suites with the same classes and templates (one task in several styles) share it.
 
-    A model exported with a trained linear head (FT / LP-FT) is scored with that head on suites of exactly its
-    classes (ID and OOD), as the paper scores FT; other suites (zero-shot) get text heads.
+    A suite scored against another classifier (ImageNet-R / -A / ObjectNet: ``Manifest.head_classnames``) gets
+    that classifier's head, so ImageNet's 1,000-class head is built once for ImageNet and all its shifts and
+    each suite's logits are projected onto its labels (:func:`dive.heads.project_logits`). A model exported with
+    a trained linear head (FT / LP-FT) is scored with that head on suites whose scoring classes are exactly its
+    classes (ID, OOD, and the projected shifts), as the paper scores FT; other suites (zero-shot) get text heads.
+    ``templates[i]``: the config's template set for suite i (``eval.templates``), replacing the manifest's.
     """
     built: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
     heads = []
-    for manifest in manifests:
-        if linear is not None and list(manifest.classnames) == linear.classnames:
+    for i, manifest in enumerate(manifests):
+        names, own_templates = manifest.scoring_classes()
+        if linear is not None and list(names) == linear.classnames:
             heads.append(linear.augmented().numpy())
             continue
-        templates = manifest.templates or list(zeroshot.DEFAULT_TEMPLATES)
-        key = (tuple(manifest.classnames), tuple(templates))
+        chosen = templates[i] if i < len(templates) and templates[i] else own_templates
+        chosen = list(chosen or zeroshot.DEFAULT_TEMPLATES)
+        key = (tuple(names), tuple(chosen))
         if key not in built:
-            built[key] = zeroshot.build_head(
-                bundle.model, bundle.tokenizer, manifest.classnames, templates
-            ).numpy()
+            built[key] = zeroshot.build_head(bundle.model, bundle.tokenizer, names, chosen).numpy()
         heads.append(built[key])
     return heads
+
+
+def suite_templates(cfg: Config, suites: Sequence[Suite]) -> list[list[str] | None]:
+    """Per suite, the template set ``eval.templates`` names for it (None: the manifest's own templates)."""
+    return [
+        template_set(cfg.eval.templates[s.name]) if s.name in cfg.eval.templates else None for s in suites
+    ]
 
 
 def _linear_head(model: ModelSettings) -> LinearHead | None:
@@ -175,7 +194,11 @@ def evaluate_accuracy(
     suite_manifests = [
         read.get(suite.folder) or check_dataset(suite.folder, LABELLED, column_map) for suite in suites
     ]
-    heads = {name: _heads(b, suite_manifests, _linear_head(models[name])) for name, b in bundles.items()}
+    chosen = suite_templates(cfg, suites)
+    heads = {
+        name: _heads(b, suite_manifests, _linear_head(models[name]), chosen) for name, b in bundles.items()
+    }
+    label_maps = [m.label_map() for m in suite_manifests]
     num_classes = max(m.num_classes for m in suite_manifests)
     prep = dict(
         kind=LABELLED,
@@ -184,9 +207,10 @@ def evaluate_accuracy(
         max_pixels=cfg.data.max_image_pixels,
         num_classes=num_classes,
         passthrough=("set",),
+        borders=tuple(m.eval_border for m in suite_manifests),
     )
     if sum(m.num_rows for m in suite_manifests) <= cfg.eval.in_process_rows:
-        scorer = _Scorer({}, heads, threads, bundles=bundles)
+        scorer = _Scorer({}, heads, threads, bundles=bundles, label_maps=label_maps)
         scored: Iterable[dict[str, np.ndarray]] = (
             scorer(preprocess_batch(batch, **prep)) for batch in _suite_batches(suites, cfg)
         )
@@ -206,6 +230,7 @@ def evaluate_accuracy(
                 "models": {n: asdict(m) for n, m in models.items()},
                 "heads": heads,
                 "threads": threads,
+                "label_maps": label_maps,
             },
             batch_size=cfg.eval.batch_size,
             batch_format="numpy",

@@ -360,13 +360,19 @@ def _streams(plan: Plan, mlrun: Any) -> tuple[dict[str, Any], Any]:
         column_map=cfg.data.column_map,
         counter=counter,
     )
+    min_scale = cfg.data.crop_scale[0]
     id_ds, _ = read_stream(
-        cfg.data.id_train, LABELLED, augment=cfg.data.augment, manifest=id_manifest, **common
+        cfg.data.id_train,
+        LABELLED,
+        augment=cfg.data.augment,
+        manifest=id_manifest,
+        min_scale=min_scale,
+        **common,
     )
     datasets: dict[str, Any] = {}
     kept: list[str] = []  # the streams each worker reads once and keeps
     datasets["id"], keep = _materialized(
-        cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment)
+        cfg, id_ds, id_manifest.num_rows, stream_size(common["size"], cfg.data.augment, min_scale)
     )
     kept += ["id"] if keep else []
     # Only a method with a reference term reads the stream (FLYP, FT and LP-FT would decode it for nothing).

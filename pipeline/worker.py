@@ -293,7 +293,14 @@ def _device_batch(loop: _Loop, id_batch: dict[str, torch.Tensor], index: int) ->
     batch["id_text"] = loop.prompts.sample(id_batch["label"], loop.rng).to(device)
     images = id_batch["image"].to(device)
     if cfg.data.augment:
-        images = random_resized_crop(images, loop.bundle.preprocess_cfg["size"][0], loop.rng)
+        images = random_resized_crop(
+            images,
+            loop.bundle.preprocess_cfg["size"][0],
+            loop.rng,
+            scale=cfg.data.crop_scale,
+            ratio=cfg.data.crop_ratio,
+            flip=cfg.data.hflip,
+        )
     batch["id_image"] = normalize_images(images, mean, std)
     if loop.ref_batches is not None:
         ref = next(loop.ref_batches)

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split-file", type=Path, help="CoOp's split_zhou_<Name>.json (default: found in SRC)")
     p.add_argument("--mappings", type=Path, help="ObjectNet's mappings/ folder (default: SRC/mappings)")
+    p.add_argument("--holdout", help="write K images per class to this folder instead (a val.id split)")
+    p.add_argument("--holdout-per-class", type=int, default=0, metavar="K", help="images per class held out")
     _common_options(p)
 
     p = sub.add_parser(
@@ -197,7 +199,16 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             split_file=args.split_file,
             mappings=args.mappings,
         )
-        manifest = convert_suite(args.name, args.src, args.out, options, templates=args.templates, **common)
+        manifest = convert_suite(
+            args.name,
+            args.src,
+            args.out,
+            options,
+            templates=args.templates,
+            holdout=args.holdout,
+            holdout_per_class=args.holdout_per_class,
+            **common,
+        )
         out, skipped = args.out, manifest.skipped
     elif args.command == "wds":
         manifest = convert_wds(

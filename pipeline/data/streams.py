@@ -34,7 +34,7 @@ from pipeline.data.format import (
     wds_sources,
     wds_value,
 )
-from pipeline.data.transforms import preprocess_batch
+from pipeline.data.transforms import CROP_SCALE, preprocess_batch
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
@@ -120,6 +120,7 @@ def read_stream(
     counter: Any = None,
     use_teacher_cache: bool = False,
     manifest: Manifest | None = None,
+    min_scale: float = CROP_SCALE[0],
 ) -> tuple[ray.data.Dataset, Manifest]:
     """A lazily executed Ray Dataset of preprocessed samples, plus the manifest (schema checked first, unless
     the caller passes the ``manifest`` its own :func:`check_dataset` returned)."""
@@ -137,6 +138,7 @@ def read_stream(
             num_classes=manifest.num_classes,
             model_name=model_name,
             counter=counter,
+            min_scale=min_scale,
         ),
     )
     return ds, manifest

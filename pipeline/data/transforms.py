@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,18 @@ def _tokenizer(model_name: str) -> Any:
     return get_tokenizer(model_name)
 
 
-# Random-resized crop of the augmented ID stream: area share and aspect ratio (torchvision's ranges, scale raised).
+# Random-resized crop of the augmented ID stream, by default (data.crop_scale / crop_ratio / hflip): area share and
+# aspect ratio (torchvision's ranges, scale raised).
 CROP_SCALE = (0.6, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def stream_size(size: int, augment: bool) -> int:
-    """The side a stream stores: the model's ``size``, or for an augmented stream a margin (1.29×), so that the
-    worker's square crops (at least ``CROP_SCALE[0]`` of the area) are only shrunk to ``size``; at the most extreme
-    aspect the short side is stretched by at most 15 %. Held in memory, an augmented stream costs 1.67× the pixels."""
-    return math.ceil(size / math.sqrt(CROP_SCALE[0])) if augment else size
+def stream_size(size: int, augment: bool, min_scale: float = CROP_SCALE[0]) -> int:
+    """The side a stream stores: the model's ``size``, or for an augmented stream a margin (1/sqrt(min_scale):
+    1.29× at 0.6, 1.05× at FLYP's 0.9), so that the worker's square crops (at least ``min_scale`` of the area)
+    are only shrunk to ``size``; at the most extreme aspect the short side is stretched by at most 15 %. Held in
+    memory, an augmented stream costs 1/min_scale the pixels."""
+    return math.ceil(size / math.sqrt(min_scale)) if augment else size
 
 
 @functools.lru_cache(maxsize=8)
@@ -52,18 +55,25 @@ def image_transform(side: int) -> T.Compose:
     return T.Compose([T.Resize(side, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(side)])
 
 
-def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (N,3,S,S) → float (N,3,size,size), 0..255: per image a crop of ``CROP_SCALE`` of the area at an
-    aspect in ``CROP_RATIO`` (bicubic, antialiased), mirrored with p = 0.5.
+def random_resized_crop(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: Sequence[float] = CROP_SCALE,
+    ratio: Sequence[float] = CROP_RATIO,
+    flip: bool = True,
+) -> torch.Tensor:
+    """uint8 (N,3,S,S) → float (N,3,size,size), 0..255: per image a crop of ``scale`` of the area at an
+    aspect in ``ratio`` (bicubic, antialiased), mirrored with p = 0.5 when ``flip``.
 
     On the Train worker, with every draw from ``generator`` (seeded by step and rank): torchvision's transform
     in a Ray Data task draws from that process's global RNG, so a resumed run would crop differently."""
     n, _, height, width = images.shape
     u = torch.rand(n, 5, generator=generator).tolist()
-    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     out = []
-    for img, (a, r, y, x, flip) in zip(images, u, strict=True):
-        area = height * width * (CROP_SCALE[0] + a * (CROP_SCALE[1] - CROP_SCALE[0]))
+    for img, (a, r, y, x, mirror) in zip(images, u, strict=True):
+        area = height * width * (scale[0] + a * (scale[1] - scale[0]))
         ratio = math.exp(log_lo + r * (log_hi - log_lo))
         w = min(width, round(math.sqrt(area * ratio)))
         h = min(height, round(math.sqrt(area / ratio)))
@@ -78,7 +88,7 @@ def random_resized_crop(images: torch.Tensor, size: int, generator: torch.Genera
             interpolation=T.InterpolationMode.BICUBIC,
             antialias=True,
         )
-        out.append(TF.horizontal_flip(crop) if flip < 0.5 else crop)
+        out.append(TF.horizontal_flip(crop) if flip and mirror < 0.5 else crop)
     return torch.stack(out).clamp_(0, 255)
 
 
@@ -93,14 +103,17 @@ def preprocess_batch(
     model_name: str = "",
     counter: Any = None,
     passthrough: tuple[str, ...] = (),
+    borders: tuple[int, ...] = (),
+    min_scale: float = CROP_SCALE[0],
 ) -> dict[str, np.ndarray]:
     """Decode and resize one batch of shard rows; drop and count bad samples.
 
     Output: ``image`` uint8 (N,3,size,size); labelled sets add ``label`` int64, captioned sets ``text`` int64
     token ids (N,L) and any cached ``teacher_*`` columns as float32 (N,D); ``passthrough`` columns follow the
-    kept rows unchanged.
+    kept rows unchanged. ``borders[s]``: pixels cropped off each side of an image of evaluation set ``s`` (the
+    batch's ``set`` column) before the resize, where a set's protocol has one (ObjectNet: 2).
     """
-    side = stream_size(size, augment)
+    side = stream_size(size, augment, min_scale)
     transform = image_transform(side)
     images: list[np.ndarray] = []
     keep: list[int] = []
@@ -120,6 +133,8 @@ def preprocess_batch(
         if reason is not None:
             skipped[reason] += 1
             continue
+        if borders and (border := borders[int(batch["set"][i])]):
+            img = crop_border(img, border)
         images.append(np.asarray(transform(img), dtype=np.uint8).transpose(2, 0, 1))
         keep.append(i)
     if skipped and counter is not None:
@@ -143,6 +158,15 @@ def preprocess_batch(
                 vectors = np.stack([np.asarray(v, np.float32) for v in batch[col]])
                 out[col] = vectors[idx]
     return out
+
+
+def crop_border(img: Image.Image, border: int) -> Image.Image:
+    """``border`` pixels off each side (FLYP / WiSE-FT crop ObjectNet's 2-pixel frame before the eval transform);
+    an image too small to crop is kept whole."""
+    width, height = img.size
+    if width <= 2 * border or height <= 2 * border:
+        return img
+    return img.crop((border, border, width - border, height - border))
 
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
@@ -38,6 +41,8 @@ def convert_suite(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     workers: int = 0,
+    holdout: PathLike | None = None,
+    holdout_per_class: int = 0,
 ) -> Manifest:
     """Read ``src`` with recipe ``name`` and write its labelled set to ``out``; images keep their original bytes.
 
@@ -45,6 +50,11 @@ def convert_suite(
     scored against another classifier, the head mapping. Labels with no image at all are listed on stderr and
     counted in ``protocol['classes_without_images']`` (a miniature or partial copy); a recipe refuses a class
     folder or split entry that exists but holds no image.
+
+    ``holdout`` + ``holdout_per_class`` = k: k images of every class go to a second set in ``holdout`` instead
+    (``val.id`` for selection and sweeps: the paper's ImageNet has no validation split apart from its test
+    set). They are the k with the smallest SHA-1 of their key, so the split is the same on every machine and
+    run. Returns the main set's manifest.
     """
     recipe = get(name)
     opts = options or Options()
@@ -59,6 +69,9 @@ def convert_suite(
             f"{root}: no such file or folder (expected {name} in one of: {', '.join(recipe.layouts)})"
         )
     out_path = check_out(out, overwrite)
+    if (holdout is None) != (holdout_per_class <= 0):
+        raise DataError("--holdout DIR and --holdout-per-class K (>= 1) go together")
+    holdout_path = check_out(holdout, overwrite) if holdout is not None else None
     source = recipe.read(root, Options(**{**vars(opts), "split": split}))
     chosen, template_source = (
         resolve_templates(templates) if templates else (source.templates, source.template_set)
@@ -77,6 +90,7 @@ def convert_suite(
     head_templates = source.head_templates
     if templates and source.head:
         head_templates = chosen
+    records, held = split_holdout(source.records, holdout_per_class)
     manifest = Manifest(
         name=out_path.name,
         kind=LABELLED,
@@ -98,6 +112,28 @@ def convert_suite(
             **({"classes_without_images": str(len(empty))} if empty else {}),
         },
     )
-    return convert_records(
-        source.records, out_path, manifest, f"suite {name}", max_pixels, rows_per_shard, overwrite, workers
-    )
+    args = (max_pixels, rows_per_shard, overwrite, workers)
+    if holdout_path is not None:
+        kept = replace(
+            manifest,
+            name=holdout_path.name,
+            protocol={**manifest.protocol, "holdout": f"{holdout_per_class} per class, smallest sha1(key)"},
+        )
+        convert_records(held, holdout_path, kept, f"suite {name} (held out)", *args)
+        manifest.protocol["held_out_to"] = str(holdout_path.resolve())
+    return convert_records(records, out_path, manifest, f"suite {name}", *args)
+
+
+def split_holdout(
+    records: list[dict[str, Any]], per_class: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, held out): per label the ``per_class`` records with the smallest SHA-1 of their key held out."""
+    if per_class <= 0:
+        return records, []
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for i, rec in enumerate(records):
+        by_label.setdefault(rec["label"], []).append((hashlib.sha1(rec["key"].encode()).hexdigest(), i))
+    held = {i for entries in by_label.values() for _, i in sorted(entries)[:per_class]}
+    return [r for i, r in enumerate(records) if i not in held], [
+        r for i, r in enumerate(records) if i in held
+    ]

@@ -19,16 +19,16 @@ from dive.config import Config, to_dict, to_yaml
 from dive.redact import mask_text
 from pipeline.console import Console, start_ray
 from pipeline.sweep.report import SweepResult, pruned, summarize
-from pipeline.sweep.spec import SchedulerKind, SearchAlgorithm, SweepSpec, trial_config
+from pipeline.sweep.spec import SchedulerKind, SearchAlgorithm, SweepSpec, trial_config, trial_count
 
 
 def to_tune_space(dists: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     from ray import tune
 
     make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    lists = {"choice": tune.choice, "grid": tune.grid_search}
     return {
-        key: tune.choice(args) if kind == "choice" else make[kind](*args)
-        for key, (kind, args) in dists.items()
+        key: lists[kind](args) if kind in lists else make[kind](*args) for key, (kind, args) in dists.items()
     }
 
 
@@ -127,7 +127,7 @@ def _open_parent(
 def _new_tuner(
     spec: SweepSpec, base: Config, dists: dict[str, tuple[str, list[Any]]], trainable: Any, sweep_dir: Path
 ) -> Any:
-    """A fresh Tuner: Optuna (or random) search limited to ``max_concurrent``, ASHA on epochs (or FIFO)."""
+    """A fresh Tuner: Optuna (or random, or grid) search limited to ``max_concurrent``, ASHA on epochs (or FIFO)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -178,7 +178,7 @@ def _interrupted(grid: Any, spec: SweepSpec, sweep_dir: Path) -> bool:
         and "eval/id_acc" not in (r.metrics or {})
         and (r.metrics or {}).get("trial_id") not in stopped
     ]
-    return len(grid) < spec.search.num_samples or bool(cut_short)
+    return len(grid) < trial_count(spec) or bool(cut_short)
 
 
 def sweep(

@@ -32,7 +32,7 @@ from dive.config import (
     validate,
 )
 
-DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 VAL_METRICS = {
     "val/objective": "",
     "val/id_acc": "val.id",
@@ -53,6 +53,7 @@ class SearchAlgorithm(str, enum.Enum):
 
     optuna = "optuna"  # Optuna's TPE
     random = "random"  # Ray Tune's random search
+    grid = "grid"  # every combination of the {grid: [...]} keys, search.num_samples times each (the paper's λ grid)
 
 
 class SchedulerKind(str, enum.Enum):
@@ -96,6 +97,7 @@ class SweepSpec:
     scheduler: Scheduler = field(default_factory=Scheduler)
     # a.b → {uniform|loguniform|randint: [low, high]} or {choice: [v1, v2, …]}, of the key's type: an int key
     # takes randint (high exclusive) or a choice of ints; a float key any of them (randint's ints are floats).
+    # {grid: [v1, v2, …]} tries every value (search.algorithm grid: every key a grid).
     space: dict[str, Any] = field(default_factory=dict)
     # a.b → c.d: key a.b takes the value sampled for the space key c.d (the paper's one shared λ:
     # loss.lambda_pvl: loss.lambda_avl).
@@ -133,9 +135,9 @@ def _distribution(path: str, key: str, spec: Any) -> tuple[str, list[Any]]:
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
         raise ConfigError(f"{where}: expected one of {{{' | '.join(DISTRIBUTIONS)}: …}}, got {spec!r}")
     kind, args = next(iter(spec.items()))
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:
-            raise ConfigError(f"{where}: choice needs a non-empty list of values, got {args!r}")
+            raise ConfigError(f"{where}: {kind} needs a non-empty list of values, got {args!r}")
         return kind, args
     if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, int | float) for a in args)):
         raise ConfigError(f"{where}: {kind} needs [low, high] numbers, got {args!r}")
@@ -215,7 +217,7 @@ def _type_problem(key: str, kind: str, args: list[Any]) -> tuple[str, str] | Non
         return None
     base = kinds[0]
     what = f"{key} is {_type_name(base)}" + (" (or null)" if nullable else "")
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         for value in args:
             if not (_holds(base, value) or (nullable and value is None)):
                 unquote = isinstance(value, str) and base in (int, float)
@@ -261,6 +263,12 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
     if not spec.space:
         raise ConfigError(f"{path}: key 'space': expected at least one dotted config key to search")
     dists = {key: _distribution(path, key, value) for key, value in spec.space.items()}
+    grids = [key for key, (kind, _) in dists.items() if kind == "grid"]
+    if (spec.search.algorithm is SearchAlgorithm.grid) != (len(grids) == len(dists)):
+        raise ConfigError(
+            f"{path}: search.algorithm grid goes with {{grid: [...]}} on every space key (got algorithm "
+            f"{spec.search.algorithm.value}, grid keys {grids or 'none'} of {list(dists)})"
+        )
     for target, source in spec.tie.items():
         if source not in dists or target in dists:
             raise ConfigError(
@@ -287,6 +295,15 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
                 detail = str(err).replace("invalid config:\n  ", "").replace("\n  ", "; ")
                 raise ConfigError(f"{path}: space key '{key}' = {value!r}: {detail}") from None
     return dists
+
+
+def trial_count(spec: SweepSpec) -> int:
+    """Trials a complete sweep runs: num_samples, times every grid combination for a grid search."""
+    count = spec.search.num_samples
+    for value in spec.space.values():
+        if isinstance(value, dict) and "grid" in value:
+            count *= len(value["grid"])
+    return count
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], tie: dict[str, str] | None = None) -> Config:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from dive.config import Config, ConfigError, apply_overrides, load_config, to_dict, to_yaml
 from pipeline import tune
-from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config
+from pipeline.sweep.spec import check_spec, load_spec, override, sweep_name, trial_config, trial_count
 from tests.helpers import mlflow_server, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +50,34 @@ def _base(**val) -> Config:
 def test_shipped_spaces_open_with_their_launch_command_and_check(space):
     text = space.read_text()
     assert text.startswith("#") and "python pipeline/tune.py --space tune_configs/" + space.name in text
-    dists = check_spec(load_spec(space), _base(ref="/v/ref"), str(space))
-    assert {"loss.lambda_avl", "loss.lambda_pvl"} <= set(dists)
-    assert dists["loss.lambda_avl"][0] == "loguniform"
+    spec = load_spec(space)
+    dists = check_spec(spec, _base(ref="/v/ref"), str(space))
+    assert "loss.lambda_avl" in dists
+    assert "loss.lambda_pvl" in dists or spec.tie == {"loss.lambda_pvl": "loss.lambda_avl"}
+    assert dists["loss.lambda_avl"][0] in ("loguniform", "grid")
+
+
+def test_the_papers_lambda_grid_runs_each_tied_value_once():
+    from pipeline.sweep.search import to_tune_space
+
+    path = REPO / "tune_configs" / "paper_lambda.yaml"
+    spec = load_spec(path)
+    dists = check_spec(spec, _base(ref="/v/ref"), str(path))
+    assert dists == {"loss.lambda_avl": ("grid", [100.0, 500.0, 1000.0, 2500.0, 5000.0])}
+    assert trial_count(spec) == 5
+    assert to_tune_space(dists) == {
+        "loss.lambda_avl": {"grid_search": [100.0, 500.0, 1000.0, 2500.0, 5000.0]}
+    }
+    config = trial_config(to_dict(_base()), {"loss.lambda_avl": 2500.0}, spec.tie)
+    assert (config.loss.lambda_avl, config.loss.lambda_pvl) == (2500.0, 2500.0)
+
+
+def test_a_grid_needs_the_grid_algorithm_on_every_key(tmp_path):
+    mixed = {"loss.lambda_avl": {"grid": [1.0, 10.0]}, "optim.lr": {"loguniform": [1e-6, 1e-4]}}
+    for search, space in (("optuna", {"loss.lambda_avl": {"grid": [1.0, 10.0]}}), ("grid", mixed)):
+        path = _space(tmp_path, space=space, search={"algorithm": search, "num_samples": 1})
+        with pytest.raises(ConfigError, match="search.algorithm grid goes with"):
+            check_spec(load_spec(path), _base(), str(path))
 
 
 @pytest.mark.parametrize(

@@ -41,3 +41,21 @@ def test_the_stream_margin_keeps_the_smallest_square_crop_at_least_the_model_siz
         assert (
             side * CROP_SCALE[0] ** 0.5 >= size
         )  # a square crop of the smallest area is shrunk, never enlarged
+
+
+def test_flyps_crop_keys_narrow_the_crop_and_turn_the_mirror_off():
+    """data.crop_scale [0.9, 1] / data.hflip false (FLYP's open_clip transform): nothing mirrored, and every crop
+    keeps at least 90 % of the area, so a ramp's ends stay near its extremes."""
+    ramp = torch.linspace(0, 255, 83).round().to(torch.uint8).expand(3, 83, 83)
+    images = ramp.expand(32, 3, 83, 83).contiguous()
+    out = random_resized_crop(
+        images, 64, torch.Generator().manual_seed(1), scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3), flip=False
+    )
+    left, right = out[..., :8].mean(dim=(1, 2, 3)), out[..., -8:].mean(dim=(1, 2, 3))
+    assert (left < right).all()
+    wide = random_resized_crop(images, 64, torch.Generator().manual_seed(1))
+    narrow_spread = (right - left).min()
+    assert (
+        narrow_spread > (wide[..., -8:].mean(dim=(1, 2, 3)) - wide[..., :8].mean(dim=(1, 2, 3))).abs().min()
+    )
+    assert stream_size(224, augment=True, min_scale=0.9) == 237  # the margin follows the crop's smallest area

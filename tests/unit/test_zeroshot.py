@@ -71,7 +71,7 @@ def test_bad_inputs_name_the_problem(bundle):
         build_head(bundle.model, bundle.tokenizer, [], DEFAULT_TEMPLATES)
     with pytest.raises(ValueError, match="templates is empty"):
         build_head(bundle.model, bundle.tokenizer, CLASSES, [])
-    with pytest.raises(ValueError, match=r"templates\[1\].*placeholder"):
+    with pytest.raises(ValueError, match=r"templates\[1\].*where the class name goes"):
         build_head(bundle.model, bundle.tokenizer, CLASSES, ["a {}", "a photo"])
 
 
