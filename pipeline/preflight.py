@@ -31,6 +31,7 @@ from pipeline.data.format import (
     check_dataset,
     check_teacher_cache,
 )
+from pipeline.suites.names import template_set
 
 TRACKING_TIMEOUT_S = 5.0
 
@@ -105,6 +106,11 @@ def check_datasets(cfg: Config) -> dict[str, Manifest]:
             manifests[folder] = check_dataset(folder, kind, cfg.data.column_map)
         elif manifests[folder].kind != kind:  # one folder in two roles: the second role's kind still counts
             raise DataError(f"{folder}: expected a {kind} dataset, got kind {manifests[folder].kind!r}")
+    for suite, name in cfg.eval.templates.items():  # clip:<dataset> needs CLIP_benchmark's file, and the name
+        try:
+            template_set(name)
+        except DataError as err:
+            raise DataError(f"eval.templates.{suite}: {err}") from None
     return manifests
 
 

@@ -13,8 +13,6 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
 from dive import templates as named_templates
 from pipeline.data.format import DataError
 
@@ -51,6 +49,8 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 def imagenet_classnames() -> list[str]:
     """CLIP's 1,000 ImageNet class names (open_clip), label i ↔ ``imagenet_wnids()[i]``."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES  # imported here: open_clip takes seconds
+
     return list(IMAGENET_CLASSNAMES)
 
 
