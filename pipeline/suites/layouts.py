@@ -7,7 +7,7 @@ every row's class before it reads an image, and stores the image's original byte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,25 @@ def file_record(root: Path, path: Path, label: int) -> dict[str, Any]:
 
 
 def class_folders(
-    root: Path, folder_labels: Mapping[str, int], what: str, *, allow_unknown: bool = False
+    root: Path,
+    folder_labels: Mapping[str, int],
+    what: str,
+    *,
+    allow_unknown: bool = False,
+    skip: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Records for ``root/<folder>/**/image`` with ``folder_labels[folder]`` as the label.
 
     A subfolder that is not a known class is an error naming it (a wrong root or a wrong dataset), unless
-    ``allow_unknown``; a known class folder with no image is an error too (a failed extraction)."""
+    ``allow_unknown``; a known class folder with no image is an error too (a failed extraction). Folders named in
+    ``skip`` are left out silently (a folder the dataset ships that is not a class: Caltech 101's
+    ``BACKGROUND_Google``)."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (expected {what})")
     records: list[dict[str, Any]] = []
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(
+        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in skip
+    )
     if not folders:
         raise DataError(f"{root}: no class folders (expected {what})")
     for folder in folders:

@@ -84,9 +84,14 @@ def project_data(name: str) -> list[str]:
 
 def template_set(name: str) -> list[str]:
     """A named template set: ``openai_imagenet``, ``simple``, ``default`` (:mod:`dive.templates`) or
-    ``clip:<dataset>``, CLIP's prompts for one dataset as CLIP_benchmark ships them (``{c}`` spelling)."""
+    ``clip:<dataset>``, CLIP's prompts for one dataset as CLIP_benchmark ships them (``{c}`` spelling), or as
+    ``data/<dataset>_templates.txt`` keeps them where CLIP_benchmark has none (``clip:ucf101``)."""
     if name.startswith(CLIP_PREFIX):
-        found = clip_benchmark_templates(name.removeprefix(CLIP_PREFIX))
+        dataset = name.removeprefix(CLIP_PREFIX)
+        own = Path(__file__).with_name("data") / f"{dataset}_templates.txt"
+        if own.is_file():
+            return lines(own)
+        found = clip_benchmark_templates(dataset)
         if not found:
             raise DataError(f"template set {name!r}: CLIP_benchmark has no templates for that dataset")
         return found
