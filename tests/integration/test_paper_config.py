@@ -46,7 +46,11 @@ def _zero_shot_source(name: str, root: Path) -> Path:
     """A CLIP_benchmark wds folder with the recipe's own class list (read from a first conversion of nothing:
     the recipe knows its names), two images of each of the first three classes."""
     names = [f"class {i}" for i in range(3)]
-    return wds_folder(root / f"wds_{name}", names, [(image(7000 + 10 * i + k, "PNG"), i) for i in range(3) for k in range(2)])
+    return wds_folder(
+        root / f"wds_{name}",
+        names,
+        [(image(7000 + 10 * i + k, "PNG"), i) for i in range(3) for k in range(2)],
+    )
 
 
 def build_paper_data(data: Path, src: Path, demo_paths) -> None:
@@ -62,9 +66,14 @@ def build_paper_data(data: Path, src: Path, demo_paths) -> None:
         holdout=data / "imagenet" / "val_holdout",
         holdout_per_class=1,
     )
-    convert_suite("imagenet", kaggle_tree(src / "kaggle"), data / "imagenet" / "val", Options(layout="ilsvrc"))
+    convert_suite(
+        "imagenet", kaggle_tree(src / "kaggle"), data / "imagenet" / "val", Options(layout="ilsvrc")
+    )
     for folder in ("0", "10", "999"):
-        put(src / "v2" / "imagenetv2-matched-frequency-format-val" / folder / "a.jpeg", image(int(folder) + 900))
+        put(
+            src / "v2" / "imagenetv2-matched-frequency-format-val" / folder / "a.jpeg",
+            image(int(folder) + 900),
+        )
     convert_suite("imagenet-v2", src / "v2" / "imagenetv2-matched-frequency-format-val", data / "imagenet-v2")
     for short in ("r", "a"):
         for j, wnid in enumerate(timm_list(f"imagenet_{short}_synsets.txt")[:3]):
@@ -110,7 +119,9 @@ def test_the_paper_config_without_its_data_root_is_one_error_line(monkeypatch, c
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_paper_config_trains_a_few_steps_with_the_tiny_model(ray_session, paper_data, demo, tmp_path, monkeypatch):
+def test_the_paper_config_trains_a_few_steps_with_the_tiny_model(
+    ray_session, paper_data, demo, tmp_path, monkeypatch
+):
     monkeypatch.setenv("DIVE_DATA", str(paper_data))
     cfg = prepare_config(
         str(PAPER),
