@@ -25,26 +25,15 @@ from tests.unit.test_suites_imagenet import (
     timm_list,
     wds_folder,
 )
+from tests.unit.test_suites_zeroshot import NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "pipeline" / "configs" / "paper" / "imagenet_vit_b16.yaml"
-ZERO_SHOT = [
-    "caltech101",
-    "flowers102",
-    "food101",
-    "sun397",
-    "dtd",
-    "fgvc-aircraft",
-    "stanford-cars",
-    "oxford-pets",
-    "eurosat",
-    "ucf101",
-]
 
 
 def _zero_shot_source(name: str, root: Path) -> Path:
-    """A CLIP_benchmark wds folder with the recipe's own class list (read from a first conversion of nothing:
-    the recipe knows its names), two images of each of the first three classes."""
+    """A CLIP_benchmark wds folder (it carries its own class names: three here), two images a class. The
+    recipes' official and CoOp layouts are covered in tests/unit/test_suites_zeroshot.py."""
     names = [f"class {i}" for i in range(3)]
     return wds_folder(
         root / f"wds_{name}",
@@ -83,7 +72,7 @@ def build_paper_data(data: Path, src: Path, demo_paths) -> None:
         put(src / "sketch" / wnid / f"{j}.JPEG", image(1100 + j))
     convert_suite("imagenet-sketch", src / "sketch", data / "imagenet-sketch")
     convert_suite("objectnet", objectnet_tree(src / "objectnet") / "objectnet-1.0", data / "objectnet")
-    for name in ZERO_SHOT:
+    for name in NAMES:
         convert_suite(name, _zero_shot_source(name, src / "zs"), data / "zs" / name, Options(layout="wds"))
     (data / "cc3m").mkdir()
     (data / "cc3m" / "train").symlink_to(demo_paths.reference)
@@ -100,7 +89,7 @@ def paper_data(tmp_path_factory, demo):
 def test_every_set_the_paper_config_names_has_a_recipe():
     names = set(recipes())
     assert {"imagenet", "imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch", "objectnet"} <= names
-    assert set(ZERO_SHOT) <= names
+    assert set(NAMES) <= names
 
 
 def test_the_paper_config_validates_on_the_miniatures(paper_data, monkeypatch, capsys):
