@@ -152,12 +152,6 @@ def read_clip_benchmark_wds(root: Path, split: str) -> WdsFolder:
     return WdsFolder(records, classnames, templates)
 
 
-def tar_member_bytes(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
-
-
 # --------------------------------------------------------------------------------------------------- CoOp
 def read_coop_split(
     split_file: Path, image_root: Path, split: str, rename: Callable[[str], str] = str
