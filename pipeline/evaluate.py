@@ -31,6 +31,7 @@ from dive.export import LinearHead, load_linear_head
 from dive.heads import LabelMap, project_logits
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
 from dive.models import LOCAL_DIR, ModelBundle, build_model
+from pipeline.convert.suites.names import template_set
 from pipeline.data.format import (
     CAPTIONED,
     LABELLED,
@@ -43,7 +44,6 @@ from pipeline.data.format import (
 )
 from pipeline.data.streams import open_dataset
 from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
-from pipeline.suites.names import template_set
 
 
 @dataclass

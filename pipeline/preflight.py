@@ -23,6 +23,7 @@ from dive.config import USES_REFERENCE, Config, ConfigError, ref_batch, validate
 from dive.redact import mask_text
 from pipeline.checkpoint import Found
 from pipeline.console import error_line
+from pipeline.convert.suites.names import template_set
 from pipeline.data.format import (
     CAPTIONED,
     LABELLED,
@@ -31,7 +32,6 @@ from pipeline.data.format import (
     check_dataset,
     check_teacher_cache,
 )
-from pipeline.suites.names import template_set
 
 TRACKING_TIMEOUT_S = 5.0
 

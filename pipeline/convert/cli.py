@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recipe_list() -> str:
-    from pipeline.suites.registry import recipes
+    from pipeline.convert.suites.registry import recipes
 
     rows = [
         f"{r.name:<16} {r.summary}\n{'':<16}   splits: {', '.join(r.splits)}; layouts: {', '.join(r.layouts)}"
@@ -189,8 +189,8 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
         )
         out, skipped = args.out, manifest.skipped
     elif args.command == "suite":
-        from pipeline.suites.convert import convert_suite
-        from pipeline.suites.registry import Options
+        from pipeline.convert.suites.convert import convert_suite
+        from pipeline.convert.suites.registry import Options
 
         options = Options(
             split=args.split,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.convert.suites.convert import convert_suite
+from pipeline.convert.suites.registry import Options, recipes
 from pipeline.data.format import read_manifest
-from pipeline.suites.convert import convert_suite
-from pipeline.suites.registry import Options, recipes
 from pipeline.train import main, prepare_config, run
 from tests.unit.test_suites_imagenet import (
     VAL_WNIDS,

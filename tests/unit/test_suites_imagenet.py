@@ -1,7 +1,7 @@
 """The ImageNet recipes (``dive data suite imagenet…``): miniature trees in every layout they read.
 
 Real wnids, a few classes each, tiny images; the expected labels, names and heads are computed here from timm's
-and open_clip's files directly, not through :mod:`pipeline.suites.names`.
+and open_clip's files directly, not through :mod:`pipeline.convert.suites.names`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from PIL import Image
 
 from dive.heads import project_logits
 from pipeline.convert.cli import main as data_main
+from pipeline.convert.suites.convert import convert_suite
+from pipeline.convert.suites.registry import Options
 from pipeline.data.format import DataError, iter_rows, read_manifest
-from pipeline.suites.convert import convert_suite
-from pipeline.suites.registry import Options
 from tests.helpers import write_tar
 
 
@@ -391,7 +391,7 @@ def test_objectnet_projection(tmp_path):
 
 
 def test_every_recipe_is_registered():
-    from pipeline.suites.registry import recipes
+    from pipeline.convert.suites.registry import recipes
 
     found = recipes()
     for name in ("imagenet", "imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch", "objectnet"):

@@ -1,4 +1,4 @@
-"""The ten zero-shot suites (pipeline/suites/zeroshot.py): miniature trees in every layout → labelled sets.
+"""The ten zero-shot suites (pipeline/convert/suites/zeroshot.py): miniature trees in every layout → labelled sets.
 
 Each tree keeps the dataset's real class list (or a real prefix of it where the list is long) with images for a
 few classes only; every image is distinct, and its key (file name) says which class it truly belongs to.
@@ -18,10 +18,10 @@ from PIL import Image
 from scipy.io import savemat
 
 from pipeline.convert.cli import main as convert_main
+from pipeline.convert.suites.convert import convert_suite
+from pipeline.convert.suites.names import clip_benchmark_classnames, project_data, template_set
+from pipeline.convert.suites.registry import Options, recipes
 from pipeline.data.format import DataError, iter_rows, read_manifest
-from pipeline.suites.convert import convert_suite
-from pipeline.suites.names import clip_benchmark_classnames, project_data, template_set
-from pipeline.suites.registry import Options, recipes
 
 NAMES = (
     "caltech101",

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.data.format import DataError
 
 # The modules that register recipes, imported on first lookup (each calls :func:`register` at import).
-_MODULES = ("pipeline.suites.imagenet", "pipeline.suites.zeroshot")
+_MODULES = ("pipeline.convert.suites.imagenet", "pipeline.convert.suites.zeroshot")
 
 
 @dataclass

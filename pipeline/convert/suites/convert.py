@@ -18,9 +18,9 @@ from pipeline.convert.common import (
     convert_records,
     load_templates,
 )
+from pipeline.convert.suites.names import template_set
+from pipeline.convert.suites.registry import Options, get
 from pipeline.data.format import LABELLED, DataError, Manifest, check_classnames
-from pipeline.suites.names import template_set
-from pipeline.suites.registry import Options, get
 
 
 def resolve_templates(value: str) -> tuple[list[str], str]:

@@ -2,7 +2,7 @@
 
 Sources, in order of preference: open_clip (CLIP's ImageNet names and prompts), timm (ImageNet's wnids in label
 order, the ImageNet-R / -A subsets), CLIP_benchmark (CLIP's per-dataset prompts and several class lists; the
-``suites`` extra installs it), then files in ``pipeline/suites/data/`` where no package ships a list — each
+``suites`` extra installs it), then files in ``pipeline/convert/suites/data/`` where no package ships a list — each
 opens with its origin and licence.
 """
 
@@ -78,7 +78,7 @@ def clip_benchmark_templates(dataset: str) -> list[str] | None:
 
 
 def project_data(name: str) -> list[str]:
-    """A list from ``pipeline/suites/data/`` (for sets no installed package names)."""
+    """A list from ``pipeline/convert/suites/data/`` (for sets no installed package names)."""
     return lines(Path(__file__).with_name("data") / name)
 
 

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.convert.common import record
-from pipeline.data.format import DataError
-from pipeline.suites.layouts import (
+from pipeline.convert.suites.layouts import (
     class_folders,
     file_record,
     first_existing,
@@ -43,8 +42,9 @@ from pipeline.suites.layouts import (
     read_clip_benchmark_wds,
     read_coop_split,
 )
-from pipeline.suites.names import clip_benchmark_classnames, project_data, template_set
-from pipeline.suites.registry import Options, Recipe, Source, register
+from pipeline.convert.suites.names import clip_benchmark_classnames, project_data, template_set
+from pipeline.convert.suites.registry import Options, Recipe, Source, register
+from pipeline.data.format import DataError
 
 OFFICIAL, COOP, WDS = "official", "coop", "wds"
 
@@ -522,13 +522,13 @@ def _check_known_names(spec: Spec, names: list[str], split_file: Path) -> list[s
     if len(names) != len(known):
         raise DataError(
             f"{split_file}: {len(names)} classes, expected {spec.title}'s {len(known)} "
-            f"(pipeline/suites/data/{spec.known_names})"
+            f"(pipeline/convert/suites/data/{spec.known_names})"
         )
     for label, (name, expected) in enumerate(zip(names, known, strict=True)):
         if name.casefold() != expected.casefold():
             raise DataError(
                 f"{split_file}: label {label} is named {name!r}, expected {expected!r} "
-                f"({spec.title}'s class order, pipeline/suites/data/{spec.known_names})"
+                f"({spec.title}'s class order, pipeline/convert/suites/data/{spec.known_names})"
             )
     return known
 

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from dive.heads import LabelMap
-from pipeline.data.format import DataError
-from pipeline.suites import names
-from pipeline.suites.layouts import (
+from pipeline.convert.suites import names
+from pipeline.convert.suites.layouts import (
     class_folders,
     file_record,
     is_clip_benchmark_wds,
     is_image,
     read_clip_benchmark_wds,
 )
-from pipeline.suites.registry import Options, Recipe, Source, register
+from pipeline.convert.suites.registry import Options, Recipe, Source, register
+from pipeline.data.format import DataError
 
 TEMPLATE_SET = "openai_imagenet"
 WDS = "wds"
