@@ -61,7 +61,14 @@ KEYS = (
     "data_wait_frac",
     "first_step_s",
     "fixed_cost_s",
+    "first_step_over_bare",
+    "fixed_over_bare",
     "eval_over_bare",
+    "eval_pool_over_bare",
+    "decode_over_baseline",
+    "stream_over_limit",
+    "stream_over_dataloader",
+    "decode_cores_per_gpu",
 )
 
 
@@ -382,6 +389,10 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
             if phase in one["phases"]
         },
     }
+    bare_first = bare_first_step(cfg, threads)
+    out["bare_first_step_s"] = bare_first
+    out["first_step_over_bare"] = one["first_step_s"] / bare_first
+    out["fixed_over_bare"] = out["fixed_cost_s"] / bare_first
     out.update(eval_part(cfg, Path(one["export_dir"]), threads))
     warm = _timed_run(prepare_config(None, overrides))
     out["warm_first_step_s"] = warm["first_step_s"] - bare["step_s"]
@@ -482,6 +493,47 @@ def bare_loop(cfg: Any, steps: int, threads: int) -> dict[str, float]:
     return {"step_s": seconds / steps, "samples_per_s": cfg.optim.global_batch * steps / seconds}
 
 
+_BARE_FIRST_STEP = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch, open_clip  # noqa: F401  (what the bare process pays for, as a run does)
+from benchmarks.perf.run import synthetic_batch
+from dive.config import USES_REFERENCE, from_dict, ref_batch
+from dive.step import build_task, optimizer_step
+cfg = from_dict(json.loads(sys.argv[2]))
+torch.set_num_threads(int(sys.argv[3]))
+state = build_task(cfg.model, cfg.loss, freeze_batchnorm=cfg.model.freeze_batchnorm, lr=cfg.optim.lr,
+                   weight_decay=cfg.optim.weight_decay, warmup=cfg.optim.warmup_steps, total_steps=1)
+state.task.train()
+ref = ref_batch(cfg) if cfg.loss.method in USES_REFERENCE else 0
+batch = synthetic_batch(state.bundle, cfg.optim.global_batch, ref, "live")
+optimizer_step(state.task, [batch], state.optimizer, state.scheduler, 0, grad_clip=cfg.optim.grad_clip)
+print(time.time())
+"""
+
+
+def bare_first_step(cfg: Any, threads: int, rounds: int = 3) -> float:
+    """Seconds a bare process (no Ray, no MLflow, no data pipeline) takes from its start to the end of its first
+    optimiser step: interpreter start, ``import torch, open_clip``, the same model and method built as the run
+    builds them, one step on a batch of the run's size. The median of ``rounds`` fresh processes: the
+    denominator of ``first_step_over_bare`` and ``fixed_over_bare``."""
+    import subprocess
+
+    from dive.config import to_dict
+
+    times = []
+    for _ in range(rounds):
+        t0 = time.time()
+        done = subprocess.run(
+            [sys.executable, "-c", _BARE_FIRST_STEP, str(ROOT), json.dumps(to_dict(cfg)), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        times.append(float(done.stdout.strip().splitlines()[-1]) - t0)
+    return statistics.median(times)
+
+
 def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
     """Evaluation images/s of ``evaluate_accuracy`` vs bare batch inference of the same export on the same sets.
 
@@ -534,6 +586,75 @@ def eval_part(cfg: Any, export: Path, threads: int) -> dict[str, float]:
         "eval_over_bare": bare_s / pipe_s,
         "eval_ray_data_over_bare": bare_s / ray_s,
         "eval_forward_images_per_s": images / forward_s,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- 5. data
+# Images/s one GPU consumes training ViT-B/16 with DiVE and the teacher cache at B' = B (an estimate, stated in
+# benchmarks/perf/README.md: FLYP's per-step cost scaled by DiVE's 1.64x and the floor, at published ViT-B/16
+# training throughput of each card). decode_cores_per_gpu = this over the stream's images/s per core.
+GPU_IMAGES_PER_S = {"A100": 1000.0, "H100": 2700.0}
+
+
+def data_part(quick: bool, threads: int) -> dict[str, float]:
+    """Decode images/s per core on realistic JPEGs (real photos at ImageNet-like size and quality) at 224 px:
+    today's path before the fast one (PIL decode + resize of the PIL image), the pipeline's path
+    (:func:`pipeline.data.transforms.load_pixels`), a PyTorch ``DataLoader`` with PIL + torchvision transforms
+    over the same rows (what open_clip's trainer does), bare libjpeg-turbo decode + resize (the limit), and the
+    Ray Data stream (:func:`pipeline.data.streams.read_stream`) over Parquet shards of the same images with 1 and
+    2 CPUs. Per-core figures use one torch thread; the stream's per-core figure is its 1-CPU rate."""
+    import tempfile
+
+    import ray
+    import torch
+
+    from benchmarks.perf.decode import (
+        baseline_pixels,
+        dataloader_rate,
+        decode_rate,
+        limit_pixels,
+        realistic_jpegs,
+    )
+    from pipeline.data.format import LABELLED, Manifest, ShardWriter
+    from pipeline.data.streams import read_stream
+    from pipeline.data.transforms import load_pixels
+
+    n = 96 if quick else 384
+    images = realistic_jpegs(n)
+    torch.set_num_threads(1)
+    side, limit = 224, 10**8
+    rates = {
+        "baseline": decode_rate(lambda b: baseline_pixels(b, side, limit), images),
+        "pipeline": decode_rate(lambda b: load_pixels(b, side, limit), images),
+        "limit": decode_rate(lambda b: limit_pixels(b, side), images),
+        "dataloader": dataloader_rate(images, side),
+    }
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Manifest("photos", LABELLED, classnames=["photo"])
+        with ShardWriter(tmp, manifest, rows_per_shard=max(n // 8, 1)) as writer:
+            for data in images:
+                writer.add({"image": data, "label": 0})
+        ctx = ray.data.DataContext.get_current()
+        before = ctx.execution_options.resource_limits
+        for cpus in (1, 2):
+            ctx.execution_options.resource_limits = before.copy(cpu=cpus)
+            ds, _ = read_stream(
+                tmp, LABELLED, size=side, augment=False, max_pixels=limit, model_name="dive-tiny"
+            )
+            t = time.perf_counter()
+            rows = sum(len(b["label"]) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
+            rates[f"stream_{cpus}cpu"] = rows / (time.perf_counter() - t)
+        ctx.execution_options.resource_limits = before
+    per_core = rates["stream_1cpu"]
+    return {
+        **{f"decode_{k}_images_per_s": v for k, v in rates.items()},
+        "decode_over_baseline": rates["pipeline"] / rates["baseline"],
+        "stream_over_limit": per_core / rates["limit"],
+        "stream_over_dataloader": per_core / rates["dataloader"],
+        "stream_2cpu_over_1cpu": rates["stream_2cpu"] / per_core,
+        "decode_cores_per_gpu": GPU_IMAGES_PER_S["H100"] / per_core,
+        "decode_cores_per_a100": GPU_IMAGES_PER_S["A100"] / per_core,
     }
 
 
@@ -596,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = step_summary(rows)
     if not args.steps_only and size.pipeline_steps:
         summary.update(pipeline_part(size, name == "quick", args.threads))
+        summary.update(data_part(name == "quick", args.threads))  # after the runs: Ray is up
     summary["seconds"] = time.perf_counter() - t0
     meta = {
         "date": date.today().isoformat(),

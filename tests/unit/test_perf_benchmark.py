@@ -64,3 +64,13 @@ def test_a_configuration_runs_in_its_own_process_and_the_command_writes_results(
     for key in ("dive_cached_over_flyp", "floor", "dive_mem_over_flyp"):
         assert math.isfinite(results[key]) and results[key] > 0
     assert len(results["steps"]) == 7 and results["meta"]["size"] == "test"
+
+
+def test_the_bare_first_step_is_a_fresh_process_building_the_runs_model():
+    """The denominator of first_step_over_bare: a process with no Ray, MLflow or data pipeline that imports the
+    libraries, builds the configured model and method, and finishes one step; it reports when it did."""
+    from dive.config import load_config
+
+    cfg = load_config(overrides=["optim.global_batch=4", "data.ref_batch=4"])
+    seconds = perf.bare_first_step(cfg, threads=1, rounds=1)
+    assert 0 < seconds < 120
