@@ -37,7 +37,6 @@ from pipeline.data.format import (
     LABELLED,
     Manifest,
     check_dataset,
-    decode_image,
     iter_rows,
     shard_files,
     tar_files,
@@ -266,9 +265,11 @@ def reference_embeddings(
     transform = stream_image_transform(bundle)
     images, captions = [], []
     for row in iter_rows(folder, columns=["image", "caption"], column_map=column_map):
-        img, reason = decode_image(row["image"], max_pixels)
-        if reason is None and isinstance(row["caption"], str) and row["caption"].strip():
-            images.append(transform(img))
+        if not isinstance(row["caption"], str) or not row["caption"].strip():
+            continue
+        x, reason = transform(row["image"], max_pixels)
+        if reason is None:
+            images.append(x)
             captions.append(row["caption"])
         if len(images) >= samples:
             break

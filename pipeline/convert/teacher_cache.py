@@ -25,7 +25,6 @@ from pipeline.data.format import (
     Manifest,
     ShardWriter,
     check_dataset,
-    decode_image,
     is_webdataset,
     shard_files,
 )
@@ -50,11 +49,11 @@ def embed_table(
         if caption is None or not str(caption).strip():
             reasons[i] = NO_CAPTION
             continue
-        img, reason = decode_image(data, max_pixels)
+        x, reason = preprocess(data, max_pixels)
         if reason is not None:
             reasons[i] = reason
             continue
-        pixels.append(preprocess(img))
+        pixels.append(x)
         keep.append(i)
     img_emb = np.zeros((len(images), dim), np.float32)
     txt_emb = np.zeros((len(images), dim), np.float32)

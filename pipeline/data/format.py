@@ -495,7 +495,9 @@ def decode_image(data: bytes | None, max_pixels: int) -> tuple[Image.Image | Non
     """Decode encoded bytes to 8-bit RGB, upright, or return the skip reason.
 
     The one decode rule of every reader (converters, streams, evaluation, teacher cache), so all of them see the
-    same pixels. The pixel limit is checked from the header, before any pixel is decoded, so a decompression
+    same pixels; the streams, evaluation and teacher cache call it through
+    :func:`~pipeline.data.transforms.load_pixels`, which decodes 8-bit RGB / grey JPEGs with libjpeg-turbo straight
+    into a tensor under this same rule (header limit first, the orientation Pillow reads). The pixel limit is checked from the header, before any pixel is decoded, so a decompression
     bomb costs nothing; it is width × height, which the EXIF rotation below does not change. The EXIF (or XMP)
     orientation is applied, as a camera's viewer does: a phone photo stored sideways is used the way it was
     taken. A malformed EXIF block does not cost the image: its pixels are used as stored. Modes are mapped to

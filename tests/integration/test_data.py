@@ -105,10 +105,11 @@ def test_prompt_table_samples_one_template_per_image_reproducibly(tiny_bundle):
 
 
 def test_stream_transform_matches_worker_preprocessing(tiny_bundle):
-    img = Image.new("RGB", (48, 40), (10, 120, 240))
-    x = stream_image_transform(tiny_bundle)(img)
+    data = encode_png(Image.new("RGB", (48, 40), (10, 120, 240)))
+    x, reason = stream_image_transform(tiny_bundle)(data, 10**6)
+    assert reason is None
     out = preprocess_batch(
-        {"image": np.array([encode_png(img)], dtype=object), "label": np.array([0])},
+        {"image": np.array([data], dtype=object), "label": np.array([0])},
         kind=LABELLED,
         size=32,
         augment=False,

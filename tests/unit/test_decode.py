@@ -1,7 +1,9 @@
 """``decode_image``: every image mode becomes the 8-bit RGB a viewer shows, upright, in every reader.
 
 Expected values are written out by hand from the rules in :func:`pipeline.data.format._to_rgb`, so a change of
-rule shows up here as a number, not as a silently different image.
+rule shows up here as a number, not as a silently different image. ``load_pixels`` (what every reader calls:
+libjpeg-turbo straight into a tensor for JPEGs, a tensor resize) keeps that rule and stays within a measured
+tolerance of the old path (Pillow decode + Pillow resize) on real photos.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from pipeline.convert.teacher_cache import embed_table
+from pipeline.data import transforms
 from pipeline.data.format import LABELLED, decode_image
-from pipeline.data.transforms import preprocess_batch, stream_image_transform
+from pipeline.data.transforms import load_pixels, preprocess_batch, stream_image_transform
 
 LIMIT = 1_000_000
 RED, WHITE = (255, 0, 0), (255, 255, 255)
@@ -257,14 +260,15 @@ def fake_bundle(size: int) -> SimpleNamespace:
 
 
 def test_eval_transform_sees_rotated_and_scaled_pixels():
-    """``stream_image_transform`` after ``decode_image``: the RSA reference embeddings and the teacher cache."""
+    """``stream_image_transform``: the RSA reference embeddings and the teacher cache."""
     transform = stream_image_transform(fake_bundle(16))
-    photo, _ = decode_image(half_photo(16), LIMIT)
-    x = transform(photo)
-    assert x.shape == (3, 16, 16)
+    x, reason = transform(half_photo(16), LIMIT)
+    assert reason is None and x.shape == (3, 16, 16)
     assert_red_above_white(x.permute(1, 2, 0).numpy() * 255)
-    grey, _ = decode_image(grey16(32768, 16), LIMIT)
-    assert torch.allclose(transform(grey), torch.full((3, 16, 16), 128 / 255))
+    grey, _ = transform(grey16(32768, 16), LIMIT)
+    assert torch.allclose(grey, torch.full((3, 16, 16), 128 / 255))
+    assert transform(b"", LIMIT) == (None, "empty")
+    assert transform(half_photo(16), 16 * 32 - 1) == (None, "too_large")
 
 
 def test_teacher_cache_embeds_the_rotated_and_scaled_pixels():
@@ -284,3 +288,163 @@ def test_teacher_cache_embeds_the_rotated_and_scaled_pixels():
     assert out.column("_skip").to_pylist() == [None, None]
     assert_red_above_white(seen[0][0].permute(1, 2, 0).numpy() * 255)
     assert torch.equal(seen[0][1], torch.ones(3, 16, 16))  # 65535 → 255
+
+
+# ----------------------------------------------------------------------------- load_pixels: the fast path
+# Measured on scikit-image's photos at 500×375 / 375×500 (and 40×30 … 3000×2000), JPEG q90 and PNG, sides 224 and
+# 32 (benchmarks/perf/decode.py): |new − old| ≤ 1 level for JPEGs, ≤ 2 for PNGs and upscaled images, mean per
+# image ≤ 0.01. Asserted with a margin: a change that moves pixels further (a reduced-size decode, another
+# filter) fails here.
+MAX_DIFF, MEAN_DIFF = 3, 0.02
+
+
+@pytest.fixture(scope="module")
+def perf_decode():
+    pytest.importorskip("skimage", reason="scikit-image not installed; pip install -e '.[litemini]'")
+    from benchmarks.perf import decode
+
+    return decode
+
+
+def assert_within_tolerance(diffs: list[tuple[int, float]]) -> None:
+    assert max(d[0] for d in diffs) <= MAX_DIFF, diffs
+    assert max(d[1] for d in diffs) <= MEAN_DIFF, diffs
+
+
+@pytest.mark.parametrize("side", [224, 32])
+def test_fast_path_pixels_stay_within_tolerance_of_the_pil_path(perf_decode, side):
+    n = 2 * len(perf_decode.COLOUR + perf_decode.GREY)  # each photo landscape and portrait
+    assert_within_tolerance(perf_decode.pixel_differences(perf_decode.realistic_jpegs(n), side))
+    assert_within_tolerance(perf_decode.pixel_differences(perf_decode.realistic_pngs(n), side))
+
+
+def test_small_images_are_upscaled_within_tolerance(perf_decode):
+    photo = perf_decode.photos()[0].resize((40, 30))
+    for data in (encode(photo, "JPEG", quality=90), encode(photo)):
+        assert_within_tolerance(perf_decode.pixel_differences([data], 224))
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_fast_path_turns_a_photo_as_pillow_does(perf_decode, orientation):
+    """Every EXIF orientation: the tensor's flips and transposes equal Pillow's ``exif_transpose``."""
+    photo = perf_decode.photos()[1]
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    data = encode(photo, "JPEG", quality=90, exif=exif)
+    assert_within_tolerance(perf_decode.pixel_differences([data], 224))
+
+
+def test_fast_path_and_pil_fallback_give_the_same_pixels(perf_decode, monkeypatch):
+    """The fast decoder is libjpeg-turbo like Pillow's, so a JPEG the fast path refuses (CMYK, 12-bit, a
+    torchvision without decoders) changes nothing but the speed."""
+    images = perf_decode.realistic_jpegs(4)
+    fast = [load_pixels(d, 64, LIMIT)[0] for d in images]
+    monkeypatch.setattr(transforms, "decode_jpeg", None)
+    for data, pixels in zip(images, fast, strict=True):
+        slow, reason = load_pixels(data, 64, LIMIT)
+        assert reason is None and np.abs(slow.astype(int) - pixels).max() <= 1
+
+
+def test_a_failing_fast_decoder_falls_back_to_pillow(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported JPEG precision")  # what libjpeg says of a 12-bit JPEG
+
+    photo = half_photo(32)
+    expected, _ = load_pixels(photo, 32, LIMIT)
+    monkeypatch.setattr(transforms, "decode_jpeg", broken)
+    pixels, reason = load_pixels(photo, 32, LIMIT)
+    assert reason is None and np.array_equal(pixels, expected)
+    assert_red_above_white(pixels.transpose(1, 2, 0))
+
+
+def with_size(data: bytes, width: int, height: int) -> bytes:
+    """A baseline JPEG whose frame header (SOF0) claims ``width`` × ``height``: a decompression bomb's header."""
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9 :]
+
+
+def test_a_bomb_is_too_large_from_its_header_alone(monkeypatch):
+    data = encode(Image.new("RGB", (64, 32), RED), "JPEG")
+    assert load_pixels(data, 32, 64 * 32)[1] is None
+    decoded = []
+    monkeypatch.setattr(transforms, "decode_jpeg", lambda *a, **k: decoded.append("torchvision"))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append("pillow"))
+    assert load_pixels(data, 32, 64 * 32 - 1) == (None, "too_large")
+    assert load_pixels(with_size(data, 4000, 4000), 32, LIMIT) == (None, "too_large")  # over our limit
+    assert load_pixels(with_size(data, 60000, 60000), 32, 10**10) == (None, "too_large")  # over Pillow's
+    assert decoded == []
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_truncated_jpeg_is_undecodable_as_pillow_says(perf_decode, progressive):
+    photo = perf_decode.photos()[0]
+    data = encode(photo, "JPEG", quality=90, progressive=progressive)
+    for cut in (len(data) // 2, len(data) - 2):
+        assert decode_image(data[:cut], LIMIT) == (None, "undecodable")
+        assert load_pixels(data[:cut], 32, LIMIT) == (None, "undecodable")
+
+
+def test_corrupt_but_complete_jpeg_decodes_as_pillow_decodes_it(perf_decode):
+    data = bytearray(perf_decode.realistic_jpegs(1)[0])
+    data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)  # a run of zeros inside the entropy-coded data
+    img, reason = decode_image(bytes(data), LIMIT)
+    assert reason is None  # libjpeg warns and goes on, in Pillow as in torchvision
+    assert_within_tolerance(perf_decode.pixel_differences([bytes(data)], 64))
+
+
+def test_cmyk_jpeg_takes_the_pil_path_and_gives_rgb(perf_decode, monkeypatch):
+    """Only 8-bit RGB / grey JPEGs take the fast decoder: a CMYK one keeps Pillow's rule (no ICC profile)."""
+    fast = []
+    decoder = transforms.decode_jpeg
+    monkeypatch.setattr(transforms, "decode_jpeg", lambda *a, **k: fast.append(1) or decoder(*a, **k))
+    data = encode(perf_decode.photos()[1].convert("CMYK"), "JPEG", quality=90)
+    assert stored_mode(data) == "CMYK"
+    assert_within_tolerance(perf_decode.pixel_differences([data], 64))
+    flat = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    pixels, reason = load_pixels(flat, 8, LIMIT)
+    assert reason is None and pixels.shape == (3, 8, 8)
+    assert np.abs(pixels[:, 4, 4].astype(int) - RED).max() <= 6
+    assert fast == []
+    load_pixels(encode(perf_decode.photos()[1], "JPEG"), 8, LIMIT)
+    assert fast == [1]  # the spy sees an RGB one
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (None, "empty"),
+        (b"not an image", "undecodable"),
+        (b"\xff\xd8 not a jpeg", "undecodable"),
+    ],
+)
+def test_bad_bytes_keep_their_skip_reason(data, reason):
+    assert load_pixels(data, 32, LIMIT) == (None, reason)
+
+
+def test_grey_jpeg_fills_all_three_channels():
+    data = encode(Image.new("L", (40, 30), 77), "JPEG", quality=95)
+    assert stored_mode(data) == "L"
+    pixels, _ = load_pixels(data, 16, LIMIT)
+    assert pixels.shape == (3, 16, 16) and np.abs(pixels.astype(int) - 77).max() <= 1
+
+
+def test_a_border_is_cropped_before_the_resize_as_before(perf_decode):
+    """``preprocess_batch``'s ``borders`` (ObjectNet's frame): the old path cropped the PIL image."""
+    photo = perf_decode.photos()[2]
+    data = encode(photo, "JPEG", quality=90)
+    pixels, _ = load_pixels(data, 64, LIMIT, border=2)
+    img, _ = decode_image(data, LIMIT)
+    old = perf_decode.old_pixels(encode(img.crop((2, 2, img.width - 2, img.height - 2))), 64)
+    diff = np.abs(pixels.astype(int) - old)
+    assert_within_tolerance([(int(diff.max()), float(diff.mean()))])
+    whole, _ = load_pixels(data, 64, LIMIT)
+    assert np.abs(whole.astype(int) - pixels).mean() > 10 * MEAN_DIFF  # the crop did move the pixels
+
+
+def test_decode_rate_measures_images_per_second(perf_decode):
+    images, threads = perf_decode.realistic_jpegs(3), torch.get_num_threads()
+    seen = []
+    rate = perf_decode.decode_rate(lambda d: seen.append((d, torch.get_num_threads())), images, repeats=2)
+    assert seen == [(d, 1) for d in images] * 2 and rate > 0  # one thread while measuring …
+    assert torch.get_num_threads() == threads  # … restored after
