@@ -97,6 +97,38 @@ def new_pixels(data: bytes, side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np
     return load_pixels(data, side, max_pixels)[0]
 
 
+def limit_pixels(data: bytes, side: int) -> np.ndarray:
+    """The limit: libjpeg-turbo decode + the same tensor resize, with none of the reader's checks (no header
+    pixel limit, no orientation, no fallback)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return resize_crop(pixels, side).contiguous().numpy()
+
+
+def dataloader_rate(images: Sequence[bytes], side: int, batch_size: int = 64, repeats: int = 3) -> float:
+    """Images/s per core of a PyTorch ``DataLoader`` (in process, ``num_workers=0``, one thread) over the same
+    encoded images, each opened with Pillow and transformed by torchvision's PIL transforms (resize, centre crop,
+    ``PILToTensor``) — what open_clip's trainer does per sample, and the figure DataLoader workers multiply."""
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2 as T
+
+    transform = T.Compose([_pil_transform(side), T.PILToTensor()])
+
+    class Photos(Dataset[Any]):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> Any:
+            return transform(Image.open(io.BytesIO(images[i])).convert("RGB"))
+
+    loader = DataLoader(Photos(), batch_size=batch_size, num_workers=0)
+    batches = lambda _: sum(len(b) for b in loader)  # noqa: E731  (one pass = every image once)
+    return decode_rate(batches, [b""], repeats=repeats) * len(images)
+
+
 def draft_pixels(
     data: bytes, side: int, max_pixels: int = MAX_IMAGE_PIXELS, factor: int = 2
 ) -> np.ndarray | None:
