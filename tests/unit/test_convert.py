@@ -35,6 +35,7 @@ from pipeline.data.format import (
     read_manifest,
     shard_files,
 )
+from pipeline.data.transforms import stream_image_transform
 from tests.helpers import write_tar
 
 
@@ -473,16 +474,22 @@ def test_cache_teacher_matches_direct_embeddings_and_fingerprints(tmp_path, tiny
     direct = build_model(cfg)
     model = direct.model.eval()
     assert cached.teacher_fingerprint == teacher_fingerprint(direct) == teacher_fingerprint(tiny_bundle)
+    transform = stream_image_transform(direct)  # the pixels the live teacher sees in training
     with torch.no_grad():
-        x = torch.stack(
-            [direct.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in good]
-        )
+        x = torch.stack([transform(r["image"], 10**6)[0] for r in good])
         want_image = model.encode_image(x, normalize=True).numpy()
         want_text = model.encode_text(direct.tokenizer([r["caption"] for r in good]), normalize=True).numpy()
+        # open_clip's own eval preprocessing (Pillow's decode and resize): the same geometry, pixels within the
+        # fast decode's tolerance (tests/unit/test_decode.py), so the same embeddings to ~1e-4
+        pil = torch.stack(
+            [direct.preprocess_eval(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in good]
+        )
+        pil_image = model.encode_image(pil, normalize=True).numpy()
     got_image = np.array([r["teacher_image"] for r in out], dtype=np.float32)
     got_text = np.array([r["teacher_text"] for r in out], dtype=np.float32)
     np.testing.assert_allclose(got_image, want_image, atol=1e-5)
     np.testing.assert_allclose(got_text, want_text, atol=1e-5)
+    np.testing.assert_allclose(got_image, pil_image, atol=1e-3)
     assert np.allclose(np.linalg.norm(got_image, axis=1), 1.0, atol=1e-5)
     # RSA's reference sample goes through the same transform as the cache: the same vectors, row for row
     from pipeline.evaluate import reference_embeddings
