@@ -54,6 +54,14 @@ class DemoSize(str, enum.Enum):
     tiny = "tiny"  # tests and smoke jobs
 
 
+class EvalDevice(str, enum.Enum):
+    """Where evaluation scores images (``eval.device``)."""
+
+    auto = "auto"  # cuda when scaling.use_gpu, else cpu
+    cpu = "cpu"
+    cuda = "cuda"  # one scoring actor per GPU (num_gpus=1), bf16 autocast
+
+
 class ValObjective(str, enum.Enum):
     """Which "zero-shot kept" metric stands beside val/id_acc in val/objective."""
 
@@ -201,7 +209,16 @@ class EvalSettings:
     # RSA on a fixed sample of captioned pairs (docs/method.md §5). "" uses data.reference.
     rsa_set: str = ""
     rsa_samples: int = 1000
+    # Images per forward pass: in the driver's process and in each scoring actor (one Ray Data block each).
     batch_size: int = 256
+    # Where images are scored: "auto" (cuda when scaling.use_gpu, else cpu), "cpu" or "cuda". On cuda every scoring
+    # actor holds one GPU and runs the image towers under bf16 autocast, while Ray Data tasks on the cluster's CPUs
+    # decode; cuda where the cluster (or, without Ray, this machine) has no GPU is an error before anything runs.
+    device: EvalDevice = EvalDevice.auto
+    # Scoring actors of the Ray Data pass (suites above in_process_rows). 0: one per GPU on cuda, 1 on cpu. CPU
+    # actors split this machine's cores between them (torch threads, and as many logical CPUs) and decode their
+    # own batches.
+    actors: int = 0
     # Suites of at most this many images in all are scored in the driver's process, where the models already
     # are (no Ray Data start, no scoring actor); larger ones stream through Ray Data. 0: always Ray Data.
     in_process_rows: int = 20_000
@@ -575,6 +592,7 @@ def _check_run(run: RunSettings, need: _Need) -> None:
 def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Need) -> None:
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
+    need(ev.actors >= 0, "eval.actors", "an integer >= 0 (0: one per GPU on cuda, 1 on cpu)", ev.actors)
     need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
     need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
     suites = {"id", *ev.ood, *ev.zs}
@@ -636,6 +654,14 @@ def validate_paths(cfg: Config) -> Config:
     if errors:
         raise ConfigError(mask_text("invalid config:\n  " + "\n  ".join(errors)))
     return cfg
+
+
+def eval_device(cfg: Config) -> str:
+    """``eval.device`` resolved: "cuda" or "cpu" ("auto" follows ``scaling.use_gpu``)."""
+    device = EvalDevice(cfg.eval.device)
+    if device is EvalDevice.auto:
+        return "cuda" if cfg.scaling.use_gpu else "cpu"
+    return device.value
 
 
 def ref_batch(cfg: Config) -> int:

@@ -2,7 +2,9 @@
 
 Text heads are computed once per suite and model on the driver. Small suites (``eval.in_process_rows`` images in
 all) are then scored right there, where the models already are; larger ones stream through one Ray Data
-``map_batches`` pass whose actor scores every model on every image. Also a command of its own:
+``map_batches`` pass over an actor pool (:mod:`pipeline.pool`: one actor per GPU on ``eval.device`` cuda, else
+``eval.actors`` CPU actors) whose actors score every model on every image, with the driver's models and heads
+sent to them once. Also a command of its own:
 
     python pipeline/evaluate.py --config X.yaml --model local-dir:outputs/<run>/export
 
@@ -16,8 +18,8 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import ray
 import torch
 
 from dive import zeroshot
-from dive.config import Config, ModelSettings, load_config
+from dive.config import Config, ConfigError, EvalDevice, ModelSettings, eval_device, load_config
 from dive.export import LinearHead, load_linear_head
 from dive.heads import LabelMap, project_logits
 from dive.metrics import SetResult, rsa_report, summarize, table_rows
@@ -43,6 +45,7 @@ from pipeline.data.format import (
 )
 from pipeline.data.streams import open_dataset
 from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
+from pipeline.pool import actor_device, autocast, check_device, fetch, map_pool, plan_pool
 
 
 @dataclass
@@ -59,41 +62,57 @@ def suites_from_config(cfg: Config) -> list[Suite]:
     return suites
 
 
+@dataclass
+class _Scoring:
+    """What every scorer needs, built once on the driver: each model (eval mode) with its mean / std, its head per
+    suite, and how each suite's labels map onto its head's classes (None: one head class per label)."""
+
+    models: dict[str, tuple[Any, tuple[float, ...], tuple[float, ...]]]  # (CLIP model, mean, std)
+    heads: dict[str, list[np.ndarray]]
+    label_maps: list[LabelMap | None]
+
+
 class _Scorer:
-    """Holds every model under evaluation and its heads; returns per-image correctness. A Ray Data actor for
-    large suites, called directly for small ones (``bundles`` already built there)."""
+    """Scores every model on a batch; returns per-image correctness. Called directly for small suites (on the
+    driver's device, its threads untouched); a Ray Data actor for large ones, ``scoring`` then an ObjectRef the
+    driver put once, ``decode`` the :func:`preprocess_batch` arguments where the actor decodes its own batches
+    (cpu; on cuda a task stage has already decoded them)."""
 
     def __init__(
         self,
-        models: dict[str, dict[str, Any]],
-        heads: dict[str, list[np.ndarray]],
-        threads: int,
-        bundles: Mapping[str, ModelBundle] | None = None,
-        label_maps: Sequence[LabelMap | None] = (),
+        scoring: _Scoring | ray.ObjectRef,
+        device: str = "cpu",
+        threads: int = 0,
+        decode: Mapping[str, Any] | None = None,
     ) -> None:
-        if bundles is None:  # an actor: its own process, its own thread budget
-            torch.set_num_threads(threads)
-            bundles = {name: build_model(ModelSettings(**m)) for name, m in models.items()}
-        self.models = dict(bundles)
-        for b in self.models.values():
-            b.model.eval()
+        self.device = actor_device(device, threads)
+        shared: _Scoring = fetch(scoring)
+        self.models = {
+            name: (model.to(self.device).eval(), mean, std)
+            for name, (model, mean, std) in shared.models.items()
+        }
         # Copies: arrays from the object store are read-only, which torch.from_numpy warns about in every actor.
-        self.heads = {name: [torch.tensor(h) for h in hs] for name, hs in heads.items()}
-        # Per suite: how its labels map onto its head's classes (None: one head class per label).
-        self.label_maps = list(label_maps) or [None] * len(next(iter(heads.values()), []))
+        self.heads = {
+            name: [torch.tensor(h, device=self.device) for h in hs] for name, hs in shared.heads.items()
+        }
+        self.label_maps = shared.label_maps
+        self.decode = decode
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.decode is not None:
+            batch = preprocess_batch(batch, **self.decode)
         out: dict[str, np.ndarray] = {"set": batch["set"]}
-        images = torch.from_numpy(batch["image"])
-        suite = torch.from_numpy(batch["set"])
-        labels = torch.from_numpy(batch["label"])
-        for name, bundle in self.models.items():
-            cfg = bundle.preprocess_cfg
-            feats = bundle.model.encode_image(
-                normalize_images(images, cfg["mean"], cfg["std"]), normalize=True
-            )
-            correct = torch.zeros(len(labels), dtype=torch.bool)
+        if len(batch["set"]) == 0:  # every image of the batch was skipped: nothing to encode
+            return {**out, **{f"correct_{name}": np.zeros(0, dtype=bool) for name in self.models}}
+        images = torch.from_numpy(batch["image"]).to(self.device)
+        suite = torch.from_numpy(batch["set"]).to(self.device)
+        labels = torch.from_numpy(batch["label"]).to(self.device)
+        for name, (model, mean, std) in self.models.items():
+            with autocast(self.device):
+                feats = model.encode_image(normalize_images(images, mean, std), normalize=True)
+            feats = feats.float()  # bf16 on cuda: logits in fp32, as on cpu
+            correct = torch.zeros(len(labels), dtype=torch.bool, device=self.device)
             for s in suite.unique().tolist():
                 rows, head = suite == s, self.heads[name][s]
                 logits = feats[rows] @ head[:, : feats.shape[1]].T
@@ -101,7 +120,7 @@ class _Scorer:
                     logits = logits + head[:, -1]
                 pred = project_logits(logits, self.label_maps[s]).argmax(dim=-1)
                 correct[rows] = pred == labels[rows]
-            out[f"correct_{name}"] = correct.numpy()
+            out[f"correct_{name}"] = correct.cpu().numpy()
         return out
 
 
@@ -170,21 +189,34 @@ def _linear_head(model: ModelSettings) -> LinearHead | None:
     return load_linear_head(model.name.removeprefix(LOCAL_DIR)) if model.name.startswith(LOCAL_DIR) else None
 
 
-def evaluate_accuracy(
+def check_eval_device(cfg: Config) -> str:
+    """``eval.device`` resolved ("cuda" / "cpu"); cuda where the Ray cluster (or, without Ray, this machine) has
+    no GPU is a :class:`ConfigError` naming the key. A run calls it as soon as Ray is up, before it trains."""
+    device = eval_device(cfg)
+    where = "key 'eval.device'" + (
+        " (auto, scaling.use_gpu=true)" if EvalDevice(cfg.eval.device) is EvalDevice.auto else ""
+    )
+    check_device(device, where, ConfigError)
+    return device
+
+
+def scored_batches(
     models: Mapping[str, ModelSettings],
     suites: Sequence[Suite],
     cfg: Config,
-    threads: int = 1,
+    threads: int = 0,
     manifests: Mapping[str, Manifest] | None = None,
-) -> dict[str, list[SetResult]]:
-    """Accuracy of every model on every suite, in one pass over the suites' images (``manifests``: the suites'
-    manifests by folder, as a run's preflight read them; a suite without one is checked here).
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every image of the suites scored by every model: batches of ``set`` (the suite's index) and
+    ``correct_<model>``, in no particular order (``manifests``: the suites' manifests by folder, as a run's
+    preflight read them; a suite without one is checked here).
 
-    Up to ``eval.in_process_rows`` images in all are decoded and scored in this process: for a few thousand
-    images Ray Data's start, its tasks and an actor that builds every model again cost many times the scoring
-    itself. Larger suites stream through Ray Data (parallel decode, ``threads`` per scoring actor)."""
-    if not suites:
-        return {name: [] for name in models}
+    Up to ``eval.in_process_rows`` images in all are decoded and scored in this process (on cuda: when this
+    process sees a GPU): for a few thousand images an actor's start (its process, torch and open_clip imported)
+    costs many times the scoring itself. Larger suites stream through Ray Data: :func:`pipeline.pool.map_pool`
+    with ``eval.actors`` actors on ``eval.device`` (``threads`` torch threads per CPU actor; 0: this machine's
+    cores split between them), each given the models and heads built here, once."""
+    device = check_eval_device(cfg)  # before anything is built
     bundles = {name: build_model(m) for name, m in models.items()}
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
@@ -197,47 +229,73 @@ def evaluate_accuracy(
     heads = {
         name: _heads(b, suite_manifests, _linear_head(models[name]), chosen) for name, b in bundles.items()
     }
-    label_maps = [m.label_map() for m in suite_manifests]
-    num_classes = max(m.num_classes for m in suite_manifests)
+    scoring = _Scoring(
+        {
+            name: (b.model.eval(), tuple(b.preprocess_cfg["mean"]), tuple(b.preprocess_cfg["std"]))
+            for name, b in bundles.items()
+        },
+        heads,
+        [m.label_map() for m in suite_manifests],
+    )
     prep = dict(
         kind=LABELLED,
         size=size,
         augment=False,
         max_pixels=cfg.data.max_image_pixels,
-        num_classes=num_classes,
+        num_classes=max(m.num_classes for m in suite_manifests),
         passthrough=("set",),
         borders=tuple(m.eval_border for m in suite_manifests),
     )
-    if sum(m.num_rows for m in suite_manifests) <= cfg.eval.in_process_rows:
-        scorer = _Scorer({}, heads, threads, bundles=bundles, label_maps=label_maps)
-        scored: Iterable[dict[str, np.ndarray]] = (
-            scorer(preprocess_batch(batch, **prep)) for batch in _suite_batches(suites, cfg)
-        )
-    else:
-        # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
-        files = {
-            str(f): i
-            for i, suite in enumerate(suites)
-            for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
-        }
-        ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
-        ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
-        ds = ds.map_batches(preprocess_batch, batch_format="numpy", batch_size=256, fn_kwargs=prep)
-        scored = ds.map_batches(
-            _Scorer,
-            fn_constructor_kwargs={
-                "models": {n: asdict(m) for n, m in models.items()},
-                "heads": heads,
-                "threads": threads,
-                "label_maps": label_maps,
-            },
-            batch_size=cfg.eval.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=1,
-        ).iter_batches(batch_format="numpy", batch_size=None)
+    rows = sum(m.num_rows for m in suite_manifests)
+    here = device == "cpu" or torch.cuda.is_available()
+    if here and rows <= cfg.eval.in_process_rows:
+        scorer = _Scorer(scoring, device)
+        for batch in _suite_batches(suites, cfg):
+            yield scorer(preprocess_batch(batch, **prep))
+        return
+    pool = plan_pool(
+        device,
+        cfg.eval.actors,
+        threads,
+        device_key="key 'eval.device'",
+        actors_key="key 'eval.actors'",
+        error=ConfigError,
+    )
+    # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
+    files = {
+        str(f): i
+        for i, suite in enumerate(suites)
+        for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
+    }
+    ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
+    ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
+    scored = map_pool(
+        ds,
+        _Scorer,
+        pool,
+        rows=rows,
+        batch_size=cfg.eval.batch_size,
+        batch_format="numpy",
+        decode=preprocess_batch,
+        decode_kwargs=prep,
+        constructor_kwargs={"scoring": ray.put(scoring)},  # the models and heads: sent once, not per actor
+    )
+    yield from scored.iter_batches(batch_format="numpy", batch_size=None)
+
+
+def evaluate_accuracy(
+    models: Mapping[str, ModelSettings],
+    suites: Sequence[Suite],
+    cfg: Config,
+    threads: int = 0,
+    manifests: Mapping[str, Manifest] | None = None,
+) -> dict[str, list[SetResult]]:
+    """Accuracy of every model on every suite, in one pass over the suites' images (:func:`scored_batches`: in
+    this process for small suites, on a Ray Data actor pool for large ones)."""
+    if not suites:
+        return {name: [] for name in models}
     totals = {name: np.zeros((len(suites), 2), dtype=np.int64) for name in models}
-    for batch in scored:
+    for batch in scored_batches(models, suites, cfg, threads, manifests):
         for name in models:
             np.add.at(totals[name][:, 0], batch["set"], batch[f"correct_{name}"].astype(np.int64))
             np.add.at(totals[name][:, 1], batch["set"], 1)

@@ -172,6 +172,9 @@ def run(
     plan = plan or preflight(cfg, resume_run_id)
     phases.mark("preflight")
     start_ray(cfg, console)
+    from pipeline.evaluate import check_eval_device
+
+    check_eval_device(cfg)  # eval.device=cuda on a cluster without GPUs: an error now, not after training
     phases.mark("ray_start")
     mlrun = _open_run(plan, parent_run_id, resume_run_id, on_start, tags)
     phases.mark("mlflow_open")

@@ -20,7 +20,9 @@ moves both sides of each ratio together. It prints a Markdown table and writes `
    step to the returned result (export + evaluation), read off the MLflow metric timestamps of the same run —
    of the process's first run (cold: Ray and its Ray Data workers start) and of the same run again (``warm_*``);
    evaluation images/s of ``evaluate_accuracy`` (in process for small sets, and forced through Ray Data) vs bare
-   batch inference (build, decode, encode in one process) of the same export on the same sets.
+   batch inference (build, decode, encode in one process) of the same export on the same sets; and the steady
+   rate of evaluation's Ray Data actor pool (one CPU actor) vs bare batch inference doing the same work
+   (``eval_pool_over_bare``: decode + resize + forward on both sides).
 4. **Scaling** (full size only): samples/s with 2 workers vs 1 on this machine (both warm).
 5. **Data** (``data_part``): decode + resize images/s per core on real photos at ImageNet-like size, the readers'
    path against the path before it, a PyTorch ``DataLoader``, bare libjpeg-turbo (the limit) and the Ray Data
@@ -36,6 +38,7 @@ import ctypes
 import gc
 import importlib
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -361,6 +364,7 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     like the second: every stream decoded each epoch (``data.keep_in_memory_mb=0``, the behaviour before
     materialized streams), materialized streams re-read from the object store each epoch
     (``data.keep_in_worker=false``), 2 workers."""
+    from dive.config import ModelSettings
     from pipeline.train import prepare_config
 
     overrides = pipeline_overrides(quick, size, threads)
@@ -398,6 +402,8 @@ def pipeline_part(size: Size, quick: bool, threads: int) -> dict[str, Any]:
     out["first_step_over_bare"] = one["first_step_s"] / bare_first
     out["fixed_over_bare"] = out["fixed_cost_s"] / bare_first
     out.update(eval_part(cfg, Path(one["export_dir"]), threads))
+    export = ModelSettings(name=f"local-dir:{one['export_dir']}")
+    out.update(eval_pool_over_bare(cfg, export, threads, min_images=8192 if quick else 32768))
     warm = _timed_run(prepare_config(None, overrides))
     out["warm_first_step_s"] = warm["first_step_s"] - bare["step_s"]
     out["warm_fixed_cost_s"] = warm["first_step_s"] - bare["step_s"] + warm["tail_s"]
@@ -661,6 +667,138 @@ def data_part(quick: bool, threads: int) -> dict[str, float]:
         "stream_2cpu_over_1cpu": rates["stream_2cpu"] / per_core,
         "decode_cores_per_gpu": GPU_IMAGES_PER_S["H100"] / per_core,
         "decode_cores_per_a100": GPU_IMAGES_PER_S["A100"] / per_core,
+    }
+
+
+def _bare_scoring(model_cfg: Any, suites: list[Any], batch_size: int, max_pixels: int) -> dict[str, Any]:
+    """Bare batch inference, what one would write by hand: one model in this process, the suites' rows read into
+    memory first (not timed), then per batch decode + resize (``preprocess_batch``), normalise, the image tower,
+    the suite's zero-shot head and argmax. Returns each batch's end time and size, the time the loop started and
+    the seconds the model and heads took to build."""
+    import numpy as np
+    import torch
+
+    from dive.models import build_model
+    from dive.zeroshot import build_head
+    from pipeline.data.format import LABELLED, check_dataset, iter_rows
+    from pipeline.data.transforms import normalize_images, preprocess_batch
+
+    t = time.perf_counter()
+    bundle = build_model(model_cfg)
+    model = bundle.model.eval()
+    cfg = bundle.preprocess_cfg
+    work, heads = [], {}
+    for s in suites:
+        manifest = check_dataset(s.folder, LABELLED)
+        key = json.dumps(manifest.scoring_classes())
+        if key not in heads:  # a copied set shares its head, as in evaluation
+            heads[key] = build_head(model, bundle.tokenizer, *manifest.scoring_classes())
+        head = heads[key]
+        rows = list(iter_rows(s.folder, ["image", "label"]))
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            images = np.empty(len(chunk), dtype=object)
+            images[:] = [r["image"] for r in chunk]
+            labels = np.array([r["label"] for r in chunk], dtype=np.int64)
+            work.append((head, manifest.num_classes, {"image": images, "label": labels}))
+    build_s = time.perf_counter() - t
+    start, ends, sizes = time.perf_counter(), [], []
+    with torch.no_grad():
+        for head, num_classes, batch in work:
+            out = preprocess_batch(
+                batch,
+                kind=LABELLED,
+                size=cfg["size"][0],
+                augment=False,
+                max_pixels=max_pixels,
+                num_classes=num_classes,
+            )
+            x = normalize_images(torch.from_numpy(out["image"]), cfg["mean"], cfg["std"])
+            pred = (model.encode_image(x, normalize=True) @ head.T).argmax(dim=-1)
+            int((pred == torch.from_numpy(out["label"])).sum())
+            ends.append(time.perf_counter())
+            sizes.append(len(out["label"]))
+    return {"start": start, "ends": ends, "sizes": sizes, "build_s": build_s}
+
+
+def _steady_rate(ends: list[float], sizes: list[int]) -> float:
+    """Images/s between the first batch's end and the last's: the images after the first batch over that span."""
+    return sum(sizes[1:]) / (ends[-1] - ends[0])
+
+
+def eval_pool_over_bare(cfg: Any, model_cfg: Any, threads: int, min_images: int = 32768) -> dict[str, float]:
+    """Images/s of evaluation's Ray Data actor pool ÷ images/s of bare batch inference: the same model, rows,
+    batch size (``eval.batch_size``) and torch threads, on ``cfg``'s eval sets (copied until there are
+    ``min_images``). Needs Ray running.
+
+    Like for like, both sides do the same work per image: decode + resize of the encoded bytes in the Parquet
+    shards (the pipeline's ``preprocess_batch``), normalise, the image tower, the suite head's logits and argmax.
+    Bare (:func:`_bare_scoring`): this process, one batch after another, ``threads`` torch threads, the rows read
+    into memory beforehand (untimed). Pool: :func:`pipeline.evaluate.scored_batches` forced through Ray Data
+    (``eval.in_process_rows=0``, ``eval.actors=1``, ``eval.device=cpu``): Parquet read tasks, then one actor with
+    ``threads`` torch threads (as many logical CPUs) that decodes and scores its blocks, the driver collecting
+    the results as they arrive.
+
+    ``eval_pool_over_bare`` compares steady-state rates, what a large evaluation sees: on each side the images
+    after the first output (a batch; on the pool a block of a few batches) ÷ the time from the first output to
+    the last. What the pool pays once — Ray Data's start, the actor's process with torch and open_clip imported,
+    the models and heads built on the driver and unpickled in the actor, the first block — is
+    ``eval_pool_start_s``; ``eval_pool_wall_over_bare`` is the ratio of wall times with everything included (the
+    bare side with its model and heads built). The bare loop runs before and after the pool and its two rates are
+    averaged, so drift on a busy machine hits both sides alike; ``eval_pool_bare_spread`` says how far they were
+    apart. ``min_images`` keeps the pool's first block's latency (≈0.1 s) small beside the span timed."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from pipeline.data.format import LABELLED, check_dataset
+    from pipeline.evaluate import Suite, suites_from_config
+
+    torch.set_num_threads(threads)
+    suites = suites_from_config(cfg)
+    images = sum(check_dataset(s.folder, LABELLED).num_rows for s in suites)
+    with tempfile.TemporaryDirectory(prefix="eval-pool-") as tmp:
+        # Copies of the sets until there are ``min_images``: enough blocks for a steady rate (a read lists a file
+        # once, however often it is named, so the copies are folders of their own).
+        copies = [
+            Suite(f"{s.name}-{k}", s.kind, str(shutil.copytree(s.folder, Path(tmp, f"{k}-{i}"))))
+            for k in range(1, math.ceil(min_images / images))
+            for i, s in enumerate(suites)
+        ]
+        return _eval_pool_over_bare([*suites, *copies], cfg, model_cfg, threads)
+
+
+def _eval_pool_over_bare(suites: list[Any], cfg: Any, model_cfg: Any, threads: int) -> dict[str, float]:
+    import copy
+
+    from dive.config import EvalDevice
+    from pipeline.evaluate import scored_batches
+
+    pool_cfg = copy.deepcopy(cfg)
+    pool_cfg.eval.in_process_rows, pool_cfg.eval.actors, pool_cfg.eval.device = 0, 1, EvalDevice.cpu
+    batch, pixels = cfg.eval.batch_size, cfg.data.max_image_pixels
+    bare = [_bare_scoring(model_cfg, suites, batch, pixels)]
+    t0 = time.perf_counter()
+    ends, sizes = [], []
+    for out in scored_batches({"m": model_cfg}, suites, pool_cfg, threads=threads):
+        ends.append(time.perf_counter())
+        sizes.append(len(out["set"]))
+    pool_wall = ends[-1] - t0
+    bare.append(_bare_scoring(model_cfg, suites, batch, pixels))
+    rates = [_steady_rate(b["ends"], b["sizes"]) for b in bare]
+    bare_rate = statistics.mean(rates)
+    bare_wall = statistics.mean(b["build_s"] + b["ends"][-1] - b["start"] for b in bare)
+    pool_rate = _steady_rate(ends, sizes)
+    return {
+        "eval_pool_images": sum(sizes),
+        "eval_pool_blocks": len(sizes),
+        "eval_pool_images_per_s": pool_rate,
+        "eval_pool_bare_images_per_s": bare_rate,
+        "eval_pool_over_bare": pool_rate / bare_rate,
+        "eval_pool_start_s": ends[0] - t0,
+        "eval_pool_wall_over_bare": bare_wall / pool_wall,
+        "eval_pool_bare_spread": abs(rates[0] - rates[1]) / bare_rate,  # the bare rate's run-to-run change
     }
 
 

@@ -22,7 +22,8 @@ label out of range, missing file) are skipped: one line each on stdout, counted 
 parallel with Ray Data: ``map_batches`` over ``from_items(records)`` on N tasks (``TaskPoolStrategy(N)``,
 what the deprecated ``concurrency=N`` means), starting a local Ray instance when none is running; this process
 still writes the shards. Nothing here imports Ray unless ``--workers`` > 0. Both paths call the same per-record function and write the same rows in the same
-order. ``cache-teacher --workers N`` runs the teacher in N Ray Data actors (``ActorPoolStrategy(N)``).
+order. ``cache-teacher --workers N`` runs the teacher on a pool of N Ray Data actors (:mod:`pipeline.pool`;
+``--device cuda``: one GPU each, bf16 autocast), rows in order.
 """
 
 from pipeline.convert.captions import convert_captions

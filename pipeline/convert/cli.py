@@ -138,7 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="0: run the teacher in this process (default); N > 0: N Ray Data actors",
+        help="0: run the teacher in this process (default); N > 0: a Ray Data pool of N actors (on cuda one GPU "
+        "each; on cpu this machine's cores split between them)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the teacher runs (default %(default)s); cuda: bf16 autocast, and with --workers N a task "
+        "stage on the CPUs decodes the images for the GPU actors",
     )
     for command in sub.choices.values():
         command.add_argument(
@@ -231,6 +239,7 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
             batch_size=args.batch_size,
             workers=args.workers,
             max_pixels=args.max_pixels,
+            device=args.device,
         )
         out = args.dataset
         skipped = {k: v - before.get(k, 0) for k, v in manifest.skipped.items() if v - before.get(k, 0) > 0}

@@ -1,13 +1,14 @@
 """``dive data cache-teacher``: the frozen teacher's embeddings written into a captioned set, in place.
 
-Training then reads them instead of running the teacher (the reference stream's biggest cost). The image transform
-is the Train workers' own (:func:`~pipeline.data.transforms.stream_image_transform`), so cached and live
-embeddings are the same numbers."""
+Training then reads them instead of running the teacher (the reference stream's biggest cost). The pixels are the
+Train workers' own (the streams' eval resize to uint8, then :func:`~pipeline.data.transforms.normalize_images`), so
+cached and live embeddings are the same numbers. ``--workers N`` runs the teacher on a Ray Data actor pool
+(:mod:`pipeline.pool`): N CPU actors, or with ``--device cuda`` N actors of one GPU each."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,86 +29,119 @@ from pipeline.data.format import (
     is_webdataset,
     shard_files,
 )
-from pipeline.data.transforms import stream_image_transform
+from pipeline.data.transforms import load_pixels, normalize_images
 
 
-def embed_table(
-    table: pa.Table, model: Any, preprocess: Any, tokenizer: Any, dim: int, max_pixels: int
-) -> pa.Table:
-    """Teacher embeddings of one batch of shard rows: the per-batch function of both paths of cache_teacher.
-
-    Returns the input columns plus ``teacher_image`` / ``teacher_text`` (float32, D) and ``_skip`` (a skip
-    reason for rows whose image does not decode or whose caption is empty; their vectors are zeros).
-    """
-    import torch
-
+def decode_table(table: pa.Table, size: int, max_pixels: int) -> pa.Table:
+    """Decode and resize one batch of shard rows for the teacher: the input columns plus ``_pixels`` (a kept
+    row's uint8 3×size×size image as bytes: the Train workers' eval resize) and ``_skip`` (the reason a row is
+    dropped: its image does not decode or its caption is empty; null for kept rows, whose ``_pixels`` is set)."""
     images = table.column("image").to_pylist()
     captions = table.column("caption").to_pylist()
     reasons: list[str | None] = [None] * len(images)
-    pixels, keep = [], []
+    pixels: list[bytes | None] = [None] * len(images)
     for i, (data, caption) in enumerate(zip(images, captions, strict=True)):
         if caption is None or not str(caption).strip():
             reasons[i] = NO_CAPTION
             continue
-        x, reason = preprocess(data, max_pixels)
-        if reason is not None:
+        image, reason = load_pixels(data, size, max_pixels)
+        if image is None:
             reasons[i] = reason
             continue
-        pixels.append(x)
-        keep.append(i)
-    img_emb = np.zeros((len(images), dim), np.float32)
-    txt_emb = np.zeros((len(images), dim), np.float32)
-    if keep:
-        with torch.no_grad():
-            img_emb[keep] = model.encode_image(torch.stack(pixels), normalize=True).float().cpu().numpy()
-            tokens = tokenizer([str(captions[i]) for i in keep])
-            txt_emb[keep] = model.encode_text(tokens, normalize=True).float().cpu().numpy()
-    table = table.drop_columns(
-        [c for c in ("teacher_image", "teacher_text", "_skip") if c in table.column_names]
-    )
-    for name, values in (("teacher_image", img_emb), ("teacher_text", txt_emb)):
-        table = table.append_column(
-            name, pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
-        )
+        pixels[i] = image.tobytes()
+    table = table.drop_columns([c for c in (*_ADDED, "_pixels") if c in table.column_names])
+    table = table.append_column("_pixels", pa.array(pixels, type=pa.binary()))
     return table.append_column("_skip", pa.array(reasons, type=pa.string()))
 
 
-class TeacherEmbedder:
-    """Callable class for Ray Data ``map_batches``: builds the teacher once per actor.
+# What the cache adds to a row (besides the temporary ``_pixels``).
+_ADDED = ("teacher_image", "teacher_text", "_skip")
 
-    ``state`` (a state dict, or an ObjectRef to one) replaces the built weights, so every actor runs exactly
-    the driver's teacher even for a random-init model; the fingerprint is checked against
-    ``expect_fingerprint``.
-    """
+
+@dataclass
+class Teacher:
+    """The frozen teacher and what feeding it needs: image side, mean / std, tokenizer, embedding size."""
+
+    model: Any
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tokenizer: Any
+    dim: int
+
+    @classmethod
+    def of(cls, bundle: Any) -> Teacher:
+        from dive.models import embed_dim
+
+        cfg = bundle.preprocess_cfg
+        model = bundle.model.eval().requires_grad_(False)
+        return cls(
+            model, cfg["size"][0], tuple(cfg["mean"]), tuple(cfg["std"]), bundle.tokenizer, embed_dim(model)
+        )
+
+    def embed(self, table: pa.Table, device: Any = None) -> pa.Table:
+        """A :func:`decode_table` batch → its columns (``_pixels`` dropped) plus ``teacher_image`` /
+        ``teacher_text`` (float32, D; zeros for skipped rows) and ``_skip``. On CUDA under bf16 autocast."""
+        import torch
+
+        from pipeline.pool import autocast
+
+        device = device or torch.device("cpu")
+        pixels = table.column("_pixels").to_pylist()
+        captions = table.column("caption").to_pylist()
+        keep = [i for i, p in enumerate(pixels) if p is not None]
+        n = len(pixels)
+        img_emb = np.zeros((n, self.dim), np.float32)
+        txt_emb = np.zeros((n, self.dim), np.float32)
+        if keep:
+            side = self.size
+            raw = np.frombuffer(b"".join(pixels[i] for i in keep), np.uint8).reshape(len(keep), 3, side, side)
+            images = torch.from_numpy(raw.copy()).to(device)
+            tokens = self.tokenizer([str(captions[i]) for i in keep]).to(device)
+            with torch.no_grad(), autocast(device):
+                x = normalize_images(images, self.mean, self.std)
+                img_emb[keep] = self.model.encode_image(x, normalize=True).float().cpu().numpy()
+                txt_emb[keep] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
+        skip = table.column("_skip")
+        table = table.drop_columns([c for c in (*_ADDED, "_pixels") if c in table.column_names])
+        for name, values in (("teacher_image", img_emb), ("teacher_text", txt_emb)):
+            table = table.append_column(
+                name, pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), self.dim)
+            )
+        return table.append_column("_skip", skip)
+
+
+def embed_table(table: pa.Table, teacher: Teacher, max_pixels: int, device: Any = None) -> pa.Table:
+    """Teacher embeddings of one batch of shard rows (:func:`decode_table`, then :meth:`Teacher.embed`): the
+    input columns plus ``teacher_image`` / ``teacher_text`` (float32, D) and ``_skip`` (a skip reason for rows
+    whose image does not decode or whose caption is empty; their vectors are zeros)."""
+    return teacher.embed(decode_table(table, teacher.size, max_pixels), device)
+
+
+class TeacherEmbedder:
+    """Callable class for Ray Data ``map_batches``: the driver's own teacher (``teacher``: a :class:`Teacher` put
+    into the object store once), so every actor runs exactly the weights the manifest's fingerprint names, even
+    for a random-init model, and none builds a model; on this actor's device. ``decode``: the
+    :func:`decode_table` arguments where the actor decodes its own batches (cpu; on cuda a task stage has)."""
 
     def __init__(
         self,
-        model_cfg: ModelSettings,
-        state: Any = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        expect_fingerprint: str = "",
+        teacher: Any,
+        device: str = "cpu",
+        threads: int = 0,
+        decode: Mapping[str, Any] | None = None,
     ) -> None:
-        from dive.models import build_model, embed_dim, teacher_fingerprint
+        from pipeline.pool import actor_device, fetch
 
-        bundle = build_model(model_cfg)
-        if state is not None:
-            import ray
-
-            if isinstance(state, ray.ObjectRef):
-                state = ray.get(state)
-            bundle.model.load_state_dict(state)
-        self.model = bundle.model.eval().requires_grad_(False)
-        if expect_fingerprint and teacher_fingerprint(bundle) != expect_fingerprint:
-            raise RuntimeError(
-                f"teacher on this worker is {teacher_fingerprint(bundle)}, expected {expect_fingerprint}"
-            )
-        self.preprocess = stream_image_transform(bundle)
-        self.tokenizer = bundle.tokenizer
-        self.dim = embed_dim(self.model)
-        self.max_pixels = max_pixels
+        self.device = actor_device(device, threads)
+        self.teacher: Teacher = fetch(teacher)
+        self.teacher.model.to(self.device)
+        self.decode = decode
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return embed_table(batch, self.model, self.preprocess, self.tokenizer, self.dim, self.max_pixels)
+        if self.decode is not None:
+            batch = decode_table(batch, **self.decode)
+        return self.teacher.embed(batch, self.device)
 
 
 def _build_teacher(model_cfg: ModelSettings) -> Any:
@@ -129,16 +163,20 @@ def cache_teacher(
     batch_size: int = 64,
     workers: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    device: str = "cpu",
 ) -> Manifest:
     """Add the frozen teacher's L2-normalised embeddings of every row to a captioned set, in place.
 
     The set is rewritten all-or-nothing with float32 ``teacher_image`` / ``teacher_text`` columns (size D) and
     ``teacher_fingerprint`` / ``teacher_dim`` in the manifest; rows, keys, order, shard size and the other
     manifest fields are kept. Rows whose image does not decode (or whose caption is empty) are dropped and
-    added to ``skipped``. ``workers`` > 0 runs the teacher in that many Ray Data actors (``map_batches`` over
-    ``read_parquet``); the embeddings equal the in-process ones.
+    added to ``skipped``. ``workers`` > 0 runs the teacher on a Ray Data actor pool of that size
+    (:func:`pipeline.pool.map_pool` over ``read_parquet``, rows in order); the embeddings equal the in-process
+    ones. ``device`` "cuda": one GPU per actor (``--workers``) or this process's GPU (``--workers 0``), under bf16
+    autocast; with no GPU there it is an error before anything is read.
     """
-    from dive.models import embed_dim, teacher_fingerprint
+    from dive.models import teacher_fingerprint
+    from pipeline.pool import check_device
 
     folder = Path(dataset)
     if folder.is_dir() and is_webdataset(folder):
@@ -146,84 +184,99 @@ def cache_teacher(
             f"{folder}: holds webdataset tars; the teacher cache is written into Parquet shards, so convert "
             f"first: dive data wds {folder} <out> && dive data cache-teacher <out>"
         )
-    manifest = check_dataset(folder, CAPTIONED)
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise DataError(f"--workers must be >= 0, got {workers}")
+    check_device(device, f"--device {device}", DataError)  # this machine's GPUs; the cluster's once Ray is up
+    manifest = check_dataset(folder, CAPTIONED)
     files = shard_files(folder)
     columns = ["image", "caption"] + (["key"] if all("key" in pq.read_schema(f).names for f in files) else [])
     rows_per_shard = max(pq.ParquetFile(f).metadata.num_rows for f in files)
-    bundle = _build_teacher(model_cfg)
-    model = bundle.model.eval().requires_grad_(False)
-    teacher_fp, dim = teacher_fingerprint(bundle), embed_dim(model)
-    new = replace(manifest, teacher_fingerprint=teacher_fp, teacher_dim=dim)
-    with ShardWriter(folder, new, rows_per_shard, overwrite=True) as writer, ray_if(workers):
-        writer.skipped.update({k: v for k, v in manifest.skipped.items() if k != "total"})
+    with ray_if(workers):
+        pool = None
         if workers > 0:
-            batches = _actor_batches(
-                files, columns, model_cfg, model, teacher_fp, batch_size, workers, max_pixels
+            from pipeline.pool import plan_pool
+
+            pool = plan_pool(
+                device, workers, device_key=f"--device {device}", actors_key="--workers", error=DataError
             )
-        else:
-            batches = _local_batches(files, columns, bundle, dim, batch_size, max_pixels)
-        written = seen = 0
-        with progress(manifest.num_rows, "cache-teacher") as bar:
-            for table in batches:
-                bar.update(table.num_rows)
-                for row in table.to_pylist():
-                    reason = row.pop("_skip")
-                    seen += 1
-                    if reason is not None:
-                        writer.skip(reason)
-                        detail = (
-                            "the caption is empty" if reason == NO_CAPTION else SKIP_DETAIL.get(reason, "")
-                        )
-                        report_skip(row.get("key") or f"row {seen - 1}", reason, detail)
-                        continue
-                    writer.add(row)
-                    written += 1
-        if written == 0:
-            raise DataError(
-                f"{folder}: no row has a decodable image and a caption; the dataset is left unchanged"
-            )
+        bundle = _build_teacher(model_cfg)
+        teacher = Teacher.of(bundle)
+        new = replace(manifest, teacher_fingerprint=teacher_fingerprint(bundle), teacher_dim=teacher.dim)
+        with ShardWriter(folder, new, rows_per_shard, overwrite=True) as writer:
+            writer.skipped.update({k: v for k, v in manifest.skipped.items() if k != "total"})
+            if pool is not None:
+                batches = _actor_batches(
+                    files, columns, teacher, pool, manifest.num_rows, batch_size, max_pixels
+                )
+            else:
+                batches = _local_batches(files, columns, teacher, device, batch_size, max_pixels)
+            if _write(batches, writer, manifest.num_rows) == 0:
+                raise DataError(
+                    f"{folder}: no row has a decodable image and a caption; the dataset is left unchanged"
+                )
     return writer.manifest
+
+
+def _write(batches: Iterator[pa.Table], writer: ShardWriter, total: int) -> int:
+    """Embedded batches into ``writer``, in order: kept rows written, skipped ones counted and reported; returns
+    how many rows were written."""
+    seen = written = 0
+    with progress(total, "cache-teacher") as bar:
+        for table in batches:
+            bar.update(table.num_rows)
+            for row in table.to_pylist():
+                reason = row.pop("_skip")
+                seen += 1
+                if reason is not None:
+                    writer.skip(reason)
+                    detail = "the caption is empty" if reason == NO_CAPTION else SKIP_DETAIL.get(reason, "")
+                    report_skip(row.get("key") or f"row {seen - 1}", reason, detail)
+                    continue
+                writer.add(row)
+                written += 1
+    return written
 
 
 def _actor_batches(
     files: list[Path],
     columns: list[str],
-    model_cfg: ModelSettings,
-    model: Any,
-    teacher_fp: str,
+    teacher: Teacher,
+    pool: Any,
+    rows: int,
     batch_size: int,
-    workers: int,
     max_pixels: int,
 ) -> Iterator[pa.Table]:
-    """Embedded batches from ``workers`` Ray Data actors, each running the driver's exact teacher, in order."""
+    """Embedded batches from the actor pool, each actor running the driver's exact teacher, in order."""
     import ray
 
+    from pipeline.pool import map_pool
+
     ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
-    ds = ds.map_batches(
+    ds = map_pool(
+        ds,
         TeacherEmbedder,
-        fn_constructor_kwargs=dict(
-            model_cfg=model_cfg,
-            state=ray.put(model.state_dict()),
-            max_pixels=max_pixels,
-            expect_fingerprint=teacher_fp,
-        ),
+        pool,
+        rows=rows,
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),  # = concurrency=workers
+        decode=decode_table,
+        decode_kwargs={"size": teacher.size, "max_pixels": max_pixels},
+        constructor_kwargs={"teacher": ray.put(teacher)},
     )
     ds.context.execution_options.preserve_order = True  # keep the rows' order
     return ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def _local_batches(
-    files: list[Path], columns: list[str], bundle: Any, dim: int, batch_size: int, max_pixels: int
+    files: list[Path], columns: list[str], teacher: Teacher, device: str, batch_size: int, max_pixels: int
 ) -> Iterator[pa.Table]:
-    """Embedded batches computed in this process, shard by shard."""
-    model, preprocess = bundle.model.eval().requires_grad_(False), stream_image_transform(bundle)
+    """Embedded batches computed in this process (on ``device``), shard by shard."""
+    import torch
+
+    where = torch.device(device)
+    teacher.model.to(where)
     for f in files:
         for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
-            yield embed_table(
-                pa.Table.from_batches([rb]), model, preprocess, bundle.tokenizer, dim, max_pixels
-            )
+            yield embed_table(pa.Table.from_batches([rb]), teacher, max_pixels, where)

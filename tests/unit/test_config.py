@@ -61,6 +61,8 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
         ("loss.lambda_avl=abc", "loss.lambda_avl", "could not be converted to Float"),
         ("loss.method=dvie", "loss.method", "expected one of"),
         ("model.precision=fp16", "model.precision", "'fp32' or 'bf16'"),
+        ("eval.device=gpu", "eval.device", "'auto', 'cpu' or 'cuda'"),
+        ("eval.actors=two", "eval.actors", "could not be converted"),
         ("optim.global_batch=1.5", "optim.global_batch", "could not be converted"),
         ("nosection.x=1", "nosection", "not in 'Config'"),
     ],
@@ -98,6 +100,8 @@ def test_override_without_equals_and_missing_file():
         ("eval.ood.sketch=/no/such/dir", "eval.ood.sketch", "an existing folder"),
         ("model.pretrained=/no/weights.pt", "model.pretrained", "existing weights file"),
         ("loss.temperature=0", "loss.temperature", "(0, 100]"),
+        ("eval.actors=-1", "eval.actors", ">= 0 (0: one per GPU on cuda, 1 on cpu)"),
+        ("eval.batch_size=0", "eval.batch_size", ">= 1"),
     ],
 )
 def test_validate_rejects_impossible_values_naming_the_key(tmp_path, override, key, expected):
@@ -137,3 +141,17 @@ def test_keys_that_moved_still_load_under_their_new_names_with_a_warning(tmp_pat
     assert (cfg.run.storage_path, cfg.run.checkpoint.every, cfg.run.failure.max_failures) == ("/s", 3, 4)
     assert (cfg.val.id, cfg.val.objective, cfg.val.samples) == ("/v", "id_zs", 9)
     assert set(MOVED_KEYS.values()) <= set(flatten(cfg))
+
+
+def test_eval_device_auto_follows_scaling_use_gpu_and_explicit_devices_stand():
+    from dive.config import EvalDevice, eval_device
+
+    cfg = load_config()
+    assert (cfg.eval.device, cfg.eval.actors, cfg.eval.batch_size) == (EvalDevice.auto, 0, 256)
+    assert eval_device(cfg) == "cpu"
+    assert eval_device(load_config(overrides=["scaling.use_gpu=true"])) == "cuda"
+    assert eval_device(load_config(overrides=["scaling.use_gpu=true", "eval.device=cpu"])) == "cpu"
+    on_gpu = load_config(overrides=["eval.device=cuda", "eval.actors=4"])
+    assert eval_device(on_gpu) == "cuda" and on_gpu.eval.actors == 4
+    assert flatten(on_gpu)["eval.device"] == "cuda"  # MLflow params and saved configs hold the plain value
+    assert from_dict(to_dict(on_gpu)) == on_gpu

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from pipeline.convert.teacher_cache import Teacher as CacheTeacher
 from pipeline.convert.teacher_cache import embed_table
 from pipeline.data import transforms
 from pipeline.data.format import LABELLED, decode_image
@@ -283,8 +284,9 @@ def test_teacher_cache_embeds_the_rotated_and_scaled_pixels():
             return torch.zeros(tokens.shape[0], 4)
 
     table = pa.table({"image": [half_photo(16), grey16(65535, 16)], "caption": ["a photo", "grey"]})
-    preprocess = stream_image_transform(fake_bundle(16))
-    out = embed_table(table, Teacher(), preprocess, lambda caps: torch.zeros(len(caps), 3), 4, LIMIT)
+    cfg = fake_bundle(16).preprocess_cfg
+    teacher = CacheTeacher(Teacher(), 16, cfg["mean"], cfg["std"], lambda caps: torch.zeros(len(caps), 3), 4)
+    out = embed_table(table, teacher, LIMIT)
     assert out.column("_skip").to_pylist() == [None, None]
     assert_red_above_white(seen[0][0].permute(1, 2, 0).numpy() * 255)
     assert torch.equal(seen[0][1], torch.ones(3, 16, 16))  # 65535 → 255

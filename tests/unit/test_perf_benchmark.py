@@ -74,3 +74,27 @@ def test_the_bare_first_step_is_a_fresh_process_building_the_runs_model():
     cfg = load_config(overrides=["optim.global_batch=4", "data.ref_batch=4"])
     seconds = perf.bare_first_step(cfg, threads=1, rounds=1)
     assert 0 < seconds < 120
+
+
+@pytest.mark.ray
+def test_eval_pool_over_bare_times_both_sides_on_the_same_images(ray_session, tmp_path):
+    """The evaluation pool's measurement on a tiny set copied to ``min_images``: every image scored on both sides,
+    finite positive rates (their values are the benchmark's business)."""
+    import numpy as np
+    from PIL import Image
+
+    from dive.config import Config, ModelSettings
+    from pipeline.data.format import LABELLED, Manifest, ShardWriter, encode_png
+
+    rng = np.random.default_rng(0)
+    manifest = Manifest("s", LABELLED, classnames=["a", "b"], templates=["a {}."])
+    with ShardWriter(tmp_path / "s", manifest, rows_per_shard=16) as writer:
+        for i in range(32):
+            image = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            writer.add({"image": encode_png(image), "label": i % 2})
+    cfg = Config()
+    cfg.eval.ood, cfg.eval.batch_size = {"s": str(tmp_path / "s")}, 8
+    out = perf.eval_pool_over_bare(cfg, ModelSettings(), threads=1, min_images=128)
+    assert out["eval_pool_images"] == 128 and out["eval_pool_blocks"] >= 4
+    for key in ("eval_pool_over_bare", "eval_pool_start_s", "eval_pool_wall_over_bare"):
+        assert math.isfinite(out[key]) and out[key] > 0, (key, out[key])
