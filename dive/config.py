@@ -609,9 +609,20 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
         need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
 
 
+def input_folders(cfg: Config) -> list[tuple[str, str]]:
+    """(key, folder or URI) of every dataset a run may read, the unset ones left out."""
+    data, ev, val = cfg.data, cfg.eval, cfg.val
+    paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
+    paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
+    paths += [("val.id", val.id), ("val.ref", val.ref), ("val.zs", val.zs)]
+    paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
+    paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
+    return [(key, value) for key, value in paths if value]
+
+
 def _check_paths(cfg: Config, need: _Need) -> None:
     """Every local input folder (and weights file) exists; remote URIs are left to their readers."""
-    loss, model, data, ev = cfg.loss, cfg.model, cfg.data, cfg.eval
+    loss, model, data = cfg.loss, cfg.model, cfg.data
     needs_ref = loss.method in USES_REFERENCE
     need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
     if needs_ref:
@@ -621,13 +632,8 @@ def _check_paths(cfg: Config, need: _Need) -> None:
             f"a folder of captioned shards (method {loss.method.value} uses the reference set)",
             data.reference,
         )
-    paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
-    paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
-    paths += [("val.id", cfg.val.id), ("val.ref", cfg.val.ref), ("val.zs", cfg.val.zs)]
-    paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
-    paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
-    for key, value in paths:
-        if value and not _is_remote(value):
+    for key, value in input_folders(cfg):
+        if not _is_remote(value):
             need(Path(value).is_dir(), key, "an existing folder", value)
     if model.name.startswith("local-dir:"):
         folder = model.name.removeprefix("local-dir:")

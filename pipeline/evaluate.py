@@ -124,11 +124,16 @@ class _Scorer:
         return out
 
 
+def _no_scheme(path: str) -> str:
+    """A shard's path as Ray Data's ``path`` column gives it: object-store URIs without their ``s3://``."""
+    return str(path).split("://", 1)[-1]
+
+
 def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str, np.ndarray]:
     return {
         "image": batch["image"],
         "label": batch["label"],
-        "set": np.array([files[p] for p in batch["path"]], dtype=np.int64),
+        "set": np.array([files[_no_scheme(p)] for p in batch["path"]], dtype=np.int64),
     }
 
 
@@ -263,7 +268,7 @@ def scored_batches(
     )
     # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
     files = {
-        str(f): i
+        _no_scheme(str(f)): i
         for i, suite in enumerate(suites)
         for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
     }

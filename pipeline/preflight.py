@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dive.bundle import ModelBundle
-from dive.config import USES_REFERENCE, Config, ConfigError, ref_batch, validate_paths
+from dive.config import USES_REFERENCE, Config, ConfigError, input_folders, ref_batch, validate_paths
 from dive.redact import mask_text
+from pipeline import storage
 from pipeline.checkpoint import Found
 from pipeline.console import error_line
 from pipeline.convert.suites.names import template_set
@@ -68,8 +69,9 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
     check_tracking(uri)
     resume_from = check_resumable(cfg, uri, resume_run_id) if resume_run_id else None
     check_writable("tracking.output_dir", cfg.tracking.output_dir)
-    if cfg.run.storage_path and "://" not in cfg.run.storage_path:
+    if cfg.run.storage_path and not storage.is_uri(cfg.run.storage_path):
         check_writable("run.storage_path", cfg.run.storage_path)
+    check_storage(cfg)
     manifests = check_inputs(cfg)
     id_manifest = manifests[cfg.data.id_train]
     ref_manifest = manifests.get(cfg.data.reference) if cfg.data.reference else None
@@ -78,6 +80,20 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
     teacher = build_checked(cfg)
     use_cache = uses_ref and ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
     return Plan(cfg, uri, ref_batch(cfg), teacher, use_cache, manifests, resume_from)
+
+
+def check_storage(cfg: Config) -> None:
+    """Every object-store URI of the run answers: the endpoint is up, the bucket exists, the credentials read it,
+    and ``run.storage_path`` takes a write (the checkpoints go there). One line naming the key and the URI, before
+    Ray starts; without this, a wrong key surfaces as a worker's stack trace at the first checkpoint."""
+    locations = [(key, folder, False) for key, folder in input_folders(cfg) if storage.is_uri(folder)]
+    if storage.is_uri(cfg.run.storage_path):
+        locations.append(("run.storage_path", cfg.run.storage_path, True))
+    for key, location, write in locations:
+        try:
+            storage.check_location(key, location, write)
+        except storage.StorageError as err:
+            raise ConfigError(str(err)) from None
 
 
 def datasets_read(cfg: Config) -> list[tuple[str, str]]:
