@@ -637,7 +637,8 @@ def _check_paths(cfg: Config, need: _Need) -> None:
             need(Path(value).is_dir(), key, "an existing folder", value)
     if model.name.startswith("local-dir:"):
         folder = model.name.removeprefix("local-dir:")
-        need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
+        if not _is_remote(folder):
+            need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
     elif model.pretrained and _looks_like_file(model.pretrained):
         need(
             Path(model.pretrained).is_file(),

@@ -33,6 +33,7 @@ from pipeline.data.format import (
     check_dataset,
     check_teacher_cache,
 )
+from pipeline.home import output_folder
 
 TRACKING_TIMEOUT_S = 5.0
 
@@ -68,7 +69,7 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
     uri = tracking_uri(cfg)
     check_tracking(uri)
     resume_from = check_resumable(cfg, uri, resume_run_id) if resume_run_id else None
-    check_writable("tracking.output_dir", cfg.tracking.output_dir)
+    check_writable("tracking.output_dir", str(output_folder(cfg.tracking.output_dir)))
     if cfg.run.storage_path and not storage.is_uri(cfg.run.storage_path):
         check_writable("run.storage_path", cfg.run.storage_path)
     check_storage(cfg)
@@ -87,8 +88,14 @@ def check_storage(cfg: Config) -> None:
     and ``run.storage_path`` takes a write (the checkpoints go there). One line naming the key and the URI, before
     Ray starts; without this, a wrong key surfaces as a worker's stack trace at the first checkpoint."""
     locations = [(key, folder, False) for key, folder in input_folders(cfg) if storage.is_uri(folder)]
-    if storage.is_uri(cfg.run.storage_path):
-        locations.append(("run.storage_path", cfg.run.storage_path, True))
+    for key, location in (
+        ("run.storage_path", cfg.run.storage_path),
+        ("tracking.output_dir", cfg.tracking.output_dir),
+    ):
+        if storage.is_uri(location):
+            locations.append((key, location, True))
+    if cfg.model.name.startswith("local-dir:") and storage.is_uri(cfg.model.name.removeprefix("local-dir:")):
+        locations.append(("model.name", cfg.model.name.removeprefix("local-dir:"), False))
     for key, location, write in locations:
         try:
             storage.check_location(key, location, write)
@@ -255,9 +262,10 @@ def check_batches(cfg: Config, id_manifest: Manifest, ref_manifest: Manifest | N
 def build_checked(cfg: Config) -> ModelBundle:
     """The teacher (= the student's starting point), with an unknown name, tag or weights file as one line."""
     from dive.models import build_model
+    from pipeline.home import local_model
 
     try:
-        return build_model(cfg.model)
+        return build_model(local_model(cfg.model))
     except (ValueError, RuntimeError, OSError) as err:
         first = error_line(err)
         if first.startswith(("model.name", "model.pretrained")):

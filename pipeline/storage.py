@@ -55,6 +55,13 @@ def join(location: str | os.PathLike[str], *parts: str) -> str:
     return str(local_path(location).joinpath(*parts))
 
 
+def parent(location: str | os.PathLike[str]) -> str:
+    """The folder that holds ``location``."""
+    if is_uri(location):
+        return str(location).rstrip("/").rsplit("/", 1)[0]
+    return str(local_path(location).parent)
+
+
 def basename(location: str | os.PathLike[str]) -> str:
     return posixpath.basename(str(location).rstrip("/")) if is_uri(location) else local_path(location).name
 
@@ -158,6 +165,49 @@ def delete(location: str | os.PathLike[str]) -> None:
         fs.delete_dir(path)
     elif kind == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def upload(local: str | os.PathLike[str], location: str) -> None:
+    """Copy a local file or folder (recursively) to a URI."""
+    fs, path = resolve(location)
+    try:
+        pafs.copy_files(str(local), path, destination_filesystem=fs)
+    except Exception as err:
+        raise StorageError(f"{location}: {explain(err)}") from None
+
+
+def download(location: str, local: str | os.PathLike[str]) -> Path:
+    """Copy a remote file or folder (recursively) to a local path; returns it."""
+    fs, path = resolve(location)
+    target = Path(local)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            files = [(path, target)]
+        elif info.type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            files = [
+                (i.path, target / posixpath.relpath(i.path, path))
+                for i in found
+                if i.type == pafs.FileType.File
+            ]
+        else:
+            raise FileNotFoundError("no such file or folder")
+        if info.type == pafs.FileType.Directory:
+            target.mkdir(parents=True, exist_ok=True)  # an empty folder too
+        for source, dest in files:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(source) as fh, open(dest, "wb") as out:
+                while chunk := fh.read(8 << 20):
+                    out.write(chunk)
+    except Exception as err:
+        raise StorageError(f"{location}: {explain(err)}") from None
+    return target
+
+
+def mirror(root: str | os.PathLike[str], location: str) -> Path:
+    """The local folder that stands for a URI under ``root``: ``root/<scheme>/<bucket>/<prefix>``."""
+    return Path(root, scheme(location), *str(location).split("://", 1)[1].strip("/").split("/"))
 
 
 def explain(err: BaseException) -> str:

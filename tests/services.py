@@ -75,7 +75,8 @@ class S3Store:
     secret_key: str
     read_only: tuple[str, str]  # (access key, secret) allowed to read and list only
     folder: Path
-    proc: subprocess.Popen = field(repr=False)
+    cmd: list[str] = field(repr=False)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def env(self, keys: tuple[str, str] | None = None) -> dict[str, str]:
         """What a process needs to reach the store the standard way (pyarrow, boto3, Ray Train)."""
@@ -111,6 +112,28 @@ class S3Store:
         base = f"{self.bucket}/{prefix}".rstrip("/")
         infos = self.filesystem().get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
+
+    def start(self) -> None:
+        """Start ``weed`` (its data folder kept from a previous start) and make the bucket if it is not there."""
+        with open(self.folder / "weed.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        fs = self.filesystem()
+
+        def bucket_ready() -> bool:
+            fs.create_dir(self.bucket)  # a no-op once it exists; raises OSError until S3 answers
+            return True
+
+        wait_for(bucket_ready, "SeaweedFS", self.proc, timeout=90)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def weed_ports(n: int) -> list[int]:
@@ -170,24 +193,12 @@ def seaweedfs(folder: Path, bucket: str = "dive") -> Iterator[S3Store]:
         "-admin.ui=false", f"-admin.port={ports['admin']}", f"-s3.config={folder / 's3.json'}",
     ]  # fmt: skip
     (folder / "data").mkdir(exist_ok=True)
-    log = open(folder / "weed.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    store = S3Store(f"http://127.0.0.1:{ports['s3']}", bucket, *keys, reader, folder, proc)
+    store = S3Store(f"http://127.0.0.1:{ports['s3']}", bucket, *keys, reader, folder, cmd)
     try:
-        fs = store.filesystem()
-
-        def bucket_made() -> bool:
-            try:
-                fs.create_dir(bucket)
-            except OSError:
-                return False
-            return True
-
-        wait_for(bucket_made, "SeaweedFS", proc, timeout=90)
+        store.start()
         yield store
     finally:
-        stop(proc)
-        log.close()
+        store.stop()
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL

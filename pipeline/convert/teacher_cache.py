@@ -150,9 +150,10 @@ class TeacherEmbedder:
 def _build_teacher(model_cfg: ModelSettings) -> Any:
     """build_model, with an unknown name or unloadable weights as a one-line DataError."""
     from dive.models import build_model
+    from pipeline.home import local_model
 
     try:
-        return build_model(model_cfg)
+        return build_model(local_model(model_cfg))
     except (ValueError, RuntimeError, OSError) as err:
         first = error_line(err)
         raise DataError(

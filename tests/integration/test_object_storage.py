@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _to_bucket(store, overrides: list[str], prefix: str) -> list[str]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_the_bucket(
-    ray_session, s3_env, mlflow_production, demo, tmp_path
+    ray_session, s3_env, mlflow_production, demo, tmp_path, monkeypatch
 ):
     """The production shape on one machine: every dataset read from the bucket by Ray Data's readers, checkpoints
     written to it (``run.storage_path``), MLflow on PostgreSQL with its artifacts proxied into the bucket; then
@@ -221,17 +222,25 @@ def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_
     from pipeline.train import main, prepare_config, run
     from tests.helpers import tiny_run_overrides
 
+    monkeypatch.setenv("DIVE_HOME", str(tmp_path / "home"))  # the outputs' local mirror and the model cache
     prefix = f"demo-{uuid.uuid4().hex[:8]}"
     overrides = _to_bucket(s3_env, tiny_run_overrides(demo, tmp_path, prefix), f"{prefix}/data")
     assert sum("=s3://" in o for o in overrides) >= 5
     base = tmp_path / "base.yaml"
     base.write_text("{}\n")
-    extra = [f"run.storage_path={s3_env.uri(prefix, 'runs')}", f"tracking.uri={mlflow_production}"]
+    outputs = s3_env.uri(prefix, "outputs")
+    extra = [
+        f"run.storage_path={s3_env.uri(prefix, 'runs')}",
+        f"tracking.output_dir={outputs}",
+        f"tracking.uri={mlflow_production}",
+    ]
     cfg = prepare_config(str(base), [*overrides, *extra, "optim.max_steps=2", "tracking.log_every=1"])
     first = run(cfg)
     assert first.checkpoint.startswith(f"{s3_env.bucket}/{prefix}/runs/")
     assert any(k.endswith("/state.pt") for k in s3_env.keys(f"{prefix}/runs"))
-    assert not list(Path(cfg.tracking.output_dir).glob("**/state.pt"))  # nothing checkpointed locally
+    # The run folder went up: its config (what --resume reads), the export and the evaluation tables.
+    published = s3_env.keys(f"{prefix}/outputs/{first.run_id}")
+    assert {"config.yaml", "export/open_clip_config.json", "eval/report.json"} <= set(published), published
     client = MlflowClient(tracking_uri=mlflow_production)
     mlrun = client.get_run(first.run_id)
     assert mlrun.data.params["loss.method"] == "dive" and "eval/id_acc" in mlrun.data.metrics
@@ -240,9 +249,89 @@ def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_
     names = {Path(k).name for k in stored}
     assert {"open_clip_config.json", "accuracy.png", "losses.png", "report.json"} <= names, names
     client.set_terminated(first.run_id, "KILLED")  # as Ctrl-C leaves it
-    run_dir = Path(cfg.tracking.output_dir) / first.run_id
-    assert main(["--resume", str(run_dir), "optim.max_steps=4"]) == 0
+    assert main(["--resume", f"{outputs}/{first.run_id}", "optim.max_steps=4"]) == 0
     assert [m.value for m in client.get_metric_history(first.run_id, "train/resumed_from_step")] == [2.0]
     assert client.get_run(first.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(first.run_id, "train/loss")]
     assert sorted(steps) == [1, 2, 3, 4], steps
+    # The export in the bucket evaluates as it is named there: fetched once into this node's model cache.
+    from pipeline.evaluate import main as evaluate_main
+
+    report = tmp_path / "report.json"
+    export = f"local-dir:{outputs}/{first.run_id}/export"
+    config = tmp_path / "out" / "eval.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("{}\n")
+    assert evaluate_main(["--config", str(config), "--model", export, "--out", str(report), *overrides]) == 0
+    scored = json.loads(report.read_text())
+    assert scored["finetuned"]["id_acc"] == pytest.approx(
+        client.get_run(first.run_id).data.metrics["eval/id_acc"]
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_store_that_goes_away_mid_training_fails_in_one_line_and_keeps_the_last_checkpoint(
+    demo, tmp_path, monkeypatch
+):
+    """A store of its own (the session's keeps serving the other tests): after the first checkpoint is in the
+    bucket, the store stops. The next checkpoint cannot be written: the run ends FAILED with one ``error:`` line
+    naming the checkpoint and what failed, and once the store is back the checkpoint before it is intact."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.checkpoint import newest_intact, run_folder
+    from tests.helpers import tiny_run_overrides
+    from tests.services import seaweedfs
+
+    with seaweedfs(tmp_path / "store") as store:
+        env = {**os.environ, **store.env(), "DIVE_NO_PROGRESS": "1"}
+        overrides = [
+            *tiny_run_overrides(demo, tmp_path, "gone"),
+            "optim.max_steps=6",
+            "run.checkpoint.every=1",
+            "run.failure.max_failures=0",
+            f"run.storage_path={store.uri('runs')}",
+        ]
+        (tmp_path / "base.yaml").write_text("{}\n")
+        stopped = threading.Event()
+
+        def stop_after_first_checkpoint() -> None:
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline:
+                if any(k.endswith("/complete.json") for k in store.keys("runs")):
+                    stopped.set()
+                    store.stop()
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+        watcher.start()
+        done = subprocess.run(
+            [sys.executable, "pipeline/train.py", "--config", str(tmp_path / "base.yaml"), *overrides],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+        )
+        watcher.join(timeout=60)
+        assert stopped.is_set(), done.stderr[-3000:]
+        assert done.returncode == 1, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "could not write the checkpoint" in errors[0] and "does not answer" in errors[0], errors[0]
+        (run_dir,) = [p.parent for p in (tmp_path / "out").glob("*/config.yaml")]
+        mlrun = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_dir.name)
+        assert mlrun.info.status == "FAILED"
+        store.restart()
+        for key, value in store.env().items():
+            monkeypatch.setenv(key, value)
+        fs, folder = run_folder(store.uri("runs"), run_dir.name)
+        assert newest_intact(fs, folder).step >= 1
