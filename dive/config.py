@@ -62,6 +62,15 @@ class EvalDevice(str, enum.Enum):
     cuda = "cuda"  # one scoring actor per GPU (num_gpus=1), bf16 autocast
 
 
+class Placement(str, enum.Enum):
+    """How Ray places the Train workers on nodes (``scaling.placement``: Ray's placement-group strategies)."""
+
+    PACK = "PACK"  # as few nodes as fit (Ray Train's default)
+    SPREAD = "SPREAD"  # over as many nodes as there are, best effort
+    STRICT_SPREAD = "STRICT_SPREAD"  # one worker per node, or wait for nodes
+    STRICT_PACK = "STRICT_PACK"  # all on one node
+
+
 class ValObjective(str, enum.Enum):
     """Which "zero-shot kept" metric stands beside val/id_acc in val/objective."""
 
@@ -269,6 +278,8 @@ class ScalingSettings:
     cpus_per_worker: float = 0.5
     # Torch intra-op threads per worker (0: cores // workers on this node).
     threads_per_worker: int = 0
+    # Where the workers go: PACK (fewest nodes), SPREAD, STRICT_SPREAD (one per node), STRICT_PACK (one node).
+    placement: Placement = Placement.PACK
 
 
 # ---------------------------------------------------------------------------------------------------- run

@@ -29,7 +29,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dict, to_yaml, validate
+from dive.config import (
+    USES_REFERENCE,
+    Config,
+    ConfigError,
+    Placement,
+    load_config,
+    to_dict,
+    to_yaml,
+    validate,
+)
 from dive.redact import mask_text
 from pipeline import storage
 from pipeline.checkpoint import CheckpointWriteError
@@ -486,6 +495,7 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources,
+            placement_strategy=Placement(cfg.scaling.placement).value,
         ),
         run_config=RunConfig(
             name=train_run_name(info.run_id),

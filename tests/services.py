@@ -4,6 +4,7 @@ server`` on both. Fixtures in ``conftest.py`` start each once per pytest session
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,6 +136,22 @@ class S3Store:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def upload_sets(store: S3Store, overrides: list[str], prefix: str) -> list[str]:
+    """``a.b=c`` overrides with every local dataset folder uploaded to ``s3://bucket/prefix/<n>`` and named by its
+    URI instead."""
+    import pyarrow.fs as pafs
+
+    fs = store.filesystem()
+    out = []
+    for i, item in enumerate(overrides):
+        key, _, value = item.partition("=")
+        if Path(value, "dataset.json").is_file():
+            pafs.copy_files(value, f"{store.bucket}/{prefix}/{i}", destination_filesystem=fs)
+            value = store.uri(prefix, str(i))
+        out.append(f"{key}={value}")
+    return out
 
 
 def weed_ports(n: int) -> list[int]:
@@ -276,3 +294,79 @@ def mlflow_server(backend: str, artifacts: str, env: dict[str, str], log: Path) 
     finally:
         stop(proc)
         out.close()
+
+
+# ------------------------------------------------------------------------------------------------ Ray nodes
+@dataclass
+class RayNode:
+    """One ``ray start --block`` node as its own process group (``kill`` stops exactly it, not the machine's other
+    Ray instances, which ``ray stop`` would)."""
+
+    ip: str
+    proc: subprocess.Popen
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    temp: str = ""
+
+    def kill(self) -> None:
+        """SIGKILL to the node's whole process group: raylet, workers and all, as a lost machine."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=60)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def ray_env(token_file: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A node's (and the CLI's) environment: token auth with a private token file, the venv first on PATH."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **extra}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)})
+    for key in ("RAY_ADDRESS", "DIVE_HOME", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+def ray_node(ip: str, env: dict[str, str], cpus: int, head: RayNode | None = None) -> RayNode:
+    """A head (``head`` None) or worker node on ``ip`` with every port its own; waits until it serves."""
+    ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]  # fmt: skip
+    # A temporary folder per node: nodes on one machine would otherwise share one session folder, and a node
+    # started again unpacks the job's working directory over the one the other node's workers import from.
+    temp = tempfile.mkdtemp(prefix="dive-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    cmd = [str(BIN / "ray"), "start", "--block", f"--node-ip-address={ip}", f"--num-cpus={cpus}", *ports,
+           f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    gcs = dashboard = 0
+    if head is None:
+        gcs, dashboard = free_port(), free_port()
+        cmd += ["--head", f"--port={gcs}", f"--ray-client-server-port={free_port()}",
+                f"--dashboard-host={ip}", f"--dashboard-port={dashboard}"]  # fmt: skip
+    else:
+        cmd += [f"--address={head.ip}:{head.gcs_port}"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    node = RayNode(ip, proc, gcs, dashboard, temp)
+    if head is None:
+
+        def dashboard_up() -> bool:
+            try:
+                urllib.request.urlopen(f"http://{ip}:{dashboard}/api/version", timeout=2)
+            except urllib.error.HTTPError:  # answering (401 without the token): it is up
+                pass
+            return True
+
+        wait_for(dashboard_up, "ray start --head", proc, timeout=180)
+    return node
+
+
+def alive_nodes(head: RayNode, env: dict[str, str]) -> int:
+    """How many nodes the cluster counts alive (``ray list nodes``)."""
+    out = subprocess.run(
+        [str(BIN / "ray"), "list", "nodes", "--address", f"http://{head.ip}:{head.dashboard_port}",
+         "--filter", "state=ALIVE", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return len(json.loads(out.stdout)) if out.returncode == 0 and out.stdout.strip().startswith("[") else 0

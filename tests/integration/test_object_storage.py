@@ -26,6 +26,7 @@ from pipeline.data.format import (
     shard_files,
 )
 from tests.helpers import write_tar
+from tests.services import upload_sets
 
 
 def png(value: int) -> bytes:
@@ -196,19 +197,6 @@ def test_preflight_refuses_a_dataset_uri_whose_bucket_is_missing_and_reads_with_
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _to_bucket(store, overrides: list[str], prefix: str) -> list[str]:
-    """The overrides with every local dataset folder uploaded to ``s3://bucket/prefix/<n>`` and named by URI."""
-    fs = store.filesystem()
-    out = []
-    for i, item in enumerate(overrides):
-        key, _, value = item.partition("=")
-        if Path(value, "dataset.json").is_file():
-            pafs.copy_files(value, f"{store.bucket}/{prefix}/{i}", destination_filesystem=fs)
-            value = store.uri(prefix, str(i))
-        out.append(f"{key}={value}")
-    return out
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_the_bucket(
@@ -224,7 +212,7 @@ def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_
 
     monkeypatch.setenv("DIVE_HOME", str(tmp_path / "home"))  # the outputs' local mirror and the model cache
     prefix = f"demo-{uuid.uuid4().hex[:8]}"
-    overrides = _to_bucket(s3_env, tiny_run_overrides(demo, tmp_path, prefix), f"{prefix}/data")
+    overrides = upload_sets(s3_env, tiny_run_overrides(demo, tmp_path, prefix), f"{prefix}/data")
     assert sum("=s3://" in o for o in overrides) >= 5
     base = tmp_path / "base.yaml"
     base.write_text("{}\n")
