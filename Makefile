@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev,litemini,emojishift]'
+	$(BIN)/pip install -e '.[dev,litemini,emojishift,server]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -62,6 +62,15 @@ class EvalDevice(str, enum.Enum):
     cuda = "cuda"  # one scoring actor per GPU (num_gpus=1), bf16 autocast
 
 
+class Placement(str, enum.Enum):
+    """How Ray places the Train workers on nodes (``scaling.placement``: Ray's placement-group strategies)."""
+
+    PACK = "PACK"  # as few nodes as fit (Ray Train's default)
+    SPREAD = "SPREAD"  # over as many nodes as there are, best effort
+    STRICT_SPREAD = "STRICT_SPREAD"  # one worker per node, or wait for nodes
+    STRICT_PACK = "STRICT_PACK"  # all on one node
+
+
 class ValObjective(str, enum.Enum):
     """Which "zero-shot kept" metric stands beside val/id_acc in val/objective."""
 
@@ -269,6 +278,8 @@ class ScalingSettings:
     cpus_per_worker: float = 0.5
     # Torch intra-op threads per worker (0: cores // workers on this node).
     threads_per_worker: int = 0
+    # Where the workers go: PACK (fewest nodes), SPREAD, STRICT_SPREAD (one per node), STRICT_PACK (one node).
+    placement: Placement = Placement.PACK
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -609,9 +620,20 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
         need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
 
 
+def input_folders(cfg: Config) -> list[tuple[str, str]]:
+    """(key, folder or URI) of every dataset a run may read, the unset ones left out."""
+    data, ev, val = cfg.data, cfg.eval, cfg.val
+    paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
+    paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
+    paths += [("val.id", val.id), ("val.ref", val.ref), ("val.zs", val.zs)]
+    paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
+    paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
+    return [(key, value) for key, value in paths if value]
+
+
 def _check_paths(cfg: Config, need: _Need) -> None:
     """Every local input folder (and weights file) exists; remote URIs are left to their readers."""
-    loss, model, data, ev = cfg.loss, cfg.model, cfg.data, cfg.eval
+    loss, model, data = cfg.loss, cfg.model, cfg.data
     needs_ref = loss.method in USES_REFERENCE
     need(bool(data.id_train), "data.id_train", "a folder of labelled shards", data.id_train)
     if needs_ref:
@@ -621,17 +643,13 @@ def _check_paths(cfg: Config, need: _Need) -> None:
             f"a folder of captioned shards (method {loss.method.value} uses the reference set)",
             data.reference,
         )
-    paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
-    paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
-    paths += [("val.id", cfg.val.id), ("val.ref", cfg.val.ref), ("val.zs", cfg.val.zs)]
-    paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
-    paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
-    for key, value in paths:
-        if value and not _is_remote(value):
+    for key, value in input_folders(cfg):
+        if not _is_remote(value):
             need(Path(value).is_dir(), key, "an existing folder", value)
     if model.name.startswith("local-dir:"):
         folder = model.name.removeprefix("local-dir:")
-        need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
+        if not _is_remote(folder):
+            need(Path(folder).is_dir(), "model.name", "local-dir:<existing export folder>", model.name)
     elif model.pretrained and _looks_like_file(model.pretrained):
         need(
             Path(model.pretrained).is_file(),

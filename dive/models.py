@@ -65,10 +65,16 @@ def _resolve_model_cfg(name: str, quick_gelu: bool) -> dict[str, Any]:
 
 
 def get_tokenizer(name: str) -> Any:
-    """The tokenizer of a model name, without building the model (Ray Data tokenises captions with it)."""
+    """The tokenizer of a model name, without building the model (Ray Data tokenises captions with it).
+
+    An architecture name open_clip does not know is an error here: open_clip would fall back to its default
+    tokenizer (77 tokens) without a word, and a stream tokenised that way fails far from the cause, at the first
+    step that puts its captions beside the prompts."""
     if litemini.is_litemini_name(name):
         return litemini.litemini_tokenizer()
     register_model_configs()
+    if ":" not in name and open_clip.get_model_config(name) is None:
+        raise ValueError(f"model.name: unknown open_clip model '{name}' (no config for its tokenizer)")
     return open_clip.get_tokenizer(name)
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
+from pipeline import storage
+
 STATE_FILE = "state.pt"
 COMPLETE_FILE = "complete.json"  # written last: a checkpoint without it is incomplete
 PARTIAL_PREFIX = ".partial-"  # a local checkpoint being written; renamed to its final name when complete
@@ -273,13 +275,14 @@ def _free_local(path: str) -> str:
 
 
 def _free(fs: pafs.FileSystem, path: str) -> str:
-    return (
-        _free_local(path)
-        if isinstance(fs, pafs.LocalFileSystem)
-        else "object storage: free space not reported"
-    )
+    return _free_local(path) if isinstance(fs, pafs.LocalFileSystem) else ""
 
 
 def _write_failed(path: str, err: OSError, free: str) -> str:
-    reason = err.strerror or str(err) or type(err).__name__
-    return f"could not write the checkpoint {path}: {reason} ({free}); the last complete checkpoint is kept"
+    """One line: the checkpoint, what failed (an object store's error in words: :func:`pipeline.storage.explain`),
+    the free space where a disk reports it."""
+    if free:
+        reason = f"{err.strerror or str(err) or type(err).__name__} ({free})"
+    else:
+        reason = storage.explain(err)
+    return f"could not write the checkpoint {path}: {reason}; the last complete checkpoint is kept"

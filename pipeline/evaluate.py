@@ -45,6 +45,7 @@ from pipeline.data.format import (
 )
 from pipeline.data.streams import open_dataset
 from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
+from pipeline.home import local_model, output_folder
 from pipeline.pool import actor_device, autocast, check_device, fetch, map_pool, plan_pool
 
 
@@ -124,11 +125,16 @@ class _Scorer:
         return out
 
 
+def _no_scheme(path: str) -> str:
+    """A shard's path as Ray Data's ``path`` column gives it: object-store URIs without their ``s3://``."""
+    return str(path).split("://", 1)[-1]
+
+
 def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str, np.ndarray]:
     return {
         "image": batch["image"],
         "label": batch["label"],
-        "set": np.array([files[p] for p in batch["path"]], dtype=np.int64),
+        "set": np.array([files[_no_scheme(p)] for p in batch["path"]], dtype=np.int64),
     }
 
 
@@ -217,7 +223,7 @@ def scored_batches(
     with ``eval.actors`` actors on ``eval.device`` (``threads`` torch threads per CPU actor; 0: this machine's
     cores split between them), each given the models and heads built here, once."""
     device = check_eval_device(cfg)  # before anything is built
-    bundles = {name: build_model(m) for name, m in models.items()}
+    bundles = {name: build_model(local_model(m)) for name, m in models.items()}
     first = next(iter(bundles.values()))
     size = first.preprocess_cfg["size"][0]
     column_map = cfg.data.column_map
@@ -263,7 +269,7 @@ def scored_batches(
     )
     # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
     files = {
-        str(f): i
+        _no_scheme(str(f)): i
         for i, suite in enumerate(suites)
         for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
     }
@@ -370,10 +376,10 @@ def evaluate_rsa_many(
     if folder not in (manifests or {}):
         check_dataset(folder, CAPTIONED, cfg.data.column_map)
     args = (folder, cfg.eval.rsa_samples, cfg.data.max_image_pixels, cfg.data.column_map)
-    t = reference_embeddings(build_model(teacher), *args)
+    t = reference_embeddings(build_model(local_model(teacher)), *args)
     out = {}
     for name, student in students.items():
-        s = reference_embeddings(build_model(student), *args)
+        s = reference_embeddings(build_model(local_model(student)), *args)
         out[name] = rsa_report(t[0], t[1], s[0], s[1])
     return out
 
@@ -415,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     from pipeline.console import command_console, start_ray
 
-    logs = Path(args.out).resolve().parent if args.out else Path(cfg.tracking.output_dir) / "logs"
+    logs = Path(args.out).resolve().parent if args.out else output_folder(cfg.tracking.output_dir) / "logs"
     with command_console(logs, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", args.verbose) as console:
         console.say(f"[dive] evaluating {args.model} (log: {console.path})")
         start_ray(cfg, console)

@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dive.config import Config, ConfigError, load_config
 from dive.redact import mask_text
+from pipeline.home import local_model
 
 
 def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, dict]:
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:  # NoIntactCheckpoint included
         print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 2
-    out = export_checkpoint(cfg, state, args.out or run_dir / "export", build_model(cfg.model), run_dir.name)
+    out = export_checkpoint(
+        cfg, state, args.out or run_dir / "export", build_model(local_model(cfg.model)), run_dir.name
+    )
     print(f"export of step {state['step']} ({folder}): {out}")
     print(f"load it: open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0

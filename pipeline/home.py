@@ -12,7 +12,12 @@ directory.
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
+
+from dive.config import ModelSettings
+from pipeline import storage
 
 #: Set by Ray's job supervisor for a submitted job's entrypoint (ray.dashboard.modules.job.job_supervisor).
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -29,6 +34,34 @@ def home() -> Path:
     if in_ray_job():
         return (Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "dive").resolve()
     return Path.cwd()
+
+
+def output_folder(output_dir: str) -> Path:
+    """The local folder a run works in for ``tracking.output_dir``: the folder itself, or for an object-store URI
+    its mirror under :func:`home` (``.dive-outputs/s3/<bucket>/<prefix>``), from which a run uploads its
+    durable files (config, export, evaluation, log) to the URI."""
+    if not storage.is_uri(output_dir):
+        return storage.local_path(output_dir)
+    return storage.mirror(home() / ".dive-outputs", output_dir)
+
+
+def local_model(model: ModelSettings) -> ModelSettings:
+    """``model`` with an export named by URI (``local-dir:s3://bucket/…/export``) downloaded once to this node
+    (``.dive-cache/models`` under :func:`home`; a ``.complete`` marker says the copy is whole) and named by its
+    local folder; any other model as it is. Every place that builds a model calls this, so the config keeps the
+    URI and each node (driver, Train workers, evaluation actors) fetches its own copy."""
+    folder = model.name.removeprefix("local-dir:")
+    if not model.name.startswith("local-dir:") or not storage.is_uri(folder):
+        return model
+    local = storage.mirror(home() / ".dive-cache" / "models", folder)
+    if not (local / ".complete").is_file():
+        staging = local.with_name(f".{local.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        storage.download(folder, staging)
+        (staging / ".complete").write_text(folder + "\n")
+        shutil.rmtree(local, ignore_errors=True)
+        staging.rename(local)
+    return replace(model, name=f"local-dir:{local}")
 
 
 def writable(path: str) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dive.bundle import ModelBundle
-from dive.config import USES_REFERENCE, Config, ConfigError, ref_batch, validate_paths
+from dive.config import USES_REFERENCE, Config, ConfigError, input_folders, ref_batch, validate_paths
 from dive.redact import mask_text
+from pipeline import storage
 from pipeline.checkpoint import Found
 from pipeline.console import error_line
 from pipeline.convert.suites.names import template_set
@@ -32,6 +33,7 @@ from pipeline.data.format import (
     check_dataset,
     check_teacher_cache,
 )
+from pipeline.home import output_folder
 
 TRACKING_TIMEOUT_S = 5.0
 
@@ -67,9 +69,10 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
     uri = tracking_uri(cfg)
     check_tracking(uri)
     resume_from = check_resumable(cfg, uri, resume_run_id) if resume_run_id else None
-    check_writable("tracking.output_dir", cfg.tracking.output_dir)
-    if cfg.run.storage_path and "://" not in cfg.run.storage_path:
+    check_writable("tracking.output_dir", str(output_folder(cfg.tracking.output_dir)))
+    if cfg.run.storage_path and not storage.is_uri(cfg.run.storage_path):
         check_writable("run.storage_path", cfg.run.storage_path)
+    check_storage(cfg)
     manifests = check_inputs(cfg)
     id_manifest = manifests[cfg.data.id_train]
     ref_manifest = manifests.get(cfg.data.reference) if cfg.data.reference else None
@@ -78,6 +81,26 @@ def preflight(cfg: Config, resume_run_id: str | None = None) -> Plan:
     teacher = build_checked(cfg)
     use_cache = uses_ref and ref_manifest is not None and teacher_cache_applies(cfg, ref_manifest, teacher)
     return Plan(cfg, uri, ref_batch(cfg), teacher, use_cache, manifests, resume_from)
+
+
+def check_storage(cfg: Config) -> None:
+    """Every object-store URI of the run answers: the endpoint is up, the bucket exists, the credentials read it,
+    and ``run.storage_path`` takes a write (the checkpoints go there). One line naming the key and the URI, before
+    Ray starts; without this, a wrong key surfaces as a worker's stack trace at the first checkpoint."""
+    locations = [(key, folder, False) for key, folder in input_folders(cfg) if storage.is_uri(folder)]
+    for key, location in (
+        ("run.storage_path", cfg.run.storage_path),
+        ("tracking.output_dir", cfg.tracking.output_dir),
+    ):
+        if storage.is_uri(location):
+            locations.append((key, location, True))
+    if cfg.model.name.startswith("local-dir:") and storage.is_uri(cfg.model.name.removeprefix("local-dir:")):
+        locations.append(("model.name", cfg.model.name.removeprefix("local-dir:"), False))
+    for key, location, write in locations:
+        try:
+            storage.check_location(key, location, write)
+        except storage.StorageError as err:
+            raise ConfigError(str(err)) from None
 
 
 def datasets_read(cfg: Config) -> list[tuple[str, str]]:
@@ -239,9 +262,10 @@ def check_batches(cfg: Config, id_manifest: Manifest, ref_manifest: Manifest | N
 def build_checked(cfg: Config) -> ModelBundle:
     """The teacher (= the student's starting point), with an unknown name, tag or weights file as one line."""
     from dive.models import build_model
+    from pipeline.home import local_model
 
     try:
-        return build_model(cfg.model)
+        return build_model(local_model(cfg.model))
     except (ValueError, RuntimeError, OSError) as err:
         first = error_line(err)
         if first.startswith(("model.name", "model.pretrained")):

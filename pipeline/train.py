@@ -29,11 +29,22 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dive.config import USES_REFERENCE, Config, ConfigError, load_config, to_dict, to_yaml, validate
+from dive.config import (
+    USES_REFERENCE,
+    Config,
+    ConfigError,
+    Placement,
+    load_config,
+    to_dict,
+    to_yaml,
+    validate,
+)
 from dive.redact import mask_text
+from pipeline import storage
 from pipeline.checkpoint import CheckpointWriteError
 from pipeline.console import Console, board_actor, live_progress, start_ray
 from pipeline.data.format import DataError, Manifest
+from pipeline.home import local_model, output_folder
 from pipeline.preflight import Plan, check_datasets, preflight
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
@@ -98,7 +109,7 @@ def resolve_paths(cfg: Config) -> Config:
     tracking = replace(cfg.tracking, output_dir=writable(cfg.tracking.output_dir), uri=tracking_uri(cfg))
     run = replace(
         cfg.run,
-        storage_path=writable(cfg.run.storage_path) or str(Path(tracking.output_dir) / "ray_results"),
+        storage_path=writable(cfg.run.storage_path) or storage.join(tracking.output_dir, "ray_results"),
     )
     return replace(cfg, data=data, eval=ev, val=val, model=model, tracking=tracking, run=run)
 
@@ -204,12 +215,13 @@ def run(
         if console is not None:
             console.say("[dive] training done; exporting and evaluating")
         report = finish(cfg, mlrun, export_dir, out_dir, plan.manifests)
+        _publish_outputs(cfg, out_dir, console)
         phases.mark("evaluate")
         mlrun.log_metrics(phases.metrics())
         _log_console(mlrun, console)
         mlrun.end("FINISHED")
     except BaseException as err:  # never left RUNNING: Ctrl-C or `ray job stop` is KILLED, the rest FAILED
-        _end_failed(mlrun, console, err)
+        _end_failed(mlrun, console, err, cfg.run.storage_path)
         raise
     return RunResult(
         mlrun.run_id,
@@ -242,7 +254,7 @@ class _Phases:
         return {f"time/{phase}_s": s for phase, s in self.seconds.items()}
 
 
-def _end_failed(mlrun: Any, console: Console | None, err: BaseException) -> None:
+def _end_failed(mlrun: Any, console: Console | None, err: BaseException, storage_path: str = "") -> None:
     """End the MLflow run of a run that raised ``err``: KILLED when interrupted, else FAILED with the reason as its
     ``dive.failure`` tag. A failed checkpoint write is raised as itself: one line for the user, not the worker
     group's traceback."""
@@ -250,11 +262,21 @@ def _end_failed(mlrun: Any, console: Console | None, err: BaseException) -> None
     if isinstance(err, KeyboardInterrupt):
         mlrun.end("KILLED")
         return
-    write_error = _checkpoint_write_error(err)
+    write_error = _checkpoint_write_error(err, storage_path)
     mlrun.set_tag("dive.failure", mask_text(str(write_error or err))[:1000])
     mlrun.end("FAILED")
     if write_error is not None:
         raise write_error from err
+
+
+def _publish_outputs(cfg: Config, out_dir: Path, console: Console | None) -> None:
+    """For an object-store ``tracking.output_dir``: the run folder (config, export, evaluation tables, log) copied
+    from its local mirror to ``<output_dir>/<run id>``."""
+    if not storage.is_uri(cfg.tracking.output_dir):
+        return
+    target = storage.join(cfg.tracking.output_dir, out_dir.name)
+    storage.upload(out_dir, target)
+    _say(console, f"[dive] outputs: {target}")
 
 
 def _say(console: Console | None, line: str) -> None:
@@ -264,9 +286,30 @@ def _say(console: Console | None, line: str) -> None:
         console.say(line)
 
 
-def _checkpoint_write_error(err: BaseException) -> BaseException | None:
+# What an object store's failure reads like inside Ray's errors (pyarrow's S3 and GCS messages).
+_STORE_FAILURE = ("AWS Error", "curlCode", "google::cloud", "GCS Error")
+
+
+def _checkpoint_write_error(err: BaseException, storage_path: str = "") -> BaseException | None:
     """The :class:`~pipeline.checkpoint.CheckpointWriteError` behind a failed ``fit()``, wherever Ray wrapped it
-    (a worker group's failures, a task error's cause, an exception chain)."""
+    (a worker group's failures, a task error's cause, an exception chain). An object store that fails under Ray
+    Train's own bookkeeping (its controller writes a snapshot beside the checkpoints) counts too: one line naming
+    ``run.storage_path`` and what failed, not the controller's traceback."""
+    from pipeline.checkpoint import CheckpointWriteError
+
+    found = _find_checkpoint_error(err)
+    if found is not None or not storage.is_uri(storage_path):
+        return found
+    text = str(err)
+    if any(marker in text for marker in _STORE_FAILURE):
+        return CheckpointWriteError(
+            f"could not write the checkpoint state under run.storage_path={storage_path}: {storage.explain(err)}; "
+            "the checkpoints written before are kept there (--resume once the store answers)"
+        )
+    return None
+
+
+def _find_checkpoint_error(err: BaseException) -> BaseException | None:
     from pipeline.checkpoint import CheckpointWriteError
 
     stack: list[Any] = [err]
@@ -310,11 +353,11 @@ def _open_run(
 
     cfg = plan.cfg
     if resume_run_id:
-        spool = Path(cfg.tracking.output_dir) / resume_run_id / tracking.SPOOL
+        spool = output_folder(cfg.tracking.output_dir) / resume_run_id / tracking.SPOOL
         mlrun = tracking.Run.resume(plan.tracking_uri, resume_run_id, spool)
     else:
         mlrun = tracking.Run.start(cfg, uri=plan.tracking_uri, parent_run_id=parent_run_id, tags=tags)
-        mlrun.spool = Path(cfg.tracking.output_dir) / mlrun.run_id / tracking.SPOOL
+        mlrun.spool = output_folder(cfg.tracking.output_dir) / mlrun.run_id / tracking.SPOOL
     try:
         if not resume_run_id:
             mlrun.log_text(to_yaml(cfg), "config/resolved.yaml")
@@ -330,10 +373,16 @@ def _run_folder(cfg: Config, mlrun: Any, console: Console | None) -> Path:
     """``<output_dir>/<run id>`` with the run's config (what ``--resume`` reads); the console log moves in.
 
     The saved config has its URIs' secrets masked (:func:`dive.config.to_yaml`): a ``--resume`` from it gets the
-    tracking URI from $MLFLOW_TRACKING_URI or an override (:func:`pipeline.tracking.tracking_uri`)."""
-    out_dir = Path(cfg.tracking.output_dir) / mlrun.run_id
+    tracking URI from $MLFLOW_TRACKING_URI or an override (:func:`pipeline.tracking.tracking_uri`). For an
+    object-store ``output_dir`` the folder is its local mirror (:func:`pipeline.home.output_folder`) and the
+    config goes up at once, so ``--resume <URI>/<run id>`` works from any machine."""
+    out_dir = output_folder(cfg.tracking.output_dir) / mlrun.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    if storage.is_uri(cfg.tracking.output_dir):
+        storage.upload(
+            out_dir / "config.yaml", storage.join(cfg.tracking.output_dir, mlrun.run_id, "config.yaml")
+        )
     shown = mask_text(mlrun.uri)
     if console is None:
         print(f"[dive] MLflow run {mlrun.run_id} ({shown})", flush=True)
@@ -446,6 +495,7 @@ def _trainer(cfg: Config, datasets: dict[str, Any], info: Any, callbacks: list[A
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources,
+            placement_strategy=Placement(cfg.scaling.placement).value,
         ),
         run_config=RunConfig(
             name=train_run_name(info.run_id),
@@ -474,7 +524,7 @@ def export_checkpoint(
     from dive.models import build_model
     from pipeline.data.format import LABELLED, check_dataset
 
-    student = build_model(cfg.model).model
+    student = build_model(local_model(cfg.model)).model
     student.load_state_dict(state["student"])
     card = {
         "base_model": bundle.source,
@@ -533,7 +583,7 @@ def finish(
 
 def where(cfg: Config) -> str:
     """One line: where this run reads its data and writes its outputs and MLflow records."""
-    data = f"demo {cfg.data.demo}" if cfg.data.demo else f"data {Path(cfg.data.id_train).parent}"
+    data = f"demo {cfg.data.demo}" if cfg.data.demo else f"data {storage.parent(cfg.data.id_train)}"
     return mask_text(f"{data} · outputs {cfg.tracking.output_dir} · MLflow {cfg.tracking.uri}")
 
 
@@ -587,12 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     resume_run_id = None
     try:
         if args.resume:
-            saved = Path(args.resume) / "config.yaml"
-            if not saved.is_file():
-                raise FileNotFoundError(
-                    f"--resume {args.resume}: no config.yaml (expected a run output folder)"
-                )
-            args.config, resume_run_id = str(saved), Path(args.resume).resolve().name
+            saved, resume_run_id = _saved_config(args.resume)
+            args.config = str(saved)
         cfg = resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides))
         validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
         if args.validate:
@@ -601,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg))  # URIs' secrets masked
             print("config OK", file=sys.stderr)
             return 0
-        with Console(cfg.tracking.output_dir, verbose=args.verbose) as console:
+        with Console(output_folder(cfg.tracking.output_dir), verbose=args.verbose) as console:
             console.say(f"[dive] {where(cfg)}")
             ensure_demo_data(cfg)
             plan = preflight(cfg, resume_run_id)
@@ -620,6 +666,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     return 0
+
+
+def _saved_config(run_dir: str) -> tuple[Path, str]:
+    """(config.yaml, run id) of a run output folder, local or a URI (its config fetched into the local mirror)."""
+    if storage.is_uri(run_dir):
+        run_id = storage.basename(run_dir)
+        saved = output_folder(storage.parent(run_dir)) / run_id / "config.yaml"
+        try:
+            storage.download(storage.join(run_dir, "config.yaml"), saved)
+        except storage.StorageError as err:
+            raise FileNotFoundError(f"--resume {run_dir}: no readable config.yaml ({err})") from None
+        return saved, run_id
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml (expected a run output folder)")
+    return saved, Path(run_dir).resolve().name
 
 
 def _terminated(signum: int, _frame: Any) -> None:

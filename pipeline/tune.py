@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dive.config import ConfigError
 from dive.redact import mask_text
 from pipeline.data.format import DataError
+from pipeline.home import output_folder
 from pipeline.sweep.spec import prepare, sweep_name
 
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.console import Console
     from pipeline.sweep.search import sweep  # Ray: only once the space and config are checked
 
-    with Console(base.tracking.output_dir, verbose=args.verbose) as console:
+    with Console(output_folder(base.tracking.output_dir), verbose=args.verbose) as console:
         result = sweep(spec, base, dists, name, console=console)
     if result is None:
         return 130

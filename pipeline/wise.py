@@ -25,12 +25,13 @@ from dive.metrics import summarize
 from dive.models import build_model
 from dive.redact import mask_text
 from dive.wise import interpolate
+from pipeline.home import local_model
 
 
 def wise_exports(cfg: Config, finetuned: str, alphas: Sequence[float], out: Path) -> dict[float, Path]:
     """Write the open_clip export of θ_α for every α (the teacher is ``cfg.model``)."""
-    pre = build_model(cfg.model)
-    ft = build_model(ModelSettings(name=finetuned))
+    pre = build_model(local_model(cfg.model))
+    ft = build_model(local_model(ModelSettings(name=finetuned)))
     folders = {}
     for alpha in alphas:
         state = interpolate(pre.model.state_dict(), ft.model.state_dict(), alpha)

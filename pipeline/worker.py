@@ -35,6 +35,7 @@ from pipeline import checkpoint as training_state
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest
 from pipeline.data.streams import KeptShard, cycle_batches, load_val_set
 from pipeline.data.transforms import PromptTable, normalize_images, random_resized_crop
+from pipeline.home import local_model
 
 _log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _setup(cfg: Config, info: RunInfo) -> _Loop:
     torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.optim.seed)  # same initial weights (e.g. random heads) on every rank
-    bundle = build_model(cfg.model)
+    bundle = build_model(local_model(cfg.model))
     head = None
     if cfg.loss.method in USES_HEAD:
         head = zeroshot.build_head(bundle.model, bundle.tokenizer, info.classnames, info.templates)

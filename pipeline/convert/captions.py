@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
@@ -131,7 +132,7 @@ def convert_captions(
             "images are meant to be read"
         )
     out_path = check_out(out, overwrite)
-    manifest = Manifest(name=out_path.name, kind=CAPTIONED, source=str(path.resolve()))
+    manifest = Manifest(name=storage.basename(out_path), kind=CAPTIONED, source=str(path.resolve()))
     return convert_records(
         records, out_path, manifest, "captions", max_pixels, rows_per_shard, overwrite, workers
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from dive.config import ModelSettings
 from dive.redact import mask_text
+from pipeline import storage
 from pipeline.console import command_console
 from pipeline.convert.captions import convert_captions
 from pipeline.convert.common import DEFAULT_IMAGE_EXTS, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_SHARD, PathLike
@@ -232,7 +233,10 @@ def _run(args: argparse.Namespace, common: dict[str, Any]) -> tuple[Manifest, st
         )
         out, skipped = args.out, manifest.skipped
     else:
-        before = read_manifest(args.dataset).skipped if Path(args.dataset, "dataset.json").is_file() else {}
+        try:
+            before = read_manifest(args.dataset).skipped
+        except DataError:  # cache_teacher names what is wrong with the folder
+            before = {}
         manifest = cache_teacher(
             args.dataset,
             ModelSettings(name=args.model_name, pretrained=args.pretrained),
@@ -268,9 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
     start = time.perf_counter()
-    target = Path(args.dataset if args.command == "cache-teacher" else args.out).resolve()
+    target = args.dataset if args.command == "cache-teacher" else args.out
+    # The log goes beside a local output folder; for a URI, into the working directory.
+    logs = Path.cwd() if storage.is_uri(target) else Path(target).resolve().parent
     try:
-        with command_console(target.parent, f"{target.name}.{args.command}.log", args.verbose):
+        with command_console(logs, f"{storage.basename(target)}.{args.command}.log", args.verbose):
             manifest, out, skipped = _run(args, common)
     except DataError as err:
         print("error: " + mask_text(str(err)).replace("\n", " "), file=sys.stderr)

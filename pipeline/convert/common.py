@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dive.config import MAX_IMAGE_PIXELS
 from dive.templates import DEFAULT_TEMPLATES, check_template
+from pipeline import storage
 from pipeline.data.format import (
     BAD_LABEL,
     BAD_TEXT,
@@ -229,9 +230,18 @@ def read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
-def check_out(out: PathLike, overwrite: bool) -> Path:
-    """The output folder as a Path, checked before any source is read: it must be a folder, and an empty one
-    unless ``overwrite``."""
+def check_out(out: PathLike, overwrite: bool) -> Path | str:
+    """The output folder (a Path, or a URI string for object storage), checked before any source is read: it
+    must be a folder, and an empty one unless ``overwrite``; a bucket must exist and take a write."""
+    if storage.is_uri(out):
+        try:
+            storage.check_location("the output", str(out), write=True)
+            exists = storage.has_files(out)
+        except storage.StorageError as err:
+            raise DataError(str(err)) from None
+        if exists and not overwrite:
+            raise DataError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+        return str(out).rstrip("/")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DataError(f"{path}: exists and is not a folder (expected an output folder for the shards)")
@@ -286,7 +296,7 @@ def resolve_classnames(classnames: Sequence[str] | PathLike) -> list[str]:
 
 def convert_records(
     records: list[dict[str, Any]],
-    out: Path,
+    out: Path | str,
     manifest: Manifest,
     desc: str,
     max_pixels: int,

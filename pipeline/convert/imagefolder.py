@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
@@ -59,7 +60,7 @@ def convert_imagefolder(
         raise DataError(f"{root}: the class folders {classes} hold no files")
     out_path = check_out(out, overwrite)
     manifest = Manifest(
-        name=out_path.name,
+        name=storage.basename(out_path),
         kind=LABELLED,
         classnames=classnames,
         templates=resolve_templates(templates),

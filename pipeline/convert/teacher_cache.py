@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dive.config import ModelSettings
+from pipeline import storage
 from pipeline.console import error_line
 from pipeline.convert.common import DEFAULT_MAX_PIXELS, SKIP_DETAIL, PathLike, progress, ray_if, report_skip
 from pipeline.data.format import (
@@ -24,8 +25,10 @@ from pipeline.data.format import (
     NO_CAPTION,
     DataError,
     Manifest,
+    Shard,
     ShardWriter,
     check_dataset,
+    is_folder,
     is_webdataset,
     shard_files,
 )
@@ -147,9 +150,10 @@ class TeacherEmbedder:
 def _build_teacher(model_cfg: ModelSettings) -> Any:
     """build_model, with an unknown name or unloadable weights as a one-line DataError."""
     from dive.models import build_model
+    from pipeline.home import local_model
 
     try:
-        return build_model(model_cfg)
+        return build_model(local_model(model_cfg))
     except (ValueError, RuntimeError, OSError) as err:
         first = error_line(err)
         raise DataError(
@@ -178,8 +182,8 @@ def cache_teacher(
     from dive.models import teacher_fingerprint
     from pipeline.pool import check_device
 
-    folder = Path(dataset)
-    if folder.is_dir() and is_webdataset(folder):
+    folder = str(dataset) if storage.is_uri(dataset) else Path(dataset)
+    if is_folder(folder) and is_webdataset(folder):
         raise DataError(
             f"{folder}: holds webdataset tars; the teacher cache is written into Parquet shards, so convert "
             f"first: dive data wds {folder} <out> && dive data cache-teacher <out>"
@@ -240,7 +244,7 @@ def _write(batches: Iterator[pa.Table], writer: ShardWriter, total: int) -> int:
 
 
 def _actor_batches(
-    files: list[Path],
+    files: list[Shard],
     columns: list[str],
     teacher: Teacher,
     pool: Any,
@@ -270,7 +274,7 @@ def _actor_batches(
 
 
 def _local_batches(
-    files: list[Path], columns: list[str], teacher: Teacher, device: str, batch_size: int, max_pixels: int
+    files: list[Shard], columns: list[str], teacher: Teacher, device: str, batch_size: int, max_pixels: int
 ) -> Iterator[pa.Table]:
     """Embedded batches computed in this process (on ``device``), shard by shard."""
     import torch

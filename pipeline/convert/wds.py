@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.convert.common import (
     DEFAULT_IMAGE_EXTS,
     DEFAULT_MAX_PIXELS,
@@ -74,7 +75,7 @@ def convert_wds(
         names = resolve_classnames(classnames)
     records = _records(scanned, image_exts, label_ext if kind == LABELLED else caption_ext)
     out_path = check_out(out, overwrite)
-    manifest = Manifest(name=out_path.name, kind=kind, source=str(root.resolve()))
+    manifest = Manifest(name=storage.basename(out_path), kind=kind, source=str(root.resolve()))
     if kind == LABELLED:
         manifest.classnames = names
         manifest.templates = resolve_templates(templates)

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from dive.heads import LabelMap
 from dive.templates import check_template
+from pipeline import storage
 
 MANIFEST = "dataset.json"
 LABELLED, CAPTIONED = "labelled", "captioned"
@@ -102,15 +103,17 @@ class Manifest:
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
-    path = Path(folder) / MANIFEST
-    if not Path(folder).is_dir():
+    """``dataset.json`` of a dataset folder (local or a URI), checked key by key."""
+    path = manifest_path(folder)
+    if not is_folder(folder):
         raise DataError(f"{folder}: no such dataset folder")
-    if not path.is_file():
+    text = _read_text(path)
+    if text is None:
         raise DataError(
             f"{path}: missing manifest; a dataset folder needs it (write shards with `dive data …`)"
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
         manifest = Manifest(**raw)
     except (json.JSONDecodeError, TypeError) as err:
         raise DataError(f"{path}: not a valid manifest ({err})") from None
@@ -120,11 +123,39 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     return manifest
 
 
+def manifest_path(folder: str | os.PathLike[str]) -> str | Path:
+    """``folder``/dataset.json: a Path for a local folder, a URI for a remote one."""
+    return storage.join(folder, MANIFEST) if storage.is_uri(folder) else Path(folder) / MANIFEST
+
+
+def is_folder(folder: str | os.PathLike[str]) -> bool:
+    """A local directory, or a remote prefix that holds objects. A remote store that cannot be reached is a
+    DataError naming the URI."""
+    if not storage.is_uri(folder):
+        return Path(folder).is_dir()
+    try:
+        return storage.file_type(folder) == storage.pafs.FileType.Directory
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+
+
+def _read_text(path: str | Path) -> str | None:
+    """A small file's text, or None if it does not exist (object stores: a URI)."""
+    if not storage.is_uri(path):
+        return Path(path).read_text() if Path(path).is_file() else None
+    try:
+        return storage.read_bytes(path).decode()
+    except FileNotFoundError:
+        return None
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_manifest_types(path: Path, m: Manifest) -> None:
+def _check_manifest_types(path: str | Path, m: Manifest) -> None:
     """JSON holds any type: ``"classnames": "cat,dog"`` or ``"num_rows": "2"`` would otherwise pass and fail
     later (a string iterates as characters) or crash with a TypeError far from the file."""
     problems = []
@@ -211,19 +242,50 @@ def check_classnames(
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Write ``dataset.json`` atomically (temp file + rename), so a crash never leaves half a manifest."""
+    """Write ``dataset.json`` atomically (temp file + rename; on object storage one PUT), so a crash never leaves
+    half a manifest."""
+    text = json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n"
+    if storage.is_uri(folder):
+        storage.write_bytes(storage.join(folder, MANIFEST), text.encode())
+        return
     path = Path(folder) / MANIFEST
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
-def shard_files(folder: str | os.PathLike[str]) -> list[Path]:
-    return sorted(Path(folder).glob("*.parquet"))
+# A shard is a Path in a local folder and a URI string in a remote one: pyarrow, Ray Data and :func:`_open`
+# take both.
+Shard = Path | str
 
 
-def tar_files(folder: str | os.PathLike[str]) -> list[Path]:
-    return sorted(Path(folder).glob("*.tar"))
+def shard_files(folder: str | os.PathLike[str]) -> list[Shard]:
+    return _files(folder, ".parquet")
+
+
+def tar_files(folder: str | os.PathLike[str]) -> list[Shard]:
+    return _files(folder, ".tar")
+
+
+def _files(folder: str | os.PathLike[str], suffix: str) -> list[Shard]:
+    if not storage.is_uri(folder):
+        return sorted(Path(folder).glob(f"*{suffix}"))
+    try:
+        return list(storage.list_files(folder, suffix))
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+
+
+def _open(file: Shard) -> Any:
+    """A shard opened for reading (binary, seekable)."""
+    try:
+        return storage.open_input(file)
+    except storage.StorageError as err:
+        raise DataError(str(err)) from None
+
+
+def shard_name(file: Shard) -> str:
+    return storage.basename(file)
 
 
 def is_webdataset(folder: str | os.PathLike[str]) -> bool:
@@ -232,11 +294,11 @@ def is_webdataset(folder: str | os.PathLike[str]) -> bool:
     return bool(tar_files(folder))
 
 
-def content_fingerprint(files: list[Path]) -> str:
+def content_fingerprint(files: Sequence[Shard]) -> str:
     h = hashlib.sha256()
     for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
+        h.update(shard_name(f).encode())
+        with _open(f) as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
@@ -328,7 +390,7 @@ def lower_extension(name: str) -> str:
     return name if split is None else f"{split[0]}.{split[1]}"
 
 
-def scan_tar(tar: Path, contiguous: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
+def scan_tar(tar: Shard, contiguous: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
     """Sample key → {extension: (data offset, size)}, from the headers only (data is read later).
 
     ``contiguous`` requires each sample's members to be adjacent, as the webdataset spec (and Ray Data's
@@ -337,7 +399,7 @@ def scan_tar(tar: Path, contiguous: bool = False) -> dict[str, dict[str, tuple[i
     samples: dict[str, dict[str, tuple[int, int]]] = {}
     last = None
     try:
-        with tarfile.open(tar, "r:") as tf:
+        with _open(tar) as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
             for member in tf:
                 if not member.isfile():
                     continue
@@ -360,20 +422,24 @@ def scan_tar(tar: Path, contiguous: bool = False) -> dict[str, dict[str, tuple[i
     return samples
 
 
-def _check_webdataset(folder: Path, kind: str | None, column_map: Mapping[str, str] | None) -> Manifest:
+def _check_webdataset(
+    folder: str | os.PathLike[str], kind: str | None, column_map: Mapping[str, str] | None
+) -> Manifest:
     """A folder of webdataset tars: ``dataset.json`` is optional for captioned sets (kind, name and row count
     come from the tars); labelled sets need it for their class names."""
-    if (folder / MANIFEST).is_file():
+    path = manifest_path(folder)
+    if _read_text(path) is not None:
         manifest = read_manifest(folder)
     elif kind == LABELLED:
         raise DataError(
-            f"{folder / MANIFEST}: missing manifest; a labelled webdataset folder needs one with kind "
+            f"{path}: missing manifest; a labelled webdataset folder needs one with kind "
             "'labelled' and 'classnames' (label i = classnames[i])"
         )
     else:
-        manifest = Manifest(name=folder.name, kind=CAPTIONED, source=str(folder.resolve()))
+        source = str(folder) if storage.is_uri(folder) else str(Path(folder).resolve())
+        manifest = Manifest(name=storage.basename(folder), kind=CAPTIONED, source=source)
     if kind is not None and manifest.kind != kind:
-        raise DataError(f"{folder / MANIFEST}: expected a {kind} dataset, got kind {manifest.kind!r}")
+        raise DataError(f"{path}: expected a {kind} dataset, got kind {manifest.kind!r}")
     rows, h = 0, hashlib.sha256()
     for tar in tar_files(folder):
         samples = scan_tar(tar, contiguous=True)
@@ -387,12 +453,12 @@ def _check_webdataset(folder: Path, kind: str | None, column_map: Mapping[str, s
                     "map names with data.column_map"
                 )
         rows += len(samples)
-        h.update(f"{tar.name}:{tar.stat().st_size}:{len(samples)};".encode())
+        h.update(f"{shard_name(tar)}:{storage.size(tar)}:{len(samples)};".encode())
     if rows == 0:
         raise DataError(f"{folder}: the webdataset tars hold no samples")
     if manifest.num_rows and manifest.num_rows != rows:
         raise DataError(
-            f"{folder / MANIFEST}: 'num_rows' is {manifest.num_rows} but the tars hold {rows} samples "
+            f"{path}: 'num_rows' is {manifest.num_rows} but the tars hold {rows} samples "
             "(drop the key to count them, or fix it)"
         )
     manifest.num_rows = rows
@@ -411,19 +477,19 @@ def check_dataset(
     img2dataset output reads without conversion; a folder of webdataset ``*.tar`` shards is checked member by
     member (``jpg``/``txt``/``cls`` by default). Errors name the shard, the column and what was expected.
     """
-    if Path(folder).is_dir() and is_webdataset(folder):
-        return _check_webdataset(Path(folder), kind, column_map)
+    if is_folder(folder) and is_webdataset(folder):
+        return _check_webdataset(folder, kind, column_map)
     manifest = read_manifest(folder)
     if kind is not None and manifest.kind != kind:
-        raise DataError(f"{Path(folder) / MANIFEST}: expected a {kind} dataset, got kind {manifest.kind!r}")
+        raise DataError(f"{manifest_path(folder)}: expected a {kind} dataset, got kind {manifest.kind!r}")
     files = shard_files(folder)
     if not files:
         raise DataError(f"{folder}: no *.parquet shards (expected at least one)")
     if manifest.num_rows <= 0:
-        raise DataError(f"{Path(folder) / MANIFEST}: the dataset is empty (num_rows = {manifest.num_rows})")
+        raise DataError(f"{manifest_path(folder)}: the dataset is empty (num_rows = {manifest.num_rows})")
     if manifest.kind == LABELLED and not manifest.classnames:
         raise DataError(
-            f"{Path(folder) / MANIFEST}: key 'classnames' must list the class names of a labelled set"
+            f"{manifest_path(folder)}: key 'classnames' must list the class names of a labelled set"
         )
     inverse = {v: k for k, v in (column_map or {}).items()}
     for f in files:
@@ -449,7 +515,7 @@ def check_dataset(
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if rows != manifest.num_rows:
         raise DataError(
-            f"{Path(folder) / MANIFEST}: 'num_rows' is {manifest.num_rows} but the {len(files)} shard(s) hold "
+            f"{manifest_path(folder)}: 'num_rows' is {manifest.num_rows} but the {len(files)} shard(s) hold "
             f"{rows} rows; the manifest does not describe these shards (re-write it, or re-convert the data)"
         )
     return manifest
@@ -484,7 +550,7 @@ def check_teacher_cache(folder: str | os.PathLike[str], manifest: Manifest, teac
         return False
     if manifest.teacher_fingerprint != teacher_fp:
         raise DataError(
-            f"{Path(folder) / MANIFEST}: cached teacher embeddings were made by teacher {manifest.teacher_fingerprint}, "
+            f"{manifest_path(folder)}: cached teacher embeddings were made by teacher {manifest.teacher_fingerprint}, "
             f"but this run's teacher is {teacher_fp}; re-run `dive data cache-teacher` or drop the teacher columns"
         )
     return True
@@ -582,6 +648,11 @@ class ShardWriter:
     and even then the old data stays until the new set is complete (then the two are swapped by renames). Any
     failure, a full disk included, removes the temporary folder. A lock file beside ``out`` makes a second
     writer to the same output fail at once instead of silently replacing the first one's data.
+
+    ``out`` may be a URI (``s3://bucket/sets/train``): shards are uploaded as they fill, under a temporary
+    prefix beside ``out``; closing publishes them, shards first and ``dataset.json`` last, so a reader (which
+    needs the manifest) never sees half a set; with ``overwrite`` the old set is removed, manifest first, only
+    once the new one is complete. Object stores have no locks: two writers to one URI are the user's to avoid.
     """
 
     def __init__(
@@ -593,22 +664,26 @@ class ShardWriter:
     ) -> None:
         if manifest.kind not in KINDS:
             raise DataError(f"kind must be one of {KINDS}, got {manifest.kind!r}")
+        self.manifest = manifest
+        self.rows_per_shard = rows_per_shard
+        self.skipped: Counter[str] = Counter()
+        self._rows: list[dict[str, Any]] = []
+        self._count = 0
+        self._shards = 0
+        self._remote: _RemoteShards | None = None
+        if storage.is_uri(out):
+            self._remote = _RemoteShards(str(out), overwrite)
+            return
         self.out = Path(out)
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
             raise DataError(f"{self.out}: exists and is not empty (pass --overwrite to replace it)")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _writer_lock(self.out)
-        self.manifest = manifest
-        self.rows_per_shard = rows_per_shard
-        self.skipped: Counter[str] = Counter()
         try:
             self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
         except OSError:
             _release(self._lock)
             raise
-        self._rows: list[dict[str, Any]] = []
-        self._count = 0
-        self._shards = 0
 
     def add(self, row: Mapping[str, Any]) -> None:
         self._rows.append(dict(row))
@@ -622,7 +697,11 @@ class ShardWriter:
         if not self._rows:
             return
         table = _rows_to_table(self._rows, self.manifest.kind)
-        pq.write_table(table, self._tmp / f"part-{self._shards:05d}.parquet")
+        name = f"part-{self._shards:05d}.parquet"
+        if self._remote is not None:
+            self._remote.put(name, table)
+        else:
+            pq.write_table(table, self._tmp / name)
         self._count += len(self._rows)
         self._shards += 1
         self._rows = []
@@ -631,6 +710,10 @@ class ShardWriter:
         self._flush()
         self.manifest.num_rows = self._count
         self.manifest.skipped = {"total": sum(self.skipped.values()), **dict(sorted(self.skipped.items()))}
+        if self._remote is not None:
+            self.manifest.fingerprint = self._remote.fingerprint()
+            self._remote.publish(self.manifest)
+            return self.manifest
         self.manifest.fingerprint = content_fingerprint(shard_files(self._tmp))
         write_manifest(self._tmp, self.manifest)
         old = None
@@ -646,6 +729,9 @@ class ShardWriter:
         return self.manifest
 
     def abort(self) -> None:
+        if self._remote is not None:
+            self._remote.abort()
+            return
         shutil.rmtree(self._tmp, ignore_errors=True)
         _release(self._lock)
 
@@ -661,6 +747,57 @@ class ShardWriter:
         except BaseException:  # e.g. the disk filled while the last shard or the manifest was written
             self.abort()
             raise
+
+
+class _RemoteShards:
+    """ShardWriter's object-store side: shards uploaded under ``.<name>.tmp-<id>/`` beside ``out`` as they fill
+    (no local copy of the set), hashed on the way as :func:`content_fingerprint` would hash them, then moved into
+    ``out`` with the manifest written last."""
+
+    def __init__(self, out: str, overwrite: bool) -> None:
+        self.out = out.rstrip("/")
+        self.overwrite = overwrite
+        try:
+            self.fs, self.path = storage.resolve(self.out)
+            exists = storage.has_files(self.out)
+        except storage.StorageError as err:
+            raise DataError(str(err)) from None
+        if exists and not overwrite:
+            raise DataError(f"{self.out}: exists and is not empty (pass --overwrite to replace it)")
+        parent, name = posixpath.split(self.path)
+        self.staging = posixpath.join(parent, f".{name}.tmp-{os.urandom(6).hex()}")
+        self.names: list[str] = []
+        self._hash = hashlib.sha256()
+
+    def put(self, name: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue()
+        self._hash.update(name.encode())
+        self._hash.update(memoryview(data))
+        with self.fs.open_output_stream(posixpath.join(self.staging, name)) as fh:
+            fh.write(data)
+        self.names.append(name)
+
+    def fingerprint(self) -> str:
+        return self._hash.hexdigest()[:16]
+
+    def publish(self, manifest: Manifest) -> None:
+        fs = self.fs
+        if fs.get_file_info(self.path).type == storage.pafs.FileType.Directory:
+            # overwrite: the old manifest goes first, so no reader takes old shards mixed with new ones
+            manifest_file = posixpath.join(self.path, MANIFEST)
+            if fs.get_file_info(manifest_file).type == storage.pafs.FileType.File:
+                fs.delete_file(manifest_file)
+            fs.delete_dir(self.path)
+        for name in self.names:
+            fs.move(posixpath.join(self.staging, name), posixpath.join(self.path, name))
+        write_manifest(self.out, manifest)
+        self.abort()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fs.delete_dir(self.staging)
 
 
 def _writer_lock(out: Path) -> Any:
@@ -710,7 +847,7 @@ def iter_rows(
         for tar in tar_files(folder):
             samples = scan_tar(tar)
             _, wanted = _wds_columns(samples, column_map)
-            with open(tar, "rb") as fh:
+            with _open(tar) as fh:
                 for members in samples.values():
                     row: dict[str, Any] = {}
                     for column, ext in wanted.items():

@@ -39,9 +39,11 @@ except ImportError:  # pragma: no cover
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_name: str) -> Any:
+    from dive.config import ModelSettings
     from dive.models import get_tokenizer
+    from pipeline.home import local_model
 
-    return get_tokenizer(model_name)
+    return get_tokenizer(local_model(ModelSettings(name=model_name)).name)
 
 
 # Random-resized crop of the augmented ID stream, by default (data.crop_scale / crop_ratio / hflip): area share and

@@ -12,6 +12,7 @@ from typing import Any
 from dive.config import Config, to_dict, to_yaml
 from dive.redact import mask_tree, masked_keys
 from pipeline.console import error_line
+from pipeline.home import output_folder
 from pipeline.sweep.spec import ObjectiveMode, SweepSpec, trial_config
 
 
@@ -100,7 +101,7 @@ def summarize(
     parent.log_params(params | {f"best.{key}": best[key] for key in dists})
     best_metrics = {f"best/{k}": v for k, v in best.items() if k.startswith(("eval/", "val/"))}
     parent.log_metrics({**best_metrics, f"best/{metric}": best[metric]})
-    export = Path(base.tracking.output_dir) / best["mlflow_run_id"] / "export"
+    export = output_folder(base.tracking.output_dir) / best["mlflow_run_id"] / "export"
     if export.is_dir():
         parent.log_artifacts(export, "best_export")
         _register(parent, base.tracking.experiment)

@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from dive.config import Config, to_dict, to_yaml
 from dive.redact import mask_text
 from pipeline.console import Console, start_ray
+from pipeline.home import output_folder
 from pipeline.sweep.report import SweepResult, pruned, summarize
 from pipeline.sweep.spec import SchedulerKind, SearchAlgorithm, SweepSpec, trial_config, trial_count
 
@@ -199,7 +200,7 @@ def sweep(
     # do not, and Tune's strict check would reject them. ASHA and Optuna skip results without the metric.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     start_ray(base, console, min_cpus=_cpus_needed(base, spec.search.max_concurrent))
-    sweep_dir = Path(base.tracking.output_dir) / "sweeps" / name
+    sweep_dir = output_folder(base.tracking.output_dir) / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if console is not None:
         console.say(

@@ -16,7 +16,6 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -31,6 +30,7 @@ from dive.config import (
     load_config,
     validate,
 )
+from pipeline.home import output_folder
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 VAL_METRICS = {
@@ -332,7 +332,7 @@ def prepare(
 
 def sweep_name(base: Config, explicit: str | None, default: str) -> str:
     """An unfinished sweep of that name resumes; a finished default name moves on to the next free ``-N``."""
-    sweeps = Path(base.tracking.output_dir) / "sweeps"
+    sweeps = output_folder(base.tracking.output_dir) / "sweeps"
 
     def finished(name: str) -> bool:
         state = sweeps / name / "sweep.json"

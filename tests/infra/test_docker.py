@@ -38,7 +38,6 @@ DOCKER_README = DOCKER / "README.md"
 # pip-installs must be a pyproject dependency, with exactly pyproject's specifier.
 IMAGE_ONLY_PACKAGES = {
     "pip": "the installer itself, upgraded in the fresh venv before the project install",
-    "psycopg2-binary": "PostgreSQL driver for the MLflow server that compose.yaml runs from this image",
 }
 # train.py options that take a value (the others are switches).
 VALUE_FLAGS = {"--config", "--resume"}
@@ -129,11 +128,16 @@ class Dockerfile:
         return found
 
     def project_install(self) -> dict:
-        installs = [p for p in self.pip_installs() if "." in p["positional"]]
+        installs = [p for p in self.pip_installs() if any(_is_project(w) for w in p["positional"])]
         assert len(installs) == 1, (
-            f"expected exactly one `pip install ... .` (the project), found {len(installs)}"
+            f"expected exactly one `pip install ... .` (the project, extras allowed), found {len(installs)}"
         )
         return installs[0]
+
+
+def _is_project(word: str) -> bool:
+    """``.`` or ``.[extra,…]``: the project, with its optional dependencies from pyproject."""
+    return word == "." or (word.startswith(".[") and word.endswith("]"))
 
 
 def _requirements(install: dict) -> list[Requirement]:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.convert.common import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_ROWS_PER_SHARD,
@@ -92,7 +93,7 @@ def convert_suite(
         head_templates = chosen
     records, held = split_holdout(source.records, holdout_per_class)
     manifest = Manifest(
-        name=out_path.name,
+        name=storage.basename(out_path),
         kind=LABELLED,
         classnames=source.classnames,
         templates=chosen,
@@ -116,11 +117,13 @@ def convert_suite(
     if holdout_path is not None:
         kept = replace(
             manifest,
-            name=holdout_path.name,
+            name=storage.basename(holdout_path),
             protocol={**manifest.protocol, "holdout": f"{holdout_per_class} per class, smallest sha1(key)"},
         )
         convert_records(held, holdout_path, kept, f"suite {name} (held out)", *args)
-        manifest.protocol["held_out_to"] = str(holdout_path.resolve())
+        manifest.protocol["held_out_to"] = str(
+            holdout_path if storage.is_uri(holdout_path) else Path(holdout_path).resolve()
+        )
     return convert_records(records, out_path, manifest, f"suite {name}", *args)
 
 
