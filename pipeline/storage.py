@@ -157,16 +157,6 @@ def size(location: str | os.PathLike[str]) -> int:
     return int(fs.get_file_info(path).size or 0)
 
 
-def delete(location: str | os.PathLike[str]) -> None:
-    """Remove a file or a folder (its objects) if it exists."""
-    fs, path = resolve(location)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
-
-
 def upload(local: str | os.PathLike[str], location: str) -> None:
     """Copy a local file or folder (recursively) to a URI."""
     fs, path = resolve(location)
@@ -231,7 +221,7 @@ def explain(err: BaseException) -> str:
             "the store refused the credentials (wrong access key or secret); check AWS_ACCESS_KEY_ID / "
             "AWS_SECRET_ACCESS_KEY or the node's profile"
         )
-    if "accessdenied" in low or "access denied" in low or "forbidden" in low or "403" in low:
+    if "accessdenied" in low or "access denied" in low or "forbidden" in low:
         return "access denied: the credentials may not read or write here"
     return text[:300]
 
