@@ -215,8 +215,8 @@ def run(
         if console is not None:
             console.say("[dive] training done; exporting and evaluating")
         report = finish(cfg, mlrun, export_dir, out_dir, plan.manifests)
-        _publish_outputs(cfg, out_dir, console)
         phases.mark("evaluate")
+        _publish_outputs(cfg, out_dir, console)
         mlrun.log_metrics(phases.metrics())
         _log_console(mlrun, console)
         mlrun.end("FINISHED")
@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {mask_text(str(err))}", file=sys.stderr)  # an override or a path may quote a secret
         return 2
-    except CheckpointWriteError as err:  # the run is FAILED, with this reason as its dive.failure tag
+    # The run is FAILED, with this reason as its dive.failure tag (a checkpoint or the outputs not written).
+    except (CheckpointWriteError, storage.StorageError) as err:
         print(f"error: {mask_text(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
