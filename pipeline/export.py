@@ -35,18 +35,19 @@ def latest_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "run_dir", type=Path, help="the run's output folder: <tracking.output_dir>/<MLflow run id>"
+        "run_dir",
+        help="the run's output folder: <tracking.output_dir>/<MLflow run id> (a folder or an s3:// / gs:// URI)",
     )
     p.add_argument("--out", type=Path, help="export folder (default RUN_DIR/export)")
     args = p.parse_args(argv)
     from dive.models import build_model
-    from pipeline.train import export_checkpoint
+    from pipeline import storage
+    from pipeline.train import export_checkpoint, saved_config
 
-    run_dir = args.run_dir.resolve()
     try:
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir}: no config.yaml (expected a run output folder)")
-        cfg = load_config(run_dir / "config.yaml")
+        saved, _ = saved_config(args.run_dir)  # a URI's config.yaml is fetched into the local mirror
+        run_dir = saved.parent.resolve()
+        cfg = load_config(saved)
         folder, state = latest_checkpoint(run_dir, cfg)
     except (ConfigError, FileNotFoundError) as err:  # NoIntactCheckpoint included
         print(f"error: {mask_text(str(err))}", file=sys.stderr)
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = export_checkpoint(
         cfg, state, args.out or run_dir / "export", build_model(local_model(cfg.model)), run_dir.name
     )
+    if storage.is_uri(args.run_dir) and args.out is None:
+        storage.upload(out, storage.join(args.run_dir, "export"))
+        out = storage.join(args.run_dir, "export")
     print(f"export of step {state['step']} ({folder}): {out}")
     print(f"load it: open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0

@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     resume_run_id = None
     try:
         if args.resume:
-            saved, resume_run_id = _saved_config(args.resume)
+            saved, resume_run_id = saved_config(args.resume)
             args.config = str(saved)
         cfg = resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides))
         validate(cfg, check_paths=not cfg.data.demo)  # a bad key fails here, before anything is written
@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _saved_config(run_dir: str) -> tuple[Path, str]:
+def saved_config(run_dir: str) -> tuple[Path, str]:
     """(config.yaml, run id) of a run output folder, local or a URI (its config fetched into the local mirror)."""
     if storage.is_uri(run_dir):
         run_id = storage.basename(run_dir)
@@ -677,11 +677,11 @@ def _saved_config(run_dir: str) -> tuple[Path, str]:
         try:
             storage.download(storage.join(run_dir, "config.yaml"), saved)
         except storage.StorageError as err:
-            raise FileNotFoundError(f"--resume {run_dir}: no readable config.yaml ({err})") from None
+            raise FileNotFoundError(f"{run_dir}: no readable config.yaml ({err})") from None
         return saved, run_id
     saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml (expected a run output folder)")
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (expected a run output folder)")
     return saved, Path(run_dir).resolve().name
 
 

@@ -242,6 +242,10 @@ def test_the_demo_trains_from_the_bucket_tracked_on_postgresql_and_resumes_from_
     assert client.get_run(first.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(first.run_id, "train/loss")]
     assert sorted(steps) == [1, 2, 3, 4], steps
+    # `dive export` rebuilds the export from the run folder in the bucket and its newest checkpoint there.
+    from pipeline import export as export_command
+
+    assert export_command.main([f"{outputs}/{first.run_id}"]) == 0
     # The export in the bucket evaluates as it is named there: fetched once into this node's model cache.
     from pipeline.evaluate import main as evaluate_main
 
