@@ -1,4 +1,5 @@
-"""The on-disk dataset format: a folder of Parquet shards plus ``dataset.json`` (see docs/data.md).
+"""The on-disk dataset format: a folder of Parquet shards plus ``dataset.json`` (see docs/data.md). A folder may be
+local or an object-store URI (:mod:`pipeline.storage`); local shards are Paths, remote ones URI strings.
 
 Labelled sets have columns ``image`` (encoded bytes) and ``label`` (int32); captioned (reference) sets have
 ``image`` and ``caption`` (string), optionally ``teacher_image`` / ``teacher_text`` (cached, L2-normalised teacher
