@@ -285,7 +285,8 @@ def test_a_store_that_goes_away_mid_training_fails_in_one_line_and_keeps_the_las
         env = {**os.environ, **store.env(), "DIVE_NO_PROGRESS": "1"}
         overrides = [
             *tiny_run_overrides(demo, tmp_path, "gone"),
-            "optim.max_steps=6",
+            "optim.max_steps=40",  # steps enough that the store is gone well before the last one
+            "optim.epochs=8",
             "run.checkpoint.every=1",
             "run.failure.max_failures=0",
             f"run.storage_path={store.uri('runs')}",
@@ -298,7 +299,7 @@ def test_a_store_that_goes_away_mid_training_fails_in_one_line_and_keeps_the_las
             while time.monotonic() < deadline:
                 if any(k.endswith("/complete.json") for k in store.keys("runs")):
                     stopped.set()
-                    store.stop()
+                    store.kill()
                     return
                 time.sleep(0.1)
 
