@@ -125,7 +125,11 @@ class S3Store:
 
         def bucket_ready() -> bool:
             fs.create_dir(self.bucket)  # a no-op once it exists; raises OSError until S3 answers
-            return True
+            probe = f"{self.bucket}/.ready"  # and an object goes in and comes back: the volumes serve
+            with fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            with fs.open_input_stream(probe) as fh:
+                return fh.read() == b"ok"
 
         wait_for(bucket_ready, "SeaweedFS", self.proc, timeout=90)
 
