@@ -218,10 +218,8 @@ def train_run_name(run_id: str) -> str:
 
 def run_folder(storage_path: str, run_id: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) of the checkpoints of the MLflow run ``run_id`` under ``run.storage_path`` (a
-    folder or a URI)."""
-    if "://" not in storage_path:
-        storage_path = str(Path(storage_path).resolve())
-    fs, root = pafs.FileSystem.from_uri(storage_path)
+    folder or a URI, resolved as every other location is: :func:`pipeline.storage.resolve`)."""
+    fs, root = storage.resolve(storage_path)
     return fs, posixpath.join(root, train_run_name(run_id))
 
 
