@@ -44,6 +44,7 @@ from pipeline.data.format import (
     tar_files,
 )
 from pipeline.data.streams import open_dataset
+from pipeline.data.tags import no_scheme, tag_suite
 from pipeline.data.transforms import normalize_images, preprocess_batch, stream_image_transform
 from pipeline.home import local_model, output_folder
 from pipeline.pool import actor_device, autocast, check_device, fetch, map_pool, plan_pool
@@ -125,22 +126,9 @@ class _Scorer:
         return out
 
 
-def _no_scheme(path: str) -> str:
-    """A shard's path as Ray Data's ``path`` column gives it: object-store URIs without their ``s3://``."""
-    return str(path).split("://", 1)[-1]
-
-
-def _tag_suite(batch: dict[str, np.ndarray], files: dict[str, int]) -> dict[str, np.ndarray]:
-    return {
-        "image": batch["image"],
-        "label": batch["label"],
-        "set": np.array([files[_no_scheme(p)] for p in batch["path"]], dtype=np.int64),
-    }
-
-
 def _suite_batches(suites: Sequence[Suite], cfg: Config) -> Iterator[dict[str, np.ndarray]]:
     """Every suite's rows in order, ``eval.batch_size`` at a time, tagged with the suite's index (the in-process
-    twin of the Ray Data read + ``_tag_suite``)."""
+    twin of the Ray Data read + :func:`~pipeline.data.tags.tag_suite`)."""
     for index, suite in enumerate(suites):
         rows = iter_rows(suite.folder, columns=["image", "label"], column_map=cfg.data.column_map)
         while chunk := list(itertools.islice(rows, cfg.eval.batch_size)):
@@ -269,12 +257,12 @@ def scored_batches(
     )
     # One pipeline over every suite's shards (one read per format): the suite index comes from the path.
     files = {
-        _no_scheme(str(f)): i
+        no_scheme(str(f)): i
         for i, suite in enumerate(suites)
         for f in [*shard_files(suite.folder), *tar_files(suite.folder)]
     }
     ds = open_dataset([s.folder for s in suites], LABELLED, column_map, include_paths=True)
-    ds = ds.map_batches(_tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
+    ds = ds.map_batches(tag_suite, fn_kwargs={"files": files}, batch_format="numpy")
     scored = map_pool(
         ds,
         _Scorer,
