@@ -224,9 +224,9 @@ class EvalSettings:
     # actor holds one GPU and runs the image towers under bf16 autocast, while Ray Data tasks on the cluster's CPUs
     # decode; cuda where the cluster (or, without Ray, this machine) has no GPU is an error before anything runs.
     device: EvalDevice = EvalDevice.auto
-    # Scoring actors of the Ray Data pass (suites above in_process_rows). 0: one per GPU on cuda, 1 on cpu. CPU
-    # actors split this machine's cores between them (torch threads, and as many logical CPUs) and decode their
-    # own batches.
+    # Scoring actors of the Ray Data pass (suites above in_process_rows). 0: one per GPU on cuda, one per logical
+    # CPU of the cluster on cpu. CPU actors split this machine's cores between them (torch threads, and as many
+    # logical CPUs) and decode their own batches; each holds a copy of the models.
     actors: int = 0
     # Suites of at most this many images in all are scored in the driver's process, where the models already
     # are (no Ray Data start, no scoring actor); larger ones stream through Ray Data. 0: always Ray Data.
@@ -603,7 +603,12 @@ def _check_run(run: RunSettings, need: _Need) -> None:
 def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Need) -> None:
     need(ev.rsa_samples >= 2, "eval.rsa_samples", "at least 2 pairs", ev.rsa_samples)
     need(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
-    need(ev.actors >= 0, "eval.actors", "an integer >= 0 (0: one per GPU on cuda, 1 on cpu)", ev.actors)
+    need(
+        ev.actors >= 0,
+        "eval.actors",
+        "an integer >= 0 (0: one per GPU on cuda, one per logical CPU on cpu)",
+        ev.actors,
+    )
     need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
     need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
     suites = {"id", *ev.ood, *ev.zs}

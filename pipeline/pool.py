@@ -2,9 +2,9 @@
 
 On cuda there is one actor per GPU (``num_gpus=1``), running its forward passes under bf16 autocast, while Ray
 Data tasks on the cluster's CPUs decode and resize the images before them: a GPU waits on nothing that CPUs can
-do in parallel. On cpu the actors are the CPU workers: each has ``threads`` torch threads (and asks Ray for as
-many logical CPUs) and decodes its own batch, so decoding and the forward pass take turns on the cores rather
-than competing for them. Either way the rows reach the pool in blocks of a few batches (a streaming repartition:
+do in parallel. On cpu the actors are the CPU workers, by default one per logical CPU: each has ``threads`` torch
+threads (and asks Ray for as many logical CPUs) and decodes its own batch, so decoding and the forward pass take
+turns on an actor's cores rather than competing for them, and the actors decode side by side. Either way the rows reach the pool in blocks of a few batches (a streaming repartition:
 :func:`block_rows`), so every actor gets work even from a set read as one block, and the caller's built model
 reaches every actor once, through the object store: no actor builds a model again or receives anything per call
 beyond its batch.
@@ -69,9 +69,15 @@ def plan_pool(
     actors_key: str,
     error: type[Exception],
 ) -> Pool:
-    """The pool for ``device`` on the running Ray cluster. ``actors`` 0: one per GPU on cuda, one on cpu.
-    ``threads`` 0: on cpu this machine's cores split between the actors; on cuda 1 (the actor's CPU work is
-    copying its batch to the GPU). Errors name ``device_key`` / ``actors_key``."""
+    """The pool for ``device`` on the running Ray cluster. ``actors`` 0: one per GPU on cuda, one per logical CPU
+    of the cluster on cpu. ``threads`` 0: on cpu this machine's cores split between the actors; on cuda 1 (the
+    actor's CPU work is copying its batch to the GPU). Errors name ``device_key`` / ``actors_key``.
+
+    Why many one-thread CPU actors rather than one actor with every core: an actor decodes its batch in one
+    Python loop (one core) before a forward pass that uses its threads, so one actor leaves the other cores idle
+    while it decodes. On the perf benchmark's evaluation (decode 3/4 of the time) two one-thread actors score
+    1.4–1.6× the images/s of a bare two-thread loop on 2 cores, one two-thread actor 0.75–0.95× (benchmarks/perf).
+    Each actor holds its own copy of the models: ``eval.actors`` (``--workers``) caps that."""
     import ray
 
     check_device(device, device_key, error)
@@ -84,7 +90,7 @@ def plan_pool(
         if size > gpus:
             raise error(f"{actors_key}: {size} actors of one GPU each, but the cluster has {gpus} GPU(s)")
         return Pool("cuda", size, max(threads, 1), min(1.0, spare / size), 1, decode_in_actor=False)
-    size = actors or 1
+    size = actors or max(1, int(cpus))
     threads = threads or max(1, (os.cpu_count() or 1) // size)
     return Pool("cpu", size, threads, min(float(threads), spare / size), 0, decode_in_actor=True)
 

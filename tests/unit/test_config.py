@@ -100,7 +100,7 @@ def test_override_without_equals_and_missing_file():
         ("eval.ood.sketch=/no/such/dir", "eval.ood.sketch", "an existing folder"),
         ("model.pretrained=/no/weights.pt", "model.pretrained", "existing weights file"),
         ("loss.temperature=0", "loss.temperature", "(0, 100]"),
-        ("eval.actors=-1", "eval.actors", ">= 0 (0: one per GPU on cuda, 1 on cpu)"),
+        ("eval.actors=-1", "eval.actors", ">= 0 (0: one per GPU on cuda, one per logical CPU on cpu)"),
         ("eval.batch_size=0", "eval.batch_size", ">= 1"),
     ],
 )

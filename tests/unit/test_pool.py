@@ -31,8 +31,11 @@ def cluster(monkeypatch):
 def test_cpu_pools_split_the_cores_and_leave_a_logical_cpu_to_ray_data(cluster):
     cluster(0)
     kw = dict(device_key="key 'eval.device'", actors_key="key 'eval.actors'", error=ConfigError)
-    one = pool.plan_pool("cpu", 0, **kw)  # 0 actors: one, with every core
-    assert (one.actors, one.threads, one.num_cpus, one.num_gpus, one.decode_in_actor) == (1, 8, 3.0, 0, True)
+    every = pool.plan_pool("cpu", 0, **kw)  # 0 actors: one per logical CPU, splitting the cores
+    assert (every.actors, every.threads, every.num_cpus) == (4, 2, 0.75)
+    assert (every.num_gpus, every.decode_in_actor) == (0, True)
+    one = pool.plan_pool("cpu", 1, **kw)  # one actor: every core
+    assert (one.actors, one.threads, one.num_cpus) == (1, 8, 3.0)
     two = pool.plan_pool("cpu", 2, 1, **kw)  # threads given: as many logical CPUs each
     assert (two.actors, two.threads, two.num_cpus) == (2, 1, 1.0)
     four = pool.plan_pool("cpu", 4, **kw)  # more actors than spare logical CPUs: fractions, so all start
