@@ -4,10 +4,10 @@ On cuda there is one actor per GPU (``num_gpus=1``), running its forward passes 
 Data tasks on the cluster's CPUs decode and resize the images before them: a GPU waits on nothing that CPUs can
 do in parallel. On cpu the actors are the CPU workers, by default one per logical CPU: each has ``threads`` torch
 threads (and asks Ray for as many logical CPUs) and decodes its own batch, so decoding and the forward pass take
-turns on an actor's cores rather than competing for them, and the actors decode side by side. Either way the rows reach the pool in blocks of a few batches (a streaming repartition:
-:func:`block_rows`), so every actor gets work even from a set read as one block, and the caller's built model
-reaches every actor once, through the object store: no actor builds a model again or receives anything per call
-beyond its batch.
+turns on an actor's cores rather than competing for them, and the actors decode side by side. Either way the
+rows reach the pool in blocks of a few batches (a streaming repartition: :func:`block_rows`), so every actor
+gets work even from a set read as one block, and the caller's built model reaches every actor once, through the
+object store: no actor builds a model again or receives anything per call beyond its batch.
 
 No Ray import at module level: ``dive data`` without ``--workers`` loads none of Ray.
 """
@@ -76,7 +76,7 @@ def plan_pool(
     Why many one-thread CPU actors rather than one actor with every core: an actor decodes its batch in one
     Python loop (one core) before a forward pass that uses its threads, so one actor leaves the other cores idle
     while it decodes. On the perf benchmark's evaluation (decode 3/4 of the time) two one-thread actors score
-    1.4–1.6× the images/s of a bare two-thread loop on 2 cores, one two-thread actor 0.75–0.95× (benchmarks/perf).
+    1.2–1.6× the images/s of a bare two-thread loop on 2 cores, one two-thread actor 0.67–0.94× (benchmarks/perf).
     Each actor holds its own copy of the models: ``eval.actors`` (``--workers``) caps that."""
     import ray
 
