@@ -656,28 +656,35 @@ def data_part(quick: bool, threads: int) -> dict[str, float]:
             with ShardWriter(Path(tmp, folder), manifest, rows_per_shard=n) as writer:
                 for i in range(rows):
                     writer.add({"image": images[i % n], "label": 0})
+
+        # A whole pass over a one-shard set starts Ray Data's workers and leaves no task running; then the
+        # limit right before and right after the timed pass: this minute's machine.
+        def stream_pass(folder: str) -> tuple[float, list[float], list[int]]:
+            ds, _ = read_stream(
+                str(Path(tmp, folder)),
+                LABELLED,
+                size=side,
+                augment=False,
+                max_pixels=limit,
+                model_name="dive-tiny",
+            )
+            t, ends, sizes = time.perf_counter(), [], []
+            for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                ends.append(time.perf_counter())
+                sizes.append(len(block["label"]))
+            return t, ends, sizes
+
+        def limit_rate() -> float:
+            return decode_rate(lambda b: limit_pixels(b, side), images, repeats=1)
+
         ctx = ray.data.DataContext.get_current()
         before = ctx.execution_options.resource_limits
         for cpus in (1, 2):
             ctx.execution_options.resource_limits = before.copy(cpu=cpus)
-            # A whole pass over a one-shard set starts Ray Data's workers and leaves no task running; then the
-            # limit right before and right after the timed pass: this minute's machine.
-            for folder in ("warm-up", "stream"):
-                ds, _ = read_stream(
-                    str(Path(tmp, folder)),
-                    LABELLED,
-                    size=side,
-                    augment=False,
-                    max_pixels=limit,
-                    model_name="dive-tiny",
-                )
-                around = [decode_rate(lambda b: limit_pixels(b, side), images, repeats=1)]
-                t, ends, sizes = time.perf_counter(), [], []
-                for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    ends.append(time.perf_counter())
-                    sizes.append(len(block["label"]))
-            around.append(decode_rate(lambda b: limit_pixels(b, side), images, repeats=1))
-            rates[f"limit_at_{cpus}cpu"] = statistics.mean(around)
+            stream_pass("warm-up")
+            before_pass = limit_rate()
+            t, ends, sizes = stream_pass("stream")
+            rates[f"limit_at_{cpus}cpu"] = statistics.mean([before_pass, limit_rate()])
             rates[f"stream_{cpus}cpu_wall"] = sum(sizes) / (ends[-1] - t)
             rates[f"stream_{cpus}cpu"] = (
                 _steady_rate(ends, sizes) if len(ends) > 1 else rates[f"stream_{cpus}cpu_wall"]
@@ -776,8 +783,8 @@ def eval_pool_over_bare(cfg: Any, model_cfg: Any, threads: int, min_images: int 
     ``eval_pool_wall_over_bare`` is the ratio of mean wall times with everything included (the bare side with its
     model and heads built). Bare and pool passes alternate — bare, pool, bare, one actor, bare, pool, … — so drift
     on a busy machine hits every side alike, and each side's best steady rate counts, as :func:`decode_rate`
-    takes the best of its passes; ``eval_pool_bare_spread`` says how far the bare passes were apart. ``min_images`` keeps the pool's first block's
-    latency (≈0.1 s) small beside the span timed."""
+    takes the best of its passes; ``eval_pool_bare_spread`` says how far the bare passes were apart.
+    ``min_images`` keeps the pool's first block's latency (≈0.1 s) small beside the span timed."""
     import shutil
     import tempfile
 
