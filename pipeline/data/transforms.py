@@ -13,7 +13,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -81,32 +81,96 @@ _ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# Start-of-frame markers (SOF0 … SOF15 but DHT, JPG and DAC): the frame header that holds the size and components
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_XMP = (
+    b"http://ns.adobe.com/xap/1.0/\x00"  # an APP1 segment of XMP, where Pillow also looks for the orientation
+)
+
+
+class JpegFrame(NamedTuple):
+    """What a JPEG's markers before its first scan say: the frame header, and whether an XMP block is there."""
+
+    precision: int
+    height: int
+    width: int
+    components: int
+    xmp: bool
+
+
+def jpeg_frame(data: bytes) -> JpegFrame | None:
+    """The first frame header (SOFn) of a JPEG, read by walking the marker segments from SOI; None if the markers
+    do not lead to one (a truncated or odd file: the PIL path decides). libjpeg takes the same first frame header,
+    so the size read here is the size it decodes; it costs about 1 µs an image, Pillow's header read about 25–100.
+    """
+    i, n, xmp = 2, len(data), False
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _SOF:
+            if length < 8 or i + 10 > n:
+                return None
+            height, width = (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
+            return JpegFrame(data[i + 4], height, width, data[i + 9], xmp)
+        if marker in (0xD9, 0xDA) or length < 2:  # EOI or a scan before any frame: not a JPEG libjpeg reads
+            return None
+        xmp = xmp or (marker == 0xE1 and data[i + 4 : i + 4 + len(_XMP)] == _XMP)
+        i += 2 + length
+    return None
+
+
+def _pillow_orientation(data: bytes) -> int:
+    """The orientation Pillow reads (EXIF, else XMP); 1 (upright) for a malformed block."""
+    try:
+        return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+    except Exception:
+        return 1
+
+
 def _decode_jpeg(data: bytes, max_pixels: int) -> torch.Tensor | None:
     """An 8-bit RGB or grey JPEG → upright uint8 (3,H,W) via libjpeg-turbo (torchvision), or None: take the PIL path.
 
-    The header is read by Pillow first, as :func:`~pipeline.data.format.decode_image` reads it: an image over the
-    pixel limit is never decoded (None; the PIL path names it ``too_large``), and the orientation is Pillow's
-    (EXIF, else XMP; a malformed block reads as upright). Any other mode (CMYK, 12-bit) or any failure also
-    answers None, so every bad-image rule and skip reason stays the PIL path's. Same decoder library, same
-    pixels: measured identical to Pillow's decode (benchmarks/perf/decode.py)."""
+    The header is read first (:func:`jpeg_frame`), so the rule is :func:`~pipeline.data.format.decode_image`'s: an
+    image over the pixel limit (ours, or Pillow's bomb limit) is never decoded (None; the PIL path names it
+    ``too_large``). The EXIF orientation is applied by torchvision, which reads it as Pillow does (a malformed block
+    reads as upright); a file with an XMP block has its orientation read by Pillow, which falls back to XMP when
+    EXIF has none. Any other mode (CMYK, 12-bit) or any failure also answers None, so every bad-image rule and skip
+    reason stays the PIL path's. Same decoder library, same pixels: measured identical to Pillow's decode
+    (benchmarks/perf/decode.py)."""
     if decode_jpeg is None:
         return None
+    frame = jpeg_frame(data)
+    if frame is None or frame.precision != 8 or frame.components not in (1, 3) or not frame.height:
+        return None
+    area = frame.width * frame.height
+    if area > max_pixels or (Image.MAX_IMAGE_PIXELS and area > Image.MAX_IMAGE_PIXELS):
+        return None  # Pillow decides: too large, or (between its warning and its error) decoded by Pillow
+    orientation = _pillow_orientation(data) if frame.xmp else None
     try:
         with warnings.catch_warnings():
-            # DecompressionBombWarning, "Corrupt EXIF data", torchvision's deprecation notice
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels or img.mode not in ("RGB", "L"):
-                return None
-            try:
-                orientation = img.getexif().get(0x0112, 1)
-            except Exception:
-                orientation = 1
-            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            warnings.simplefilter("ignore")  # torchvision's deprecation notice
+            pixels = decode_jpeg(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=orientation is None,
+            )
     except Exception:  # corrupt, truncated, unsupported: the PIL path decides
         return None
-    if tuple(pixels.shape) != (3, height, width):
+    if orientation is None:
+        return (
+            pixels
+            if tuple(pixels.shape[1:]) in ((frame.height, frame.width), (frame.width, frame.height))
+            else None
+        )
+    if tuple(pixels.shape[1:]) != (frame.height, frame.width):
         return None
     op = _ORIENT.get(orientation)
     return op(pixels) if op is not None else pixels

@@ -450,3 +450,77 @@ def test_decode_rate_measures_images_per_second(perf_decode):
     rate = perf_decode.decode_rate(lambda d: seen.append((d, torch.get_num_threads())), images, repeats=2)
     assert seen == [(d, 1) for d in images] * 2 and rate > 0  # one thread while measuring …
     assert torch.get_num_threads() == threads  # … restored after
+
+
+# ------------------------------------------------------------------------------- the fast path's header read
+def test_the_frame_header_is_read_from_the_markers():
+    photo = Image.new("RGB", (40, 30), RED)
+    assert transforms.jpeg_frame(encode(photo, "JPEG")) == (8, 30, 40, 3, False)
+    assert transforms.jpeg_frame(encode(photo, "JPEG", progressive=True)) == (8, 30, 40, 3, False)
+    assert transforms.jpeg_frame(encode(photo.convert("L"), "JPEG")).components == 1
+    assert transforms.jpeg_frame(encode(photo.convert("CMYK"), "JPEG")).components == 4
+    assert transforms.jpeg_frame(encode(photo, "JPEG", exif=photo.getexif(), xmp=b"<x/>")).xmp
+    data = encode(photo, "JPEG")
+    for cut in (b"\xff\xd8", data[:40], b"\xff\xd8" + bytes(20), b"\xff\xd8\xff\xda\x00\x08" + bytes(20)):
+        assert transforms.jpeg_frame(cut) is None  # no frame header before the data ends or the scan starts
+
+
+def spy_on_decoders(monkeypatch) -> list[str]:
+    """Which decoders ``load_pixels`` calls: torchvision's, and Pillow's ``Image.open`` (header or decode)."""
+    calls = []
+    decoder, opener = transforms.decode_jpeg, Image.open
+    monkeypatch.setattr(
+        transforms, "decode_jpeg", lambda *a, **k: calls.append("torchvision") or decoder(*a, **k)
+    )
+    monkeypatch.setattr(Image, "open", lambda *a, **k: calls.append("pillow") or opener(*a, **k))
+    return calls
+
+
+def test_a_plain_jpeg_is_decoded_without_opening_pillow(monkeypatch):
+    calls = spy_on_decoders(monkeypatch)
+    pixels, reason = load_pixels(half_photo(32), 32, LIMIT)
+    assert reason is None and calls == ["torchvision"]
+    assert_red_above_white(pixels.transpose(1, 2, 0))  # the EXIF orientation, applied by torchvision
+
+
+def test_a_big_endian_exif_orientation_is_applied_on_the_fast_path(monkeypatch):
+    img = Image.new("RGB", (64, 32), WHITE)
+    img.paste(RED, (0, 0, 32, 32))
+    motorola = (
+        b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+    )
+    data = encode(img, "JPEG", quality=95, exif=motorola + bytes(4))
+    assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+    calls = spy_on_decoders(monkeypatch)
+    pixels, reason = load_pixels(data, 32, LIMIT)
+    assert reason is None and calls == ["torchvision"]
+    assert_red_above_white(pixels.transpose(1, 2, 0))
+
+
+def test_a_corrupt_exif_block_keeps_the_stored_pixels_on_the_fast_path(monkeypatch):
+    img = Image.new("RGB", (64, 32), WHITE)
+    img.paste(RED, (0, 0, 32, 32))
+    truncated = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"
+    calls = spy_on_decoders(monkeypatch)
+    pixels, reason = load_pixels(encode(img, "JPEG", quality=95, exif=truncated), 32, LIMIT)
+    assert reason is None and calls == ["torchvision"]
+    assert np.array_equal(pixels, load_pixels(encode(img, "JPEG", quality=95), 32, LIMIT)[0])
+
+
+XMP_TURN_CLOCKWISE = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def test_an_xmp_orientation_is_read_by_pillow_and_applied_on_the_fast_path(monkeypatch):
+    """Pillow falls back to XMP's orientation when EXIF has none; torchvision reads only EXIF, so a file with an
+    XMP block has its orientation read by Pillow and its pixels decoded by torchvision."""
+    img = Image.new("RGB", (64, 32), WHITE)
+    img.paste(RED, (0, 0, 32, 32))
+    data = encode(img, "JPEG", quality=95, xmp=XMP_TURN_CLOCKWISE)
+    assert decode_image(data, LIMIT)[0].size == (32, 64)  # Pillow's rule turns it
+    calls = spy_on_decoders(monkeypatch)
+    pixels, reason = load_pixels(data, 32, LIMIT)
+    assert reason is None and calls == ["pillow", "torchvision"]
+    assert_red_above_white(pixels.transpose(1, 2, 0))
