@@ -64,10 +64,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
 
+from benchmarks.emojishift import glyphs  # noqa: E402
 from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, encode_png, iter_rows  # noqa: E402
 
 # Bump when the rules change, so old caches are recognisable (v2: icon sets, eval classes as icons, zs_val).
 VERSION = "emojishift-v2"
+# A build with the far zero-shot candidate sets (--far-zs): v2 plus them, for the pilot that decides which to keep.
+VERSION_FAR = "emojishift-v2+far-pilot"
 
 # ---------------------------------------------------------------------------------------------------- sources
 # Exact versions: the benchmark is only comparable across machines if every byte of its sources is the same.
@@ -88,6 +91,9 @@ NPM_PACKAGES = {
     "@iconify-json/streamline-emojis": "1.2.4",  # Streamline emoji (CC-BY-4.0)
 }
 APT_PACKAGES = {"openclipart-svg": "1:0.18+dfsg-19", "openclipart-png": "1:0.18+dfsg-19"}  # public domain
+FONT_APT_PACKAGES = {
+    package: version for package, (version, _, _) in glyphs.FONT_PACKAGES.items()
+}  # --far-zs
 
 # ---------------------------------------------------------------------------------------------------- the task
 STYLES = ("google", "twemoji", "openmoji", "openmoji_black", "fluent_3d", "fluent_flat")
@@ -124,6 +130,18 @@ TEMPLATES = (
 # Clock faces ("three o’clock", "four-thirty", …) are 24 classes that differ only by the angle of their hands:
 # any rotation (ours, or a reader's augmentation) turns one into another, so they are never eval classes.
 ROTATION_NAMED = re.compile(r"o’clock$|o'clock$|-thirty$")
+# Far zero-shot candidates (--far-zs): tasks of another kind than "which object emoji". Emoji of the categories
+# outside OBJECT_CATEGORIES (name the expression, the gesture or role, the country, the sign) in the styles that
+# draw all of them (Fluent has no country flags; OpenMoji's black flags are one outline), and digits and letters
+# in fonts (glyphs.py). Their classes follow the eval classes' rule: in captioned data only as icons (emoji) or
+# in alignment fonts (glyphs), and only in `alignment`.
+FAR_EMOJI = {
+    "smileys": "Smileys & Emotion",
+    "people": "People & Body",
+    "flags": "Flags",
+    "symbols": "Symbols",
+}
+FAR_STYLES = ("google", "twemoji", "openmoji")
 MAX_CLIPART_PIXELS = 16_000_000  # larger OpenClipart PNGs are skipped (decode cost, mostly huge maps)
 MAX_TITLE_USES = 3  # an OpenClipart title used more often names a collection, not the picture
 MAX_KEYWORDS = 6  # keywords kept per OpenClipart caption (short captions fit small text contexts)
@@ -144,6 +162,11 @@ class Settings:
     eval_variants: int = 2  # id_test / ood_* / zs_* scene variants per class
     free_scene_variants: int = 2  # scenes per free emoji picture (benchmark styles), besides the clean one
     icon_scene_variants: int = 2  # scenes per icon-set picture (free and eval classes), besides the clean one
+    # Far zero-shot candidate sets (FAR_EMOJI, glyphs.GLYPH_SETS): off by default, so the v2 table's data stays
+    # the same bytes until the pilot has chosen the sets to keep.
+    far_zs: bool = False
+    n_far: int = 40  # test classes per far emoji set (zs_far_<set>)
+    n_far_val: int = 20  # further classes per far emoji set for selection (zs_far_val_<set>)
     ref_fraction: float = 0.3  # caption groups going to `reference` (the rest: ref_val, alignment)
     ref_val_fraction: float = 0.05  # caption groups going to `ref_val`
     max_free_classes: int = 0  # >0: cap on emoji classes in captioned sets (quick builds)
@@ -162,6 +185,8 @@ QUICK = dict(
     icon_scene_variants=1,
     max_free_classes=120,
     max_clipart=300,
+    n_far=5,
+    n_far_val=3,
 )
 
 
@@ -185,11 +210,11 @@ def apt_marker(root: Path, package: str) -> Path:
     return root / f".extracted-{package}"
 
 
-def apt_ready(apt_dir: Path) -> bool:
+def apt_ready(apt_dir: Path, packages: dict[str, str] = APT_PACKAGES) -> bool:
     root = apt_dir / "root"
     return all(
         apt_marker(root, p).is_file() and apt_marker(root, p).read_text().strip() == v
-        for p, v in APT_PACKAGES.items()
+        for p, v in packages.items()
     )
 
 
@@ -204,10 +229,11 @@ def _run(cmd: list[str], cwd: Path | None = None) -> None:
         raise SystemExit(f"`{' '.join(cmd)}` failed with exit code {err.returncode}{hint}") from None
 
 
-def install_sources(cache: Path, offline: bool = False) -> dict[str, Any]:
+def install_sources(cache: Path, offline: bool = False, far_zs: bool = False) -> dict[str, Any]:
     """npm packages into ``sources/npm``, Debian packages downloaded and unpacked into ``sources/apt/root``
-    (no root install). Anything already there at the pinned version is reused."""
+    (no root install); ``far_zs`` adds the font packages. Anything already there at the pinned version is reused."""
     npm_prefix, apt_dir = cache / "sources" / "npm", cache / "sources" / "apt"
+    apt_packages = APT_PACKAGES | (FONT_APT_PACKAGES if far_zs else {})
     actions = []
     if not npm_ready(npm_prefix):
         if offline:
@@ -219,12 +245,12 @@ def install_sources(cache: Path, offline: bool = False) -> dict[str, Any]:
         if not npm_ready(npm_prefix):
             raise SystemExit(f"{npm_prefix}: npm install finished but the pinned versions are not there")
         actions.append("npm install")
-    if not apt_ready(apt_dir):
+    if not apt_ready(apt_dir, apt_packages):
         if offline:
             raise SystemExit(f"{apt_dir}: Debian sources missing and --offline given")
         apt_dir.mkdir(parents=True, exist_ok=True)
         root = apt_dir / "root"
-        for package, version in APT_PACKAGES.items():
+        for package, version in apt_packages.items():
             if apt_marker(root, package).is_file():
                 continue
             debs = sorted(apt_dir.glob(f"{package}_*.deb"))
@@ -281,7 +307,8 @@ class Library:
 
     def __init__(self, cache: Path, rasterise: Callable[[str, int], Image.Image] | None = None) -> None:
         self.npm = cache / "sources" / "npm" / "node_modules"
-        self.clipart = cache / "sources" / "apt" / "root" / "usr" / "share" / "openclipart"
+        self.apt_root = cache / "sources" / "apt" / "root"
+        self.clipart = self.apt_root / "usr" / "share" / "openclipart"
         self.rasterise = rasterise or resvg_rasterise
         self.iconsets: dict[str, dict[str, Any]] = {}
         for package in [FLAT_ICONS] + [pkg for pkg, _ in ICON_STYLES.values()]:
@@ -625,6 +652,32 @@ def choose_classes(
     return picked[:n_id], picked[n_id : n_id + n_zs], picked[n_id + n_zs :], universe
 
 
+def far_classes(lib: Library, settings: Settings) -> dict[str, tuple[list[Emoji], list[Emoji]]]:
+    """Far zero-shot emoji sets: set → (test classes, validation classes), disjoint seeded draws from the emoji
+    of the set's category drawn in every FAR_STYLES style with art of their own (a picture shared with another
+    code point names neither), clock faces excepted. The categories are outside OBJECT_CATEGORIES, so no far class
+    is an ID, ZS or zs_val class."""
+    art_uses = Counter(lib.art_hash(a) for e in lib.emoji for a in e.art.values())
+    need = settings.n_far + settings.n_far_val
+    out = {}
+    for name, category in FAR_EMOJI.items():
+        pool = [
+            e
+            for e in lib.emoji
+            if e.category == category
+            and all(s in e.art and art_uses[lib.art_hash(e.art[s])] == 1 for s in FAR_STYLES)
+            and not ROTATION_NAMED.search(e.name)
+        ]
+        if need > len(pool):
+            raise SystemExit(
+                f"far zero-shot set {name!r} ({category}): --n-far + --n-far-val = {need}, but only {len(pool)} "
+                f"classes are drawn in {', '.join(FAR_STYLES)} with art of their own"
+            )
+        picked = [pool[i] for i in rng_for(settings.seed, "far", name).permutation(len(pool))[:need]]
+        out[name] = (picked[: settings.n_far], picked[settings.n_far :])
+    return out
+
+
 Row = tuple[str, Callable[[], Image.Image], dict[str, Any]]  # (key, render function, extra columns)
 
 
@@ -724,13 +777,76 @@ def caption_rows(lib: Library, e: Emoji, styles: Iterable[str], variants: int, s
     return rows
 
 
-def check_captioned(rows: dict[str, list[Row]], eval_codes: set[str]) -> None:
-    """The rule change of v2, enforced: an eval class (ID, ZS, zs_val) may appear in captioned data only in an
-    icon style, and only in ``alignment`` (the teacher's pre-training data); never in a benchmark style, and
-    never in ``reference`` / ``ref_val``, which the fine-tunes and their validation see."""
+GLYPH = "glyph"  # the first part of a glyph row's key: glyph/<set>/<char>/<font>/<purpose>[/<i>]
+
+
+def glyph_row(
+    font: glyphs.Font, gset: str, char: str, purpose: str, i: int | None, s: Settings, **extra: Any
+) -> Row:
+    """``char`` in ``font``: clean on white (``i`` None) or scene variant ``i``, the ink colour and the scene from
+    the seed of (seed, purpose, set, char, font, i)."""
+    rng = rng_for(s.seed, purpose, gset, char, font.key, i)
+    ink = tuple(
+        int(c) for c in rng.integers(0, 90, 3)
+    )  # dark: legible on the scenes' backgrounds (every channel ≥ 80)
+
+    def render() -> Image.Image:
+        picture = glyphs.glyph_picture(font, char, 2 * s.size, ink)
+        return on_white(picture, s.size) if i is None else scene(picture, rng, s.size)
+
+    tail = "clean" if i is None else f"{purpose}/{i}"
+    return f"{GLYPH}/{gset}/{char}/{font.key}/{tail}", render, extra
+
+
+def glyph_eval_rows(
+    fonts: Sequence[glyphs.Font], gset: str, purpose: str, variants: int, s: Settings
+) -> list[Row]:
+    """Scene variants ``0 … variants − 1`` of every character of ``gset`` in every one of ``fonts``, labelled."""
+    chars = glyphs.GLYPH_SETS[gset]
+    return [
+        glyph_row(f, gset, c, purpose, i, s, label=y)
+        for y, c in enumerate(chars)
+        for f in fonts
+        for i in range(variants)
+    ]
+
+
+def glyph_caption_rows(fonts: Sequence[glyphs.Font], s: Settings) -> list[Row]:
+    """Every glyph in every alignment font: the clean picture and ``icon_scene_variants`` scenes, captioned
+    "the digit 7, DejaVu Sans Bold"."""
+    rows = []
+    for gset, chars in glyphs.GLYPH_SETS.items():
+        for font in fonts:
+            for c in chars:
+                caption = f"{glyphs.NOUN[gset]} {c}, {font.name}"
+                rows.append(glyph_row(font, gset, c, "cap", None, s, caption=caption))
+                rows += [
+                    glyph_row(font, gset, c, "cap", i, s, caption=caption)
+                    for i in range(s.icon_scene_variants)
+                ]
+    return rows
+
+
+def check_captioned(
+    rows: dict[str, list[Row]], eval_codes: set[str], font_roles: dict[str, str] | None = None
+) -> None:
+    """The rule change of v2, enforced: an eval class (ID, ZS, zs_val, far zero-shot) may appear in captioned
+    data only in an icon style, and only in ``alignment`` (the teacher's pre-training data); never in a benchmark
+    style, and never in ``reference`` / ``ref_val``, which the fine-tunes and their validation see. A glyph (far
+    zero-shot digits and letters) likewise: only in ``alignment``, only in an alignment font (``font_roles``:
+    font key → role)."""
     for split, split_rows in rows.items():
         for key, _, _ in split_rows:
-            code, style = key.split("/")[:2]
+            parts = key.split("/")
+            if parts[0] == GLYPH:
+                role = (font_roles or {}).get(parts[3])
+                if role != "alignment" or split != "alignment":
+                    raise AssertionError(
+                        f"{split}: {key} draws a glyph in font {parts[3]!r} (role {role}); glyphs may only appear "
+                        "in `alignment`, in an alignment font"
+                    )
+                continue
+            code, style = parts[:2]
             if code in eval_codes and (style not in ICON_STYLES or split != "alignment"):
                 raise AssertionError(
                     f"{split}: {key} draws an eval class in style {style!r}; eval classes may only appear in "
@@ -739,14 +855,15 @@ def check_captioned(rows: dict[str, list[Row]], eval_codes: set[str]) -> None:
 
 
 def captioned_rows(
-    lib: Library, s: Settings, eval_classes: Sequence[Emoji]
+    lib: Library, s: Settings, eval_classes: Sequence[Emoji], fonts: Sequence[glyphs.Font] = ()
 ) -> tuple[dict[str, list[Row]], dict[str, Any]]:
     """``ref_val`` / ``reference`` / ``alignment`` rows, split by caption group so that no caption is in two:
 
     * free emoji (no eval class, no art shared with one): clean + scenes in every style they have — the six
       benchmark styles and the icon sets — captioned "name, style";
     * eval classes: clean + scenes in the **icon styles only**, all in ``alignment`` (see :func:`check_captioned`);
-    * OpenClipart (title + keywords).
+    * OpenClipart (title + keywords);
+    * with ``fonts`` (far zero-shot builds): the glyphs in the alignment fonts among them, all in ``alignment``.
 
     A picture drawn for several code points (OpenMoji has one black outline for every country flag) names none
     of them, so it is left out."""
@@ -786,7 +903,8 @@ def captioned_rows(
     for c in clipart:
         render = lambda c=c: clipart_picture(c.png, s.size)  # noqa: E731
         rows[bucket("clipart/" + c.group)].append((f"openclipart/{c.key}", render, {"caption": c.caption}))
-    check_captioned(rows, eval_codes)
+    rows["alignment"] += glyph_caption_rows([f for f in fonts if f.role == "alignment"], s)
+    check_captioned(rows, eval_codes, {f.key: f.role for f in fonts})
     stats = {
         "free_emoji_classes": len(free),
         "free_emoji_ambiguous_art": ambiguous,
@@ -809,10 +927,16 @@ def build(
 
     plan: list[tuple[str, Manifest, list[Row]]] = []
 
-    def labelled(name: str, classes: Sequence[Emoji], what: str, rows: list[Row]) -> None:
-        names = [e.name for e in classes]
+    def labelled(
+        name: str,
+        classes: Sequence[Emoji | str],
+        what: str,
+        rows: list[Row],
+        templates: Sequence[str] = TEMPLATES,
+    ) -> None:
+        names = [c if isinstance(c, str) else c.name for c in classes]
         manifest = Manifest(
-            name=name, kind=LABELLED, classnames=names, templates=list(TEMPLATES), source=what
+            name=name, kind=LABELLED, classnames=names, templates=list(templates), source=what
         )
         plan.append((name, manifest, rows))
 
@@ -840,11 +964,34 @@ def build(
             if group == "zs" or style != ID_STYLE:
                 rows = scene_rows(lib, classes, style, "test", 0, s.eval_variants, s)
                 labelled(f"{group}_{style}", classes, f"{group.upper()} ({style}) test scenes", rows)
+    far, fonts = {}, []
+    if s.far_zs:  # far zero-shot candidates: each a test split and a validation split (other classes / fonts)
+        far = far_classes(lib, s)
+        for name, (test, val) in far.items():
+            rows = [r for st in FAR_STYLES for r in scene_rows(lib, test, st, "test", 0, s.eval_variants, s)]
+            labelled(
+                f"zs_far_{name}", test, f"far ZS: {FAR_EMOJI[name]} emoji, {', '.join(FAR_STYLES)}", rows
+            )
+            rows = [r for st in FAR_STYLES for r in scene_rows(lib, val, st, "farval", 0, s.val_variants, s)]
+            labelled(
+                f"zs_far_val_{name}", val, f"far ZS validation: {FAR_EMOJI[name]} emoji, other classes", rows
+            )
+        fonts = glyphs.find_fonts(lib.apt_root)
+        for gset, chars in glyphs.GLYPH_SETS.items():
+            for split, role, purpose, variants in (
+                (f"zs_far_{gset}", "test", "test", s.eval_variants),
+                (f"zs_far_val_{gset}", "val", "farval", s.val_variants),
+            ):
+                faces = [f for f in fonts if f.role == role]
+                rows = glyph_eval_rows(faces, gset, purpose, variants, s)
+                what = f"far ZS: {gset} in the {role} fonts ({len(faces)} faces)"
+                labelled(split, list(chars), what, rows, glyphs.TEMPLATES[gset])
     # ID train: the clean Google picture of each class + (train_variants − 1) scenes drawn from their own seeds.
     rows = [clean_row(lib, e, ID_STYLE, s, label=y) for y, e in enumerate(id_classes)]
     rows += scene_rows(lib, id_classes, ID_STYLE, "train", 1, s.train_variants, s)
     labelled("id_train", id_classes, "ID (Google) clean + train scenes", _shuffled(rows, s.seed, "id_train"))
-    captioned, stats = captioned_rows(lib, s, id_classes + zs_classes + zs_val_classes)
+    far_eval = [e for test, val in far.values() for e in test + val]
+    captioned, stats = captioned_rows(lib, s, id_classes + zs_classes + zs_val_classes + far_eval, fonts)
     for name, rows in captioned.items():
         what = "eval classes in icon styles only" if name == "alignment" else "emoji of no eval class"
         manifest = Manifest(name=name, kind=CAPTIONED, source=f"{name}: OpenClipart + emoji ({what})")
@@ -852,14 +999,17 @@ def build(
 
     seen: dict[str, str] = {}  # content hash → split, over the whole benchmark
     splits: dict[str, Any] = {}
+    version = VERSION_FAR if s.far_zs else VERSION
     for name, manifest, rows in plan:
-        manifest.source = f"EmojiShift {VERSION} {manifest.source}"
+        manifest.source = f"EmojiShift {version} {manifest.source}"
         _write(cache, name, manifest, rows, s, seen, splits)
     verify_disjoint(cache, list(splits))
-    write_metadata(cache, s, id_classes, zs_classes, zs_val_classes, universe, splits)
-    copy_licences(cache)
+    write_metadata(cache, s, id_classes, zs_classes, zs_val_classes, universe, splits, far, fonts)
+    copy_licences(cache, far_zs=s.far_zs)
+    far_summary = {name: [len(test), len(val)] for name, (test, val) in far.items()}
+    far_summary |= {role: sum(f.role == role for f in fonts) for role in glyphs.ROLES if fonts}
     return {
-        "version": VERSION,
+        "version": version,
         "settings": asdict(s),
         "classes": {
             "universe": len(universe),
@@ -867,6 +1017,7 @@ def build(
             "zs": len(zs_classes),
             "zs_val": len(zs_val_classes),
         },
+        **({"far_zs": far_summary} if s.far_zs else {}),
         **stats,
         "rows": {name: split["rows"] for name, split in splits.items()},
         "build_seconds": round(time.time() - t0, 1),
@@ -894,6 +1045,8 @@ def write_metadata(
     zs_val_classes: list[Emoji],
     universe: list[Emoji],
     splits: dict[str, Any],
+    far: dict[str, tuple[list[Emoji], list[Emoji]]] | None = None,
+    fonts: Sequence[glyphs.Font] = (),
 ) -> None:
     def describe(classes: list[Emoji]) -> list[dict[str, Any]]:
         return [
@@ -901,8 +1054,9 @@ def write_metadata(
             for y, e in enumerate(classes)
         ]
 
+    version = VERSION_FAR if settings.far_zs else VERSION
     classes = {
-        "version": VERSION,
+        "version": version,
         "seed": settings.seed,
         "id_style": ID_STYLE,
         "styles": list(STYLES),
@@ -913,8 +1067,20 @@ def write_metadata(
         "zs_val": describe(zs_val_classes),
         "icon_styles": {style: pkg for style, (pkg, _) in ICON_STYLES.items()},
     }
+    if settings.far_zs:
+        classes["far_zs"] = {
+            "styles": list(FAR_STYLES),
+            **{
+                name: {"test": describe(test), "val": describe(val)}
+                for name, (test, val) in (far or {}).items()
+            },
+            **{gset: list(chars) for gset, chars in glyphs.GLYPH_SETS.items()},
+            "fonts": {
+                role: [f"{f.key} ({f.name})" for f in fonts if f.role == role] for role in glyphs.ROLES
+            },
+        }
     (cache / "classes.json").write_text(json.dumps(classes, indent=1, ensure_ascii=False) + "\n")
-    body = {"version": VERSION, "settings": asdict(settings), "splits": splits}
+    body = {"version": version, "settings": asdict(settings), "splits": splits}
     (cache / "splits.json").write_text(
         json.dumps(body, indent=None, separators=(",", ":"), ensure_ascii=False) + "\n"
     )
@@ -945,6 +1111,20 @@ backgrounds) from the following works. The derived images keep each source's lic
 Not used: the Apple and Facebook emoji sets that emoji-datasource also ships (not openly licensed).
 """
 
+FONT_ATTRIBUTION = """
+## Fonts (far zero-shot glyph sets)
+
+Digits and letters rendered with the fonts of these Debian packages; each package's copyright file is copied
+here as `<package>-copyright.txt`. The fonts themselves are not redistributed.
+
+| package (version) | licence | role |
+|---|---|---|
+| fonts-dejavu-core ({dejavu}) | Bitstream Vera / DejaVu changes: public domain | alignment |
+| fonts-liberation2 ({liberation}) | SIL Open Font License 1.1 | alignment |
+| fonts-freefont-ttf ({freefont}) | GPL-3+ with the font exception | validation |
+| fonts-urw-base35 ({urw}) | AGPL-3 with the font exception | test |
+"""
+
 FLUENT_MIT = """MIT License
 
 Copyright (c) Microsoft Corporation.
@@ -969,8 +1149,9 @@ SOFTWARE.
 """
 
 
-def copy_licences(cache: Path) -> Path:
-    """``LICENSES/``: the attribution table, the licence texts the packages ship, and the Fluent MIT text."""
+def copy_licences(cache: Path, far_zs: bool = False) -> Path:
+    """``LICENSES/``: the attribution table, the licence texts the packages ship, and the Fluent MIT text (and
+    with ``far_zs`` the font packages' copyright files)."""
     out = cache / "LICENSES"
     out.mkdir(exist_ok=True)
     npm = cache / "sources" / "npm" / "node_modules"
@@ -982,10 +1163,21 @@ def copy_licences(cache: Path) -> Path:
             "/usr/share/common-licenses/Apache-2.0"
         ),  # Debian ships it; else the URL above
     }
+    if far_zs:
+        shipped |= {
+            f"{p}-copyright.txt": cache / f"sources/apt/root/usr/share/doc/{p}/copyright"
+            for p in FONT_APT_PACKAGES
+        }
     for name, src in shipped.items():
         if src.is_file():
             shutil.copyfile(src, out / name)
     (out / "fluent-emoji-MIT.txt").write_text(FLUENT_MIT)
+    fonts = FONT_ATTRIBUTION.format(
+        dejavu=FONT_APT_PACKAGES["fonts-dejavu-core"],
+        liberation=FONT_APT_PACKAGES["fonts-liberation2"],
+        freefont=FONT_APT_PACKAGES["fonts-freefont-ttf"],
+        urw=FONT_APT_PACKAGES["fonts-urw-base35"],
+    )
     (out / "ATTRIBUTION.md").write_text(
         ATTRIBUTION.format(
             google=NPM_PACKAGES["emoji-datasource-google"],
@@ -997,6 +1189,7 @@ def copy_licences(cache: Path) -> Path:
             openclipart=APT_PACKAGES["openclipart-svg"],
             **{style: NPM_PACKAGES[pkg] for style, (pkg, _) in ICON_STYLES.items()},
         )
+        + (fonts if far_zs else "")
     )
     return out
 
@@ -1013,6 +1206,8 @@ INT_OPTIONS = (
     "eval_variants",
     "free_scene_variants",
     "icon_scene_variants",
+    "n_far",
+    "n_far_val",
 )
 
 
@@ -1023,6 +1218,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     p.add_argument("--cache", required=True, type=Path, help="folder for sources, datasets and metadata")
     p.add_argument("--quick", action="store_true", help=f"small sets for smoke tests: {QUICK}")
     p.add_argument("--offline", action="store_true", help="never download; fail if a source is missing")
+    p.add_argument(
+        "--far-zs",
+        action="store_true",
+        help="also build the far zero-shot candidate sets (zs_far_*, zs_far_val_*; the font packages are fetched)",
+    )
     defaults = Settings()
     for f in INT_OPTIONS:
         p.add_argument(
@@ -1031,7 +1231,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
             help=f"default {getattr(defaults, f)} (quick: {QUICK.get(f, getattr(defaults, f))})",
         )
     args = p.parse_args(argv)
-    settings = replace(defaults, **(QUICK if args.quick else {}))
+    settings = replace(defaults, **(QUICK if args.quick else {}), far_zs=args.far_zs)
     for f in INT_OPTIONS:
         if getattr(args, f) is not None:
             settings = replace(settings, **{f: getattr(args, f)})
@@ -1045,6 +1245,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         p.error("need --free-scene-variants >= 0 and --icon-scene-variants >= 0")
     if min(settings.val_variants, settings.eval_variants) < 1:
         p.error("need --val-variants >= 1 and --eval-variants >= 1")
+    if settings.far_zs and min(settings.n_far, settings.n_far_val) < 2:
+        p.error("need --n-far >= 2 and --n-far-val >= 2 with --far-zs")
     return args, settings
 
 
@@ -1053,7 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     cache = args.cache.expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    sources = install_sources(cache, offline=args.offline)
+    sources = install_sources(cache, offline=args.offline, far_zs=settings.far_zs)
     t_sources = time.time() - t0
     summary = build(cache, settings)
     summary["sources"] = sources
@@ -1061,7 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary["total_seconds"] = round(time.time() - t0, 1)
     (cache / "emojishift.json").write_text(json.dumps(summary, indent=2) + "\n")
     mb = 1 / 2**20
-    print(f"\nEmojiShift {VERSION} in {cache}")
+    print(f"\nEmojiShift {summary['version']} in {cache}")
     print(
         f"  sources: {', '.join(sources['actions'])}; npm {sources['npm_bytes'] * mb:.0f} MB, "
         f".deb {sources['apt_deb_bytes'] * mb:.0f} MB (unpacked {sources['apt_unpacked_bytes'] * mb:.0f} MB)"
@@ -1070,6 +1272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  classes: {c['universe']} object-like in all styles → ID {c['id']}, ZS {c['zs']}, zs_val {c['zs_val']}"
     )
+    if "far_zs" in summary:
+        print(f"  far zero-shot (emoji sets: [test, val] classes; fonts per role): {summary['far_zs']}")
     print(f"  free emoji classes (captioned): {summary['free_emoji_classes']}")
     print(
         f"  eval classes in icon styles (alignment only): {summary['eval_classes_with_icons']} classes, "

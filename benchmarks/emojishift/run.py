@@ -155,8 +155,9 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ preparation
-def ensure_data(cache: Path, quick: bool) -> None:
-    """Data and teacher, built by their own commands when missing (each is deterministic and cached)."""
+def ensure_data(cache: Path, quick: bool, far_zs: bool = False) -> None:
+    """Data and teacher, built by their own commands when missing (each is deterministic and cached); ``far_zs``:
+    the data with the far zero-shot candidate sets (``pilot.py``)."""
     if not (cache / "splits.json").is_file():
         log(f"no data in {cache}: running prepare.py")
         cmd = [
@@ -165,6 +166,7 @@ def ensure_data(cache: Path, quick: bool) -> None:
             "--cache",
             str(cache),
             *(["--quick"] if quick else []),
+            *(["--far-zs"] if far_zs else []),
         ]
         subprocess.run(cmd, check=True)
     if not (cache / "teacher" / "teacher.pt").is_file():

@@ -15,9 +15,11 @@ import shutil
 import struct
 from pathlib import Path
 
+import matplotlib
 import pytest
 from PIL import Image, ImageDraw
 
+from benchmarks.emojishift import glyphs
 from benchmarks.emojishift import prepare as es
 from pipeline.data.format import (
     CAPTIONED,
@@ -64,6 +66,22 @@ EMOJI = [
     ("1F3FB", "EMOJI MODIFIER FITZPATRICK TYPE-1-2", "Component", "google"),
 ]
 OBSOLETE = ("1F3C3", "RUNNER", "People & Body")  # obsoleted_by another code point: skipped
+# Far zero-shot sources (make_sources(far=True)): four more emoji of each far category in the far styles, and
+# font faces (matplotlib's DejaVu files) in each font package's folder
+FAR_STYLES = " ".join(es.FAR_STYLES)
+FAR_EMOJI = [
+    *[(f"1F60{i}", f"FACE {i}", "Smileys & Emotion", FAR_STYLES) for i in range(1, 5)],
+    *[(f"1F64{i}", f"GESTURE {i}", "People & Body", FAR_STYLES) for i in range(5, 9)],
+    *[(f"1F1E6-1F1E{i}", f"FLAG {i}", "Flags", FAR_STYLES) for i in range(6, 10)],
+    *[(f"267{i}", f"SIGN {i}", "Symbols", FAR_STYLES) for i in range(1, 5)],
+]
+FAR_ICON_SLUGS = ["face-1", "flag-6"]  # far classes in the icon sets: allowed in `alignment` only
+FONTS = {  # font package → faces (matplotlib's DejaVu files)
+    "fonts-dejavu-core": ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"],
+    "fonts-liberation2": ["DejaVuSerif.ttf"],
+    "fonts-freefont-ttf": ["DejaVuSansMono.ttf"],
+    "fonts-urw-base35": ["DejaVuSerif-Bold.ttf", "DejaVuSans-Oblique.ttf"],
+}
 
 
 def _colour(*parts: str) -> str:
@@ -123,8 +141,9 @@ ICON_SLUGS += ["thumbs-up-sign"]  # the Unicode name; its CLDR name (OpenMoji an
 ICON_SLUGS += ["apple", "person-light-skin-tone"]  # "apple" names two code points: ambiguous; no code point
 
 
-def _iconset(style: str) -> dict:
-    slugs = [s.replace("-", "") for s in ICON_SLUGS] if style == "fxemoji" else ICON_SLUGS
+def _iconset(style: str, far: bool = False) -> dict:
+    slugs = ICON_SLUGS + (FAR_ICON_SLUGS if far else [])
+    slugs = [s.replace("-", "") for s in slugs] if style == "fxemoji" else slugs
     body = lambda slug: _svg(_colour(style, slug), 32).split(">", 1)[1].rsplit("<", 1)[0]  # noqa: E731
     icons = {
         "prefix": style,
@@ -140,8 +159,9 @@ def _iconset(style: str) -> dict:
     return icons
 
 
-def make_sources(cache: Path) -> Path:
-    """A fake ``CACHE/sources`` tree in the installed packages' layout, with the 'already installed' markers."""
+def make_sources(cache: Path, far: bool = False) -> Path:
+    """A fake ``CACHE/sources`` tree in the installed packages' layout, with the 'already installed' markers;
+    ``far``: also the far zero-shot sources (FAR_EMOJI, FAR_ICON_SLUGS, FONTS)."""
     npm = cache / "sources" / "npm" / "node_modules"
     for name, version in es.NPM_PACKAGES.items():
         (npm / name).mkdir(parents=True, exist_ok=True)
@@ -152,7 +172,7 @@ def make_sources(cache: Path) -> Path:
     (npm / "openmoji" / "LICENSE.txt").write_text("Attribution-ShareAlike 4.0 International\n(fake)\n")
     meta, openmoji, chars = [], [], {}
     icons: dict = {"prefix": "fluent-emoji-flat", "icons": {}, "aliases": {}, "width": 32, "height": 32}
-    for code, name, category, styles in EMOJI + [(*OBSOLETE, "*")]:
+    for code, name, category, styles in EMOJI + [(*OBSOLETE, "*")] + (FAR_EMOJI if far else []):
         styles = es.STYLES if styles == "*" else tuple(styles.split())
         image = code.lower() + ".png"
         bare = "-".join(p for p in code.split("-") if p != "FE0F")
@@ -174,7 +194,9 @@ def make_sources(cache: Path) -> Path:
             openmoji.append({"hexcode": bare, "annotation": annotation})
         for style, folder in (("openmoji", "color"), ("openmoji_black", "black")):
             if style in styles:
-                colour = "000000" if category == "Flags" else _colour(code, style)
+                colour = (
+                    "000000" if category == "Flags" and style == "openmoji_black" else _colour(code, style)
+                )
                 (npm / "openmoji" / folder / "svg").mkdir(parents=True, exist_ok=True)
                 (npm / "openmoji" / folder / "svg" / f"{bare}.svg").write_text(_svg(colour))
         if "fluent_3d" in styles:
@@ -196,7 +218,7 @@ def make_sources(cache: Path) -> Path:
     (flat / "icons.json").write_text(json.dumps(icons))
     (flat / "chars.json").write_text(json.dumps(chars))
     for style, (package, _) in es.ICON_STYLES.items():
-        (npm / package / "icons.json").write_text(json.dumps(_iconset(style)))
+        (npm / package / "icons.json").write_text(json.dumps(_iconset(style, far)))
         (npm / package / "chars.json").write_text("{}")  # as the real sets ship: no code-point table
 
     root = cache / "sources" / "apt" / "root"
@@ -217,6 +239,16 @@ def make_sources(cache: Path) -> Path:
     (doc / "copyright").write_text("creative commons Public Domain Dedication (fake)\n")
     for package, version in es.APT_PACKAGES.items():
         es.apt_marker(root, package).write_text(version + "\n")
+    if far:
+        ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        for package, faces in FONTS.items():
+            folder = glyphs.font_dirs(root)[package]
+            folder.mkdir(parents=True, exist_ok=True)
+            for face in faces:
+                shutil.copyfile(ttf / face, folder / face)
+            (root / "usr/share/doc" / package).mkdir(parents=True, exist_ok=True)
+            (root / "usr/share/doc" / package / "copyright").write_text(f"{package} (fake)\n")
+            es.apt_marker(root, package).write_text(es.FONT_APT_PACKAGES[package] + "\n")
     return cache
 
 
@@ -567,3 +599,134 @@ def test_an_eval_image_is_never_kept_in_training_data(tmp_path):
     assert align.add(Image.new("RGB", (8, 8), "blue"), "1f40d/fxemoji/clean", caption="snake")
     kept = align.close()
     assert kept.num_rows == 1 and kept.skipped["duplicate"] == 1
+
+
+# ------------------------------------------------------------------------------------- far zero-shot (--far-zs)
+FAR_SETTINGS = es.Settings(**{**SETTINGS.__dict__, "far_zs": True, "n_far": 2, "n_far_val": 2})
+FAR_EMOJI_SETS = [f"zs_far_{n}" for n in es.FAR_EMOJI] + [f"zs_far_val_{n}" for n in es.FAR_EMOJI]
+GLYPH_SETS = [f"zs_far{v}_{g}" for g in glyphs.GLYPH_SETS for v in ("", "_val")]
+
+
+@pytest.fixture(scope="module")
+def built_far(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    cache = make_sources(tmp_path_factory.mktemp("emojishift-far"), far=True)
+    summary = es.build(cache, FAR_SETTINGS, rasterise=RASTERISE)
+    return cache, summary
+
+
+def test_far_zero_shot_splits_are_written_beside_every_v2_split(built_far):
+    cache, summary = built_far
+    assert sorted(summary["rows"]) == sorted(ALL_SETS + FAR_EMOJI_SETS + GLYPH_SETS)
+    assert summary["version"] == es.VERSION_FAR
+    assert summary["far_zs"] == {**{n: [2, 2] for n in es.FAR_EMOJI}, "alignment": 3, "val": 1, "test": 2}
+    n_styles = len(es.FAR_STYLES)
+    for name in es.FAR_EMOJI:
+        assert summary["rows"][f"zs_far_{name}"] == 2 * n_styles * FAR_SETTINGS.eval_variants
+        assert summary["rows"][f"zs_far_val_{name}"] == 2 * n_styles * FAR_SETTINGS.val_variants
+    for gset, chars in glyphs.GLYPH_SETS.items():
+        assert (
+            summary["rows"][f"zs_far_{gset}"] == len(chars) * 2 * FAR_SETTINGS.eval_variants
+        )  # 2 test faces
+        assert summary["rows"][f"zs_far_val_{gset}"] == len(chars) * 1 * FAR_SETTINGS.val_variants
+        manifest = read_manifest(cache / f"zs_far_{gset}")
+        assert manifest.classnames == list(chars) and manifest.templates == list(glyphs.TEMPLATES[gset])
+    assert (cache / "LICENSES" / "fonts-urw-base35-copyright.txt").is_file()
+    assert "fonts-urw-base35" in (cache / "LICENSES" / "ATTRIBUTION.md").read_text()
+
+
+def test_far_classes_are_of_their_category_new_and_apart(built_far):
+    cache, _ = built_far
+    classes = json.loads((cache / "classes.json").read_text())
+    near = {c["code"] for key in ("id", "zs", "zs_val") for c in classes[key]}
+    far = classes["far_zs"]
+    codes = []
+    for name, category in es.FAR_EMOJI.items():
+        for part in ("test", "val"):
+            assert {c["category"] for c in far[name][part]} == {category}
+            codes += [c["code"] for c in far[name][part]]
+    assert len(codes) == len(set(codes)) and not near & set(codes)
+    assert "1f600" not in codes  # GRINNING FACE lacks an OpenMoji picture: not drawn in every far style
+    assert far["fonts"]["test"] == [
+        "DejaVuSans-Oblique (DejaVu Sans Oblique)",
+        "DejaVuSerif-Bold (DejaVu Serif Bold)",
+    ]
+
+
+def test_far_classes_and_glyphs_reach_captioned_data_only_in_alignment_as_icons_or_alignment_fonts(built_far):
+    cache, _ = built_far
+    classes = json.loads((cache / "classes.json").read_text())
+    far = {
+        c["code"] for name in es.FAR_EMOJI for part in ("test", "val") for c in classes["far_zs"][name][part]
+    }
+    roles = {f.key: f.role for f in glyphs.find_fonts(cache / "sources/apt/root")}
+    for split in ("ref_val", "reference", "alignment"):
+        keys = _captioned_keys(cache, split)
+        for key in keys:
+            parts = key.split("/")
+            if parts[0] == es.GLYPH:
+                assert split == "alignment" and roles[parts[3]] == "alignment", key
+            elif parts[0] in far:
+                assert split == "alignment" and parts[1] in es.ICON_STYLES, key
+    keys = _captioned_keys(cache, "alignment")
+    assert any(k.split("/")[0] in far for k in keys)  # face-1 and flag-6 are in the icon sets
+    glyph_keys = {tuple(k.split("/")[1:4]) for k in keys if k.startswith(es.GLYPH + "/")}
+    aligned = [k for k, r in roles.items() if r == "alignment"]
+    assert glyph_keys == {(g, c, f) for g, chars in glyphs.GLYPH_SETS.items() for c in chars for f in aligned}
+
+
+def test_a_glyph_outside_an_alignment_font_or_outside_alignment_is_refused():
+    row = lambda key: (key, None, {})  # noqa: E731
+    roles = {"DejaVuSans": "alignment", "NimbusSans-Regular": "test"}
+    es.check_captioned({"alignment": [row("glyph/digits/7/DejaVuSans/clean")]}, set(), roles)
+    with pytest.raises(AssertionError, match="NimbusSans-Regular"):
+        es.check_captioned({"alignment": [row("glyph/digits/7/NimbusSans-Regular/clean")]}, set(), roles)
+    with pytest.raises(AssertionError, match="reference"):
+        es.check_captioned({"reference": [row("glyph/letters/A/DejaVuSans/cap/0")]}, set(), roles)
+
+
+def test_fonts_are_found_by_package_and_a_missing_package_is_named(tmp_path):
+    cache = make_sources(tmp_path, far=True)
+    root = cache / "sources/apt/root"
+    fonts = glyphs.find_fonts(root)
+    assert [(f.role, f.key) for f in fonts][:3] == [
+        ("alignment", "DejaVuSans"),
+        ("alignment", "DejaVuSans-Bold"),
+        ("alignment", "DejaVuSerif"),
+    ]
+    assert fonts[0].name == "DejaVu Sans" and fonts[1].name == "DejaVu Sans Bold"
+    shutil.rmtree(glyphs.font_dirs(root)["fonts-freefont-ttf"])
+    with pytest.raises(SystemExit, match="fonts-freefont-ttf"):
+        glyphs.find_fonts(root)
+
+
+def test_a_glyph_is_drawn_centred_in_its_ink():
+    font = glyphs.Font(
+        "DejaVuSans",
+        "DejaVu Sans",
+        str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"),
+        "test",
+    )
+    img = glyphs.glyph_picture(font, "7", 64, (10, 20, 30))
+    assert img.size == (64, 64) and img.mode == "RGBA"
+    left, top, right, bottom = img.getchannel("A").getbbox()
+    assert max(right - left, bottom - top) in range(49, 53)  # 80 % of the side
+    assert abs((left + right) - 64) <= 2 and abs((top + bottom) - 64) <= 2
+    assert img.getpixel(((left + right) // 2, top + 1))[:3] == (10, 20, 30)
+
+
+def test_far_sources_add_the_font_packages_with_pins(tmp_path, monkeypatch):
+    cache = make_sources(tmp_path)  # v2 sources only
+    calls = []
+
+    def fake_run(cmd, cwd=None, check=True):
+        calls.append(cmd)
+        if cmd[0] == "apt-get":
+            (Path(cwd) / f"{cmd[2].split('=')[0]}_1_all.deb").write_bytes(b"deb")
+
+    monkeypatch.setattr(es.subprocess, "run", fake_run)
+    assert es.install_sources(cache)["actions"] == ["reused"] and calls == []  # a v2 build needs no fonts
+    es.install_sources(cache, far_zs=True)
+    assert [c[:3] for c in calls if c[0] == "apt-get"] == [
+        ["apt-get", "download", f"{n}={v}"] for n, v in es.FONT_APT_PACKAGES.items()
+    ]
+    assert es.apt_ready(cache / "sources/apt", es.APT_PACKAGES | es.FONT_APT_PACKAGES)

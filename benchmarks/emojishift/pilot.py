@@ -1,0 +1,167 @@
+"""EmojiShift far zero-shot pilot: how far FLYP falls below the teacher on each far zero-shot candidate set.
+
+    python benchmarks/emojishift/pilot.py --cache .cache/emojishift-far                 # full size
+    python benchmarks/emojishift/pilot.py --cache .cache/emojishift-far-quick --quick   # small, a smoke test
+
+1. ``prepare.py --far-zs`` (v2 data plus the candidate sets) and ``align.py`` (the teacher), each when missing:
+   the same commands as the table's, on their own cache.
+2. FLYP at its swept values (``tuned.yaml``), seed 0, the table's size, through ``pipeline/train.py``'s ``run()``.
+3. The teacher and FLYP scored on every candidate's validation split (``zs_far_val_<set>``) and test split
+   (``zs_far_<set>``), each with its own class names and templates; chance is 1 / classes.
+4. A set is **kept** when, on its validation split, the teacher scores ≥ 3× chance and FLYP ≥ 5 points below the
+   teacher (:func:`decide`): the test splits are reported, never used to choose.
+
+Writes ``pilot.json`` and ``pilot.md`` (the table the benchmark README shows) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run by path: the repository root is importable
+
+from benchmarks.emojishift import glyphs  # noqa: E402
+from benchmarks.emojishift.prepare import FAR_EMOJI  # noqa: E402
+from benchmarks.emojishift.run import CONFIG, SIZES, ensure_data, load_tuned, log, run_configs  # noqa: E402
+
+CANDIDATES = (*FAR_EMOJI, *glyphs.GLYPH_SETS)
+MIN_OVER_CHANCE = 3.0  # the teacher must know the task: ≥ 3× chance
+MIN_FORGOTTEN = 0.05  # and FLYP must forget ≥ 5 points of it
+
+
+def decide(
+    scores: Mapping[str, Mapping[str, float]], classes: Mapping[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Per candidate: chance, teacher and FLYP accuracy on validation and test, FLYP's drop, and whether it is kept.
+
+    ``scores``: model ("teacher", "flyp") → split name → accuracy; ``classes``: candidate → number of classes.
+    The decision reads the validation split only."""
+    out = {}
+    for name in CANDIDATES:
+        if name not in classes:
+            continue
+        chance = 1 / classes[name]
+        row: dict[str, Any] = {"classes": classes[name], "chance": chance}
+        for part, split in (("val", f"zs_far_val_{name}"), ("test", f"zs_far_{name}")):
+            teacher, flyp = scores["teacher"][split], scores["flyp"][split]
+            row[part] = {"teacher": teacher, "flyp": flyp, "drop": teacher - flyp}
+        val = row["val"]
+        row["teacher_over_chance"] = val["teacher"] / chance
+        row["kept"] = row["teacher_over_chance"] >= MIN_OVER_CHANCE and val["drop"] >= MIN_FORGOTTEN
+        out[name] = row
+    return out
+
+
+def markdown(decided: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [
+        "| candidate | classes | chance | teacher val | FLYP val | drop val | teacher test | FLYP test | "
+        "drop test | kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    for name, r in decided.items():
+        v, t = r["val"], r["test"]
+        cells = [name, str(r["classes"]), pct(r["chance"]), pct(v["teacher"]), pct(v["flyp"]), pct(v["drop"])]
+        cells += [pct(t["teacher"]), pct(t["flyp"]), pct(t["drop"]), "**yes**" if r["kept"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def far_suites(cache: Path) -> tuple[list[Any], dict[str, int]]:
+    """Every candidate's validation and test split as zero-shot suites, and each candidate's number of classes."""
+    from pipeline.data.format import LABELLED, check_dataset
+    from pipeline.evaluate import Suite
+
+    classes_json = json.loads((cache / "classes.json").read_text())
+    if "far_zs" not in classes_json:
+        raise SystemExit(
+            f"{cache}: built without the far zero-shot sets; use a new --cache (prepare.py --far-zs)"
+        )
+    suites, classes = [], {}
+    for name in CANDIDATES:
+        for split in (f"zs_far_val_{name}", f"zs_far_{name}"):
+            suites.append(Suite(split, "zs", str(cache / split)))
+        classes[name] = len(check_dataset(str(cache / f"zs_far_{name}"), LABELLED).classnames)
+    return suites, classes
+
+
+def pilot(cache: Path, out: Path, quick: bool, overrides: Sequence[str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ensure_data(cache, quick, far_zs=True)
+    os.environ["EMOJISHIFT"] = str(cache)  # config.yaml's paths; set before any config is loaded
+    from pipeline.data.format import LABELLED, check_dataset
+    from pipeline.evaluate import evaluate_accuracy
+    from pipeline.ray_env import init_ray
+    from pipeline.train import prepare_config, run
+
+    size = SIZES["quick" if quick else "full"]
+    base = prepare_config(str(CONFIG), list(overrides))
+    id_rows = check_dataset(base.data.id_train, LABELLED).num_rows
+    plan = run_configs(size, id_rows, overrides, ["flyp"], load_tuned())
+    (_, _, flyp_overrides), *_ = plan  # seed 0
+    suites, classes = far_suites(cache)
+    init_ray(base)
+    log("training FLYP at its swept values, seed 0")
+    t_train = time.perf_counter()
+    result = run(prepare_config(str(CONFIG), flyp_overrides))
+    train_s = time.perf_counter() - t_train
+    models = {
+        "teacher": base.model,
+        "flyp": replace(base.model, name=f"local-dir:{result.export_dir}", pretrained=""),
+    }
+    log(f"scoring the teacher and FLYP on {len(suites)} far zero-shot splits")
+    t_score = time.perf_counter()
+    accuracy = evaluate_accuracy(models, suites, base)
+    scores = {model: {r.name: r.accuracy for r in results} for model, results in accuracy.items()}
+    decided = decide(scores, classes)
+    report = {
+        "cache": str(cache),
+        "size": "quick" if quick else "full",
+        "flyp_overrides": flyp_overrides,
+        "flyp_run_id": result.run_id,
+        "flyp_finetuned": result.report.get("finetuned", {}),
+        "rule": {
+            "min_over_chance": MIN_OVER_CHANCE,
+            "min_forgotten": MIN_FORGOTTEN,
+            "decided_on": "validation",
+        },
+        "candidates": decided,
+        "seconds": {
+            "train": round(train_s, 1),
+            "score": round(time.perf_counter() - t_score, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pilot.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "pilot.md").write_text(markdown(decided) + "\n")
+    print(markdown(decided))
+    kept = [n for n, r in decided.items() if r["kept"]]
+    log(f"kept: {', '.join(kept) or 'none'}; {report['seconds']}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--cache", type=Path, required=True, help="a cache for the far zero-shot build; built if empty"
+    )
+    p.add_argument("--quick", action="store_true", help="quick data and the quick size")
+    p.add_argument("--out", type=Path, help="report folder (default: outputs/emojishift-pilot-<size>)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = p.parse_args(argv)
+    out = args.out or Path("outputs") / f"emojishift-pilot-{'quick' if args.quick else 'full'}"
+    pilot(args.cache.expanduser().resolve(), out.resolve(), args.quick, args.overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

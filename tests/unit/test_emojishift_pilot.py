@@ -1,0 +1,51 @@
+"""EmojiShift far zero-shot pilot (benchmarks/emojishift/pilot.py): the keep rule and the data it asks for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.emojishift import pilot
+from benchmarks.emojishift import run as er
+
+
+def scores(**splits: tuple[float, float]) -> dict[str, dict[str, float]]:
+    """model → split → accuracy, from split=(teacher, flyp)."""
+    return {m: {s: pair[i] for s, pair in splits.items()} for i, m in enumerate(("teacher", "flyp"))}
+
+
+def test_a_set_is_kept_on_validation_when_the_teacher_knows_it_and_flyp_forgets() -> None:
+    decided = pilot.decide(
+        scores(
+            zs_far_val_digits=(0.50, 0.30),  # 5× chance, 20 points forgotten: kept
+            zs_far_digits=(0.10, 0.10),  # the test split is reported, never decides
+            zs_far_val_letters=(0.10, 0.00),  # 2.6× chance: the teacher does not know it well enough
+            zs_far_letters=(0.60, 0.10),
+            zs_far_val_flags=(0.20, 0.16),  # 8× chance, only 4 points forgotten
+            zs_far_flags=(0.20, 0.05),
+        ),
+        {"digits": 10, "letters": 26, "flags": 40},
+    )
+    assert list(decided) == ["flags", "digits", "letters"]  # candidate order
+    assert {n: r["kept"] for n, r in decided.items()} == {"flags": False, "digits": True, "letters": False}
+    assert decided["digits"]["val"]["drop"] == pytest.approx(0.20)
+    assert decided["digits"]["test"] == {"teacher": 0.10, "flyp": 0.10, "drop": 0.0}
+    assert decided["letters"]["teacher_over_chance"] == pytest.approx(2.6)
+    table = pilot.markdown(decided).splitlines()
+    assert table[2].startswith("| flags | 40 | 2.5 | 20.0 | 16.0 | 4.0 | 20.0 | 5.0 | 15.0 | no |")
+    assert table[3].endswith("| **yes** |")
+
+
+def test_a_cache_without_the_far_sets_is_named_before_anything_trains(tmp_path: Path) -> None:
+    (tmp_path / "classes.json").write_text(json.dumps({"version": "emojishift-v2"}))
+    with pytest.raises(SystemExit, match=f"{tmp_path}: built without the far zero-shot sets"):
+        pilot.far_suites(tmp_path)
+
+
+def test_the_pilot_builds_its_data_with_the_far_sets(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(er.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    er.ensure_data(tmp_path, quick=True, far_zs=True)
+    assert calls[0][2:] == ["--cache", str(tmp_path), "--quick", "--far-zs"]
