@@ -76,6 +76,7 @@ class ValObjective(str, enum.Enum):
 
     id_ref = "id_ref"  # val/ref_retrieval
     id_zs = "id_zs"  # val/zs_acc
+    id_zs_far = "id_zs_far"  # the mean of val/zs_acc and val/zs_far_acc
 
 
 def choices(kind: type[enum.Enum]) -> str:
@@ -201,8 +202,12 @@ class OptimSettings:
 
 
 # ---------------------------------------------------------------------------------------------------- eval
-# val.objective → the metric that stands for "zero-shot kept" beside val/id_acc in val/objective.
-VAL_OBJECTIVES = {ValObjective.id_ref: "val/ref_retrieval", ValObjective.id_zs: "val/zs_acc"}
+# val.objective → the metrics whose mean stands for "zero-shot kept" beside val/id_acc in val/objective.
+VAL_OBJECTIVES: dict[ValObjective, tuple[str, ...]] = {
+    ValObjective.id_ref: ("val/ref_retrieval",),
+    ValObjective.id_zs: ("val/zs_acc",),
+    ValObjective.id_zs_far: ("val/zs_acc", "val/zs_far_acc"),
+}
 
 
 @dataclass
@@ -249,9 +254,13 @@ class ValSettings:
     id: str = ""
     ref: str = ""
     zs: str = ""
+    # zs_far: named labelled splits of zero-shot tasks of another kind than the ID task (another domain, another
+    # question) → val/zs_far/<name> each and val/zs_far_acc, their unweighted mean: the skill fine-tuning forgets.
+    zs_far: dict[str, str] = field(default_factory=dict)
     samples: int = 256
-    # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref") or
-    # val/zs_acc ("id_zs"); the one that exists when only one does.
+    # val/objective = w · val/id_acc + (1 − w) · <kept>, where <kept> is val/ref_retrieval ("id_ref"), val/zs_acc
+    # ("id_zs") or the mean of val/zs_acc and val/zs_far_acc ("id_zs_far"; w = 1/3 weighs ID, near and far
+    # zero-shot alike); the one that exists when only one does.
     objective: ValObjective = ValObjective.id_ref
     id_weight: float = 0.5
 
@@ -621,8 +630,15 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
             f"a template set: {', '.join(sorted(TEMPLATE_SETS))} or clip:<dataset>",
             value,
         )
-    if val.objective is ValObjective.id_zs and check_paths:
-        need(bool(val.zs), "val.zs", "a labelled folder (val.objective is 'id_zs')", val.zs)
+    if val.objective in (ValObjective.id_zs, ValObjective.id_zs_far) and check_paths:
+        need(bool(val.zs), "val.zs", f"a labelled folder (val.objective is '{val.objective.value}')", val.zs)
+    if val.objective is ValObjective.id_zs_far and check_paths:
+        need(
+            bool(val.zs_far),
+            "val.zs_far",
+            "named labelled folders (val.objective is 'id_zs_far')",
+            val.zs_far,
+        )
 
 
 def input_folders(cfg: Config) -> list[tuple[str, str]]:
@@ -631,6 +647,7 @@ def input_folders(cfg: Config) -> list[tuple[str, str]]:
     paths: list[tuple[str, str]] = [("data.id_train", data.id_train), ("data.reference", data.reference)]
     paths += [("eval.id", ev.id), ("eval.rsa_set", ev.rsa_set)]
     paths += [("val.id", val.id), ("val.ref", val.ref), ("val.zs", val.zs)]
+    paths += [(f"val.zs_far.{k}", v) for k, v in val.zs_far.items()]
     paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
     paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
     return [(key, value) for key, value in paths if value]

@@ -50,11 +50,14 @@ def retrieval_accuracy(image: torch.Tensor, text: torch.Tensor, captions: Sequen
 
 
 def val_objective(
-    metrics: dict[str, float], id_weight: float, kept: str = "val/ref_retrieval"
+    metrics: dict[str, float], id_weight: float, kept: str | Sequence[str] = "val/ref_retrieval"
 ) -> float | None:
-    """w · val/id_acc + (1 − w) · ``kept`` (what stands for kept zero-shot skill: ``val/ref_retrieval`` or
-    ``val/zs_acc``); the one present if only one is; None if neither."""
-    acc, ret = metrics.get("val/id_acc"), metrics.get(kept)
+    """w · val/id_acc + (1 − w) · ``kept`` (what stands for kept zero-shot skill: ``val/ref_retrieval``,
+    ``val/zs_acc``, or the mean of several such metrics, those present); the one present if only one is; None if
+    neither."""
+    names = (kept,) if isinstance(kept, str) else tuple(kept)
+    present = [metrics[k] for k in names if k in metrics]
+    acc, ret = metrics.get("val/id_acc"), (math.fsum(present) / len(present) if present else None)
     if acc is not None and ret is not None:
         return id_weight * acc + (1.0 - id_weight) * ret
     return acc if acc is not None else ret

@@ -98,7 +98,13 @@ def resolve_paths(cfg: Config) -> Config:
         ood={k: inp(v) for k, v in cfg.eval.ood.items()},
         zs={k: inp(v) for k, v in cfg.eval.zs.items()},
     )
-    val = replace(cfg.val, id=inp(cfg.val.id), ref=inp(cfg.val.ref), zs=inp(cfg.val.zs))
+    val = replace(
+        cfg.val,
+        id=inp(cfg.val.id),
+        ref=inp(cfg.val.ref),
+        zs=inp(cfg.val.zs),
+        zs_far={k: inp(v) for k, v in cfg.val.zs_far.items()},
+    )
     model = cfg.model
     if model.name.startswith("local-dir:"):
         model = replace(model, name="local-dir:" + inp(model.name.removeprefix("local-dir:")))
@@ -440,7 +446,7 @@ def _streams(plan: Plan, mlrun: Any) -> tuple[dict[str, Any], Any]:
         cached = 2 * 4 * ref_manifest.teacher_dim if use_cache else 0
         datasets["ref"], keep = _materialized(cfg, ref_ds, ref_manifest.num_rows, common["size"], cached)
         kept += ["ref"] if keep else []
-    val_sets = (cfg.val.id, cfg.val.ref, cfg.val.zs)
+    val_sets = (cfg.val.id, cfg.val.ref, cfg.val.zs, *cfg.val.zs_far.values())
     info = RunInfo(
         run_id=mlrun.run_id,
         tracking_uri=mlrun.uri,

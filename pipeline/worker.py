@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import posixpath
 import tempfile
@@ -371,13 +372,16 @@ class _Validator:
         ref = load(cfg.val.ref, CAPTIONED)
         self.ref_set = ref[0] if ref is not None else None
         self.zs_set = load(cfg.val.zs, LABELLED)
+        self.zs_far_sets = {name: load(folder, LABELLED) for name, folder in cfg.val.zs_far.items()}
         self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.val.id_weight
         # The metric that stands for zero-shot skill retained, beside val/id_acc, in val/objective.
         self.retained_metric = VAL_OBJECTIVES[cfg.val.objective]
         self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
     def __bool__(self) -> bool:
-        return any(s is not None for s in (self.id_set, self.ref_set, self.zs_set))
+        return any(
+            s is not None for s in (self.id_set, self.ref_set, self.zs_set, *self.zs_far_sets.values())
+        )
 
     def _images(self, model: torch.nn.Module, pixels: np.ndarray) -> torch.Tensor:
         chunks = [torch.from_numpy(pixels[i : i + 256]).to(self.device) for i in range(0, len(pixels), 256)]
@@ -399,6 +403,12 @@ class _Validator:
             for name, labelled in (("val/id_acc", self.id_set), ("val/zs_acc", self.zs_set)):
                 if labelled is not None:
                     out[name] = self._zero_shot(model, *labelled)
+            far = {
+                f"val/zs_far/{name}": self._zero_shot(model, *s) for name, s in self.zs_far_sets.items() if s
+            }
+            if far:
+                out.update(far)
+                out["val/zs_far_acc"] = math.fsum(far.values()) / len(far)
             if self.ref_set is not None:
                 image = self._images(model, self.ref_set["image"])
                 text = model.encode_text(

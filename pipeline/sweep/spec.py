@@ -38,6 +38,7 @@ VAL_METRICS = {
     "val/id_acc": "val.id",
     "val/ref_retrieval": "val.ref",
     "val/zs_acc": "val.zs",
+    "val/zs_far_acc": "val.zs_far",
 }
 
 
@@ -248,8 +249,10 @@ def check_spec(spec: SweepSpec, base: Config, path: str) -> dict[str, tuple[str,
     needed = VAL_METRICS[spec.objective.metric]
     if needed and not getattr(base.val, needed.split(".")[1]):
         raise ConfigError(f"{path}: objective {spec.objective.metric} needs {needed} set in the run config")
-    if not (base.val.id or base.val.ref or base.val.zs):
-        raise ConfigError(f"{path}: the run config sets none of val.id, val.ref, val.zs; nothing to optimise")
+    if not (base.val.id or base.val.ref or base.val.zs or base.val.zs_far):
+        raise ConfigError(
+            f"{path}: the run config sets none of val.id, val.ref, val.zs, val.zs_far; nothing to optimise"
+        )
     for key, minimum in (
         ("search.num_samples", 1),
         ("search.max_concurrent", 1),

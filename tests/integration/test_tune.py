@@ -110,6 +110,9 @@ def test_objective_must_be_a_validation_metric_the_config_reports(tmp_path):
     path = _space(tmp_path, objective={"metric": "val/ref_retrieval", "mode": "max"})
     with pytest.raises(ConfigError, match="needs val.ref"):
         check_spec(load_spec(path), _base(), str(path))
+    path = _space(tmp_path, objective={"metric": "val/zs_far_acc", "mode": "max"})
+    with pytest.raises(ConfigError, match="needs val.zs_far"):
+        check_spec(load_spec(path), _base(), str(path))
     with pytest.raises(ConfigError, match=r"key 'search.num_samples'"):
         check_spec(load_spec(_space(tmp_path), ["search.num_samples=0"]), _base(), "s.yaml")
 

@@ -137,3 +137,14 @@ def test_objective_can_weigh_id_against_zero_shot_validation():
     assert val_objective(metrics, 0.5, "val/zs_acc") == pytest.approx(0.5)
     assert val_objective(metrics, 0.5) == pytest.approx(0.6)  # the default still mixes in retrieval
     assert val_objective({"val/zs_acc": 0.3}, 0.5, "val/zs_acc") == 0.3
+
+
+def test_objective_can_keep_the_mean_of_near_and_far_zero_shot():
+    from dive.config import VAL_OBJECTIVES, ValObjective
+    from dive.metrics import val_objective
+
+    kept = VAL_OBJECTIVES[ValObjective.id_zs_far]
+    metrics = {"val/id_acc": 0.9, "val/zs_acc": 0.3, "val/zs_far_acc": 0.6}
+    assert val_objective(metrics, 1 / 3, kept) == pytest.approx((0.9 + 0.3 + 0.6) / 3)  # ID, near, far alike
+    assert val_objective(metrics, 0.5, kept) == pytest.approx(0.45 + 0.225)
+    assert val_objective({"val/zs_far_acc": 0.6}, 0.5, kept) == 0.6
