@@ -130,7 +130,9 @@ def jpeg_frame(data: bytes) -> JpegFrame | None:
 def _pillow_orientation(data: bytes) -> int:
     """The orientation Pillow reads (EXIF, else XMP); 1 (upright) for a malformed block."""
     try:
-        return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data", once per image of a stream otherwise
+            return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
     except Exception:
         return 1
 
