@@ -216,6 +216,9 @@ class EvalSettings:
     id: str = ""
     ood: dict[str, str] = field(default_factory=dict)
     zs: dict[str, str] = field(default_factory=dict)
+    # Far zero-shot suites: tasks of another kind than the ID task (another domain, another question), reported
+    # apart from `zs` (zs_far/<name>, zs_far_avg): the skill fine-tuning forgets, as CLIP's does after ImageNet.
+    zs_far: dict[str, str] = field(default_factory=dict)
     # Suite name ("id" or an ood / zs name) → a named template set that replaces the set's own prompts:
     # openai_imagenet (CLIP's 80), simple (its 7), default, or clip:<dataset> (CLIP's per-dataset prompts, as
     # CLIP_benchmark ships them). Sets scored on ImageNet's head (R, A, ObjectNet) take it for that head.
@@ -620,7 +623,7 @@ def _check_eval(ev: EvalSettings, val: ValSettings, check_paths: bool, need: _Ne
     )
     need(val.samples >= 3, "val.samples", "at least 3 samples", val.samples)
     need(0.0 <= val.id_weight <= 1.0, "val.id_weight", "a weight in [0, 1]", val.id_weight)
-    suites = {"id", *ev.ood, *ev.zs}
+    suites = {"id", *ev.ood, *ev.zs, *ev.zs_far}
     for name, value in ev.templates.items():
         need(name in suites, f"eval.templates.{name}", f"a suite name among {sorted(suites)}", name)
         known = value.startswith("clip:") or value in TEMPLATE_SETS
@@ -650,6 +653,7 @@ def input_folders(cfg: Config) -> list[tuple[str, str]]:
     paths += [(f"val.zs_far.{k}", v) for k, v in val.zs_far.items()]
     paths += [(f"eval.ood.{k}", v) for k, v in ev.ood.items()]
     paths += [(f"eval.zs.{k}", v) for k, v in ev.zs.items()]
+    paths += [(f"eval.zs_far.{k}", v) for k, v in ev.zs_far.items()]
     return [(key, value) for key, value in paths if value]
 
 

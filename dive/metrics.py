@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import ConstantInputWarning, spearmanr
 
-KINDS = ("id", "ood", "zs")
+KINDS = ("id", "ood", "zs", "zs_far")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
@@ -130,7 +130,8 @@ def rsa_report(
 
 @dataclass(frozen=True)
 class SetResult:
-    """Accuracy on one evaluation set; kind: "id" (fine-tuning task), "ood" (its shifts), "zs" (others)."""
+    """Accuracy on one evaluation set; kind: "id" (fine-tuning task), "ood" (its shifts), "zs" (other classes of
+    its kind), "zs_far" (zero-shot tasks of another kind: another domain, another question)."""
 
     name: str
     kind: str
@@ -149,7 +150,8 @@ class SetResult:
 
 
 def summarize(results: Sequence[SetResult]) -> dict[str, float]:
-    """Flat metric names for the tracker: id_acc, ood/<name>, zs/<name>, ood_avg, zs_avg.
+    """Flat metric names for the tracker: id_acc, ood/<name>, zs/<name>, zs_far/<name>, ood_avg, zs_avg,
+    zs_far_avg.
 
     Averages are unweighted over sets (the paper's convention) and omitted when there is no set of that kind.
     """
@@ -159,7 +161,7 @@ def summarize(results: Sequence[SetResult]) -> dict[str, float]:
         raise ValueError(f"summarize: expected at most one 'id' set, got {[r.name for r in ids]}")
     if ids:
         out["id_acc"] = ids[0].accuracy
-    for kind in ("ood", "zs"):
+    for kind in ("ood", "zs", "zs_far"):
         sets = [r for r in results if r.kind == kind]
         for r in sets:
             key = f"{kind}/{r.name}"

@@ -53,7 +53,7 @@ from pipeline.pool import actor_device, autocast, check_device, fetch, map_pool,
 @dataclass
 class Suite:
     name: str
-    kind: str  # "id" | "ood" | "zs"
+    kind: str  # "id" | "ood" | "zs" | "zs_far"
     folder: str
 
 
@@ -61,6 +61,7 @@ def suites_from_config(cfg: Config) -> list[Suite]:
     suites = [Suite("id", "id", cfg.eval.id)] if cfg.eval.id else []
     suites += [Suite(name, "ood", folder) for name, folder in cfg.eval.ood.items()]
     suites += [Suite(name, "zs", folder) for name, folder in cfg.eval.zs.items()]
+    suites += [Suite(name, "zs_far", folder) for name, folder in cfg.eval.zs_far.items()]
     return suites
 
 

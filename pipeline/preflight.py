@@ -107,7 +107,7 @@ def datasets_read(cfg: Config) -> list[tuple[str, str]]:
     """(folder, kind) of every dataset a run reads: training, reference, evaluation and validation sets."""
     data, ev, val = cfg.data, cfg.eval, cfg.val
     read = [(data.id_train, LABELLED), (data.reference, CAPTIONED), (ev.id, LABELLED)]
-    read += [(folder, LABELLED) for folder in [*ev.ood.values(), *ev.zs.values()]]
+    read += [(folder, LABELLED) for folder in [*ev.ood.values(), *ev.zs.values(), *ev.zs_far.values()]]
     read += [(ev.rsa_set, CAPTIONED), (val.id, LABELLED), (val.ref, CAPTIONED), (val.zs, LABELLED)]
     read += [(folder, LABELLED) for folder in val.zs_far.values()]
     return [(folder, kind) for folder, kind in read if folder]

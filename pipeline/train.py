@@ -97,6 +97,7 @@ def resolve_paths(cfg: Config) -> Config:
         rsa_set=inp(cfg.eval.rsa_set),
         ood={k: inp(v) for k, v in cfg.eval.ood.items()},
         zs={k: inp(v) for k, v in cfg.eval.zs.items()},
+        zs_far={k: inp(v) for k, v in cfg.eval.zs_far.items()},
     )
     val = replace(
         cfg.val,
@@ -596,11 +597,14 @@ def where(cfg: Config) -> str:
 def summary_lines(result: RunResult) -> list[str]:
     """The final table: teacher vs fine-tuned, RSA, where the run and the export are, how to open them."""
     ft, teacher = result.report["finetuned"], result.report["teacher"]
-    lines = [f"\n[dive] done in {result.seconds:.0f} s", f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}"]
+    far = "zs_far_avg" in ft  # far zero-shot suites (eval.zs_far): a column of their own
+    head = f"{'':12}{'ID':>8}{'OOD avg':>10}{'ZS avg':>9}" + (f"{'far ZS avg':>12}" if far else "")
+    lines = [f"\n[dive] done in {result.seconds:.0f} s", head]
     for name, row in (("teacher", teacher), ("fine-tuned", ft)):
         lines.append(
             f"{name:12}{row.get('id_acc', float('nan')):8.3f}{row.get('ood_avg', float('nan')):10.3f}"
             f"{row.get('zs_avg', float('nan')):9.3f}"
+            + (f"{row.get('zs_far_avg', float('nan')):12.3f}" if far else "")
         )
     if "rsa_mean" in ft:
         lines.append(f"RSA (mean of image/text/cross): {ft['rsa_mean']:.3f}")

@@ -35,48 +35,58 @@ from benchmarks.emojishift.run import CONFIG, SIZES, ensure_data, load_tuned, lo
 CANDIDATES = (*FAR_EMOJI, *glyphs.GLYPH_SETS)
 MIN_OVER_CHANCE = 3.0  # the teacher must know the task: ≥ 3× chance
 MIN_FORGOTTEN = 0.05  # and FLYP must forget ≥ 5 points of it
+EPS = 1e-9
 
 
 def decide(
     scores: Mapping[str, Mapping[str, float]], classes: Mapping[str, int]
 ) -> dict[str, dict[str, Any]]:
-    """Per candidate: chance, teacher and FLYP accuracy on validation and test, FLYP's drop, and whether it is kept.
+    """Per candidate, on validation and on test: classes, chance, teacher and FLYP accuracy, FLYP's drop; and
+    whether the candidate is kept.
 
-    ``scores``: model ("teacher", "flyp") → split name → accuracy; ``classes``: candidate → number of classes.
-    The decision reads the validation split only."""
+    ``scores``: model ("teacher", "flyp") → split name → accuracy; ``classes``: split name → number of classes
+    (an emoji set's validation split has classes of its own, fewer than its test split). The decision reads the
+    validation split only."""
     out = {}
     for name in CANDIDATES:
-        if name not in classes:
+        splits = {"val": f"zs_far_val_{name}", "test": f"zs_far_{name}"}
+        if not all(split in classes for split in splits.values()):
             continue
-        chance = 1 / classes[name]
-        row: dict[str, Any] = {"classes": classes[name], "chance": chance}
-        for part, split in (("val", f"zs_far_val_{name}"), ("test", f"zs_far_{name}")):
+        row: dict[str, Any] = {}
+        for part, split in splits.items():
             teacher, flyp = scores["teacher"][split], scores["flyp"][split]
-            row[part] = {"teacher": teacher, "flyp": flyp, "drop": teacher - flyp}
+            chance = 1 / classes[split]
+            row[part] = {"classes": classes[split], "chance": chance, "teacher": teacher, "flyp": flyp}
+            row[part]["drop"] = teacher - flyp
         val = row["val"]
-        row["teacher_over_chance"] = val["teacher"] / chance
-        row["kept"] = row["teacher_over_chance"] >= MIN_OVER_CHANCE and val["drop"] >= MIN_FORGOTTEN
+        row["teacher_over_chance"] = val["teacher"] / val["chance"]
+        # The tolerance: accuracies are image counts over a total, so 49/120 − 43/120 is 5 points however the
+        # floats round.
+        row["kept"] = (
+            row["teacher_over_chance"] >= MIN_OVER_CHANCE - EPS and val["drop"] >= MIN_FORGOTTEN - EPS
+        )
         out[name] = row
     return out
 
 
 def markdown(decided: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [
-        "| candidate | classes | chance | teacher val | FLYP val | drop val | teacher test | FLYP test | "
-        "drop test | kept |",
+        "| candidate | classes val / test | chance val / test | teacher val | FLYP val | drop val | teacher test | "
+        "FLYP test | drop test | kept |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     for name, r in decided.items():
         v, t = r["val"], r["test"]
-        cells = [name, str(r["classes"]), pct(r["chance"]), pct(v["teacher"]), pct(v["flyp"]), pct(v["drop"])]
+        cells = [name, f"{v['classes']} / {t['classes']}", f"{pct(v['chance'])} / {pct(t['chance'])}"]
+        cells += [pct(v["teacher"]), pct(v["flyp"]), pct(v["drop"])]
         cells += [pct(t["teacher"]), pct(t["flyp"]), pct(t["drop"]), "**yes**" if r["kept"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def far_suites(cache: Path) -> tuple[list[Any], dict[str, int]]:
-    """Every candidate's validation and test split as zero-shot suites, and each candidate's number of classes."""
+    """Every candidate's validation and test split as zero-shot suites, and each split's number of classes."""
     from pipeline.data.format import LABELLED, check_dataset
     from pipeline.evaluate import Suite
 
@@ -89,7 +99,7 @@ def far_suites(cache: Path) -> tuple[list[Any], dict[str, int]]:
     for name in CANDIDATES:
         for split in (f"zs_far_val_{name}", f"zs_far_{name}"):
             suites.append(Suite(split, "zs", str(cache / split)))
-        classes[name] = len(check_dataset(str(cache / f"zs_far_{name}"), LABELLED).classnames)
+            classes[split] = len(check_dataset(str(cache / split), LABELLED).classnames)
     return suites, classes
 
 
@@ -134,18 +144,43 @@ def pilot(cache: Path, out: Path, quick: bool, overrides: Sequence[str]) -> dict
             "decided_on": "validation",
         },
         "candidates": decided,
+        "scores": scores,
+        "classes": classes,
         "seconds": {
             "train": round(train_s, 1),
             "score": round(time.perf_counter() - t_score, 1),
             "total": round(time.perf_counter() - t0, 1),
         },
     }
+    write(out, report)
+    log(f"seconds: {report['seconds']}")
+    return report
+
+
+def write(out: Path, report: dict[str, Any]) -> None:
+    """``pilot.json`` and ``pilot.md`` into ``out``; the table and the kept sets printed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "pilot.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "pilot.md").write_text(markdown(decided) + "\n")
-    print(markdown(decided))
-    kept = [n for n, r in decided.items() if r["kept"]]
-    log(f"kept: {', '.join(kept) or 'none'}; {report['seconds']}")
+    table = markdown(report["candidates"])
+    (out / "pilot.md").write_text(table + "\n")
+    print(table)
+    kept = [n for n, r in report["candidates"].items() if r["kept"]]
+    log(f"kept: {', '.join(kept) or 'none'}")
+
+
+def redecide(out: Path) -> dict[str, Any]:
+    """The keep rule applied again to the scores an earlier pilot stored in ``out/pilot.json`` (no training)."""
+    path = out / "pilot.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no pilot report to decide again (run the pilot first)")
+    report = json.loads(path.read_text())
+    report["rule"] = {
+        "min_over_chance": MIN_OVER_CHANCE,
+        "min_forgotten": MIN_FORGOTTEN,
+        "decided_on": "validation",
+    }
+    report["candidates"] = decide(report["scores"], report["classes"])
+    write(out, report)
     return report
 
 
@@ -156,10 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="quick data and the quick size")
     p.add_argument("--out", type=Path, help="report folder (default: outputs/emojishift-pilot-<size>)")
+    p.add_argument(
+        "--redecide",
+        action="store_true",
+        help="apply the keep rule again to --out/pilot.json's scores; no training",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
     out = args.out or Path("outputs") / f"emojishift-pilot-{'quick' if args.quick else 'full'}"
-    pilot(args.cache.expanduser().resolve(), out.resolve(), args.quick, args.overrides)
+    if args.redecide:
+        redecide(out.resolve())
+    else:
+        pilot(args.cache.expanduser().resolve(), out.resolve(), args.quick, args.overrides)
     return 0
 
 

@@ -155,3 +155,27 @@ def test_eval_device_auto_follows_scaling_use_gpu_and_explicit_devices_stand():
     assert eval_device(on_gpu) == "cuda" and on_gpu.eval.actors == 4
     assert flatten(on_gpu)["eval.device"] == "cuda"  # MLflow params and saved configs hold the plain value
     assert from_dict(to_dict(on_gpu)) == on_gpu
+
+
+def test_far_zero_shot_suites_are_their_own_kind_and_checked_like_the_others(tmp_path):
+    from dive.config import input_folders
+    from dive.metrics import SetResult, summarize
+    from pipeline.evaluate import suites_from_config
+
+    (tmp_path / "digits").mkdir()
+    cfg = _valid(
+        tmp_path,
+        f"eval.zs.cars={tmp_path / 'ref'}",
+        f"eval.zs_far.digits={tmp_path / 'digits'}",
+        "eval.templates.digits=simple",
+    )
+    validate(cfg)
+    assert [(s.name, s.kind) for s in suites_from_config(cfg)] == [("cars", "zs"), ("digits", "zs_far")]
+    assert ("eval.zs_far.digits", str(tmp_path / "digits")) in input_folders(cfg)
+    with pytest.raises(ConfigError, match="eval.zs_far.letters"):
+        validate(_valid(tmp_path, f"eval.zs_far.letters={tmp_path / 'missing'}"))
+    results = [SetResult("cars", "zs", 0.3, 10), SetResult("digits", "zs_far", 0.6, 10)]
+    results.append(SetResult("letters", "zs_far", 0.4, 10))
+    assert summarize(results) == pytest.approx(
+        {"zs/cars": 0.3, "zs_avg": 0.3, "zs_far/digits": 0.6, "zs_far/letters": 0.4, "zs_far_avg": 0.5}
+    )
