@@ -374,7 +374,7 @@ class _Validator:
         self.zs_set = load(cfg.val.zs, LABELLED)
         self.zs_far_sets = {name: load(folder, LABELLED) for name, folder in cfg.val.zs_far.items()}
         self.tokenizer, self.device, self.weight = bundle.tokenizer, device, cfg.val.id_weight
-        # The metric that stands for zero-shot skill retained, beside val/id_acc, in val/objective.
+        # The metrics whose mean stands for zero-shot skill retained, beside val/id_acc, in val/objective.
         self.retained_metric = VAL_OBJECTIVES[cfg.val.objective]
         self.mean, self.std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
 
