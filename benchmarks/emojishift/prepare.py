@@ -91,9 +91,8 @@ NPM_PACKAGES = {
     "@iconify-json/streamline-emojis": "1.2.4",  # Streamline emoji (CC-BY-4.0)
 }
 APT_PACKAGES = {"openclipart-svg": "1:0.18+dfsg-19", "openclipart-png": "1:0.18+dfsg-19"}  # public domain
-FONT_APT_PACKAGES = {
-    package: version for package, (version, _, _) in glyphs.FONT_PACKAGES.items()
-}  # --far-zs
+# --far-zs also fetches the font packages of the glyph sets
+FONT_APT_PACKAGES = {package: version for package, (version, _, _) in glyphs.FONT_PACKAGES.items()}
 
 # ---------------------------------------------------------------------------------------------------- the task
 STYLES = ("google", "twemoji", "openmoji", "openmoji_black", "fluent_3d", "fluent_flat")
@@ -786,9 +785,8 @@ def glyph_row(
     """``char`` in ``font``: clean on white (``i`` None) or scene variant ``i``, the ink colour and the scene from
     the seed of (seed, purpose, set, char, font, i)."""
     rng = rng_for(s.seed, purpose, gset, char, font.key, i)
-    ink = tuple(
-        int(c) for c in rng.integers(0, 90, 3)
-    )  # dark: legible on the scenes' backgrounds (every channel ≥ 80)
+    # Dark ink: legible on every scene background (their channels are all ≥ 80)
+    ink = tuple(int(c) for c in rng.integers(0, 90, 3))
 
     def render() -> Image.Image:
         picture = glyphs.glyph_picture(font, char, 2 * s.size, ink)
