@@ -36,6 +36,7 @@ CANDIDATES = (*FAR_EMOJI, *glyphs.GLYPH_SETS)
 MIN_OVER_CHANCE = 3.0  # the teacher must know the task: ≥ 3× chance
 MIN_FORGOTTEN = 0.05  # and FLYP must forget ≥ 5 points of it
 EPS = 1e-9
+RULE = {"min_over_chance": MIN_OVER_CHANCE, "min_forgotten": MIN_FORGOTTEN, "decided_on": "validation"}
 
 
 def decide(
@@ -98,7 +99,7 @@ def far_suites(cache: Path) -> tuple[list[Any], dict[str, int]]:
     suites, classes = [], {}
     for name in CANDIDATES:
         for split in (f"zs_far_val_{name}", f"zs_far_{name}"):
-            suites.append(Suite(split, "zs", str(cache / split)))
+            suites.append(Suite(split, "zs_far", str(cache / split)))
             classes[split] = len(check_dataset(str(cache / split), LABELLED).classnames)
     return suites, classes
 
@@ -138,11 +139,7 @@ def pilot(cache: Path, out: Path, quick: bool, overrides: Sequence[str]) -> dict
         "flyp_overrides": flyp_overrides,
         "flyp_run_id": result.run_id,
         "flyp_finetuned": result.report.get("finetuned", {}),
-        "rule": {
-            "min_over_chance": MIN_OVER_CHANCE,
-            "min_forgotten": MIN_FORGOTTEN,
-            "decided_on": "validation",
-        },
+        "rule": RULE,
         "candidates": decided,
         "scores": scores,
         "classes": classes,
@@ -174,11 +171,7 @@ def redecide(out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SystemExit(f"{path}: no pilot report to decide again (run the pilot first)")
     report = json.loads(path.read_text())
-    report["rule"] = {
-        "min_over_chance": MIN_OVER_CHANCE,
-        "min_forgotten": MIN_FORGOTTEN,
-        "decided_on": "validation",
-    }
+    report["rule"] = RULE
     report["candidates"] = decide(report["scores"], report["classes"])
     write(out, report)
     return report

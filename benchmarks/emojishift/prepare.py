@@ -41,6 +41,7 @@ licences and attribution go to ``CACHE/LICENSES/``. See ``benchmarks/emojishift/
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -71,6 +72,7 @@ from pipeline.data.format import CAPTIONED, LABELLED, Manifest, ShardWriter, enc
 VERSION = "emojishift-v2"
 # A build with the far zero-shot candidate sets (--far-zs): v2 plus them, for the pilot that decides which to keep.
 VERSION_FAR = "emojishift-v2+far-pilot"
+
 
 # ---------------------------------------------------------------------------------------------------- sources
 # Exact versions: the benchmark is only comparable across machines if every byte of its sources is the same.
@@ -187,6 +189,11 @@ QUICK = dict(
     n_far=5,
     n_far_val=3,
 )
+
+
+def version(settings: Settings) -> str:
+    """The version a build with ``settings`` writes: v2, or v2 plus the far zero-shot candidates."""
+    return VERSION_FAR if settings.far_zs else VERSION
 
 
 def log(msg: str) -> None:
@@ -404,6 +411,15 @@ class Library:
         if locator not in self._art_hash:
             self._art_hash[locator] = sha(self.source_bytes(locator))
         return self._art_hash[locator]
+
+    @functools.cached_property
+    def art_uses(self) -> Counter[str]:
+        """How many pictures (code point × style) each piece of art is: 1 means it names one code point."""
+        return Counter(self.art_hash(a) for e in self.emoji for a in e.art.values())
+
+    def own_art(self, e: Emoji, style: str) -> bool:
+        """``e`` is drawn in ``style`` with art that no other picture shares."""
+        return style in e.art and self.art_uses[self.art_hash(e.art[style])] == 1
 
     def _icon(self, locator: str) -> dict[str, Any]:
         """An iconify icon (``icon:<package>:<slug>``) with its alias chain resolved (flips and quarter turns
@@ -656,7 +672,6 @@ def far_classes(lib: Library, settings: Settings) -> dict[str, tuple[list[Emoji]
     of the set's category drawn in every FAR_STYLES style with art of their own (a picture shared with another
     code point names neither), clock faces excepted. The categories are outside OBJECT_CATEGORIES, so no far class
     is an ID, ZS or zs_val class."""
-    art_uses = Counter(lib.art_hash(a) for e in lib.emoji for a in e.art.values())
     need = settings.n_far + settings.n_far_val
     out = {}
     for name, category in FAR_EMOJI.items():
@@ -664,7 +679,7 @@ def far_classes(lib: Library, settings: Settings) -> dict[str, tuple[list[Emoji]
             e
             for e in lib.emoji
             if e.category == category
-            and all(s in e.art and art_uses[lib.art_hash(e.art[s])] == 1 for s in FAR_STYLES)
+            and all(lib.own_art(e, s) for s in FAR_STYLES)
             and not ROTATION_NAMED.search(e.name)
         ]
         if need > len(pool):
@@ -867,7 +882,6 @@ def captioned_rows(
     of them, so it is left out."""
     eval_codes = {e.code for e in eval_classes}
     eval_art = {lib.art_hash(a) for e in eval_classes for a in e.art.values()}
-    art_uses = Counter(lib.art_hash(a) for e in lib.emoji for a in e.art.values())
     free = [e for e in lib.emoji if e.code not in eval_codes]
     free = [e for e in free if not any(lib.art_hash(a) in eval_art for a in e.art.values())]
     free = sorted(free, key=lambda e: unit_hash(s.seed, "cap", e.code))[: s.max_free_classes or None]
@@ -882,7 +896,7 @@ def captioned_rows(
         return "reference" if u < s.ref_val_fraction + s.ref_fraction else "alignment"
 
     def unambiguous(e: Emoji, styles: Iterable[str]) -> list[str]:
-        return [st for st in styles if st in e.art and art_uses[lib.art_hash(e.art[st])] == 1]
+        return [st for st in styles if lib.own_art(e, st)]
 
     rows: dict[str, list[Row]] = {"ref_val": [], "reference": [], "alignment": []}
     ambiguous = 0
@@ -997,9 +1011,8 @@ def build(
 
     seen: dict[str, str] = {}  # content hash → split, over the whole benchmark
     splits: dict[str, Any] = {}
-    version = VERSION_FAR if s.far_zs else VERSION
     for name, manifest, rows in plan:
-        manifest.source = f"EmojiShift {version} {manifest.source}"
+        manifest.source = f"EmojiShift {version(s)} {manifest.source}"
         _write(cache, name, manifest, rows, s, seen, splits)
     verify_disjoint(cache, list(splits))
     write_metadata(cache, s, id_classes, zs_classes, zs_val_classes, universe, splits, far, fonts)
@@ -1007,7 +1020,7 @@ def build(
     far_summary = {name: [len(test), len(val)] for name, (test, val) in far.items()}
     far_summary |= {role: sum(f.role == role for f in fonts) for role in glyphs.ROLES if fonts}
     return {
-        "version": version,
+        "version": version(s),
         "settings": asdict(s),
         "classes": {
             "universe": len(universe),
@@ -1052,9 +1065,8 @@ def write_metadata(
             for y, e in enumerate(classes)
         ]
 
-    version = VERSION_FAR if settings.far_zs else VERSION
     classes = {
-        "version": version,
+        "version": version(settings),
         "seed": settings.seed,
         "id_style": ID_STYLE,
         "styles": list(STYLES),
@@ -1078,7 +1090,7 @@ def write_metadata(
             },
         }
     (cache / "classes.json").write_text(json.dumps(classes, indent=1, ensure_ascii=False) + "\n")
-    body = {"version": version, "settings": asdict(settings), "splits": splits}
+    body = {"version": version(settings), "settings": asdict(settings), "splits": splits}
     (cache / "splits.json").write_text(
         json.dumps(body, indent=None, separators=(",", ":"), ensure_ascii=False) + "\n"
     )

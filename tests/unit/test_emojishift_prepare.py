@@ -7,6 +7,7 @@ handful of OpenClipart SVG/PNG pairs with RDF titles (one title used 4Ã—, one 3Ã
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -602,7 +603,7 @@ def test_an_eval_image_is_never_kept_in_training_data(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- far zero-shot (--far-zs)
-FAR_SETTINGS = es.Settings(**{**SETTINGS.__dict__, "far_zs": True, "n_far": 2, "n_far_val": 2})
+FAR_SETTINGS = dataclasses.replace(SETTINGS, far_zs=True, n_far=2, n_far_val=2)
 FAR_EMOJI_SETS = [f"zs_far_{n}" for n in es.FAR_EMOJI] + [f"zs_far_val_{n}" for n in es.FAR_EMOJI]
 GLYPH_SETS = [f"zs_far{v}_{g}" for g in glyphs.GLYPH_SETS for v in ("", "_val")]
 
