@@ -1,13 +1,16 @@
-"""Collect the EmojiShift sweeps (issue #12, item 4) into the repository: trials tables, chosen values, README.
+"""Collect the EmojiShift sweeps into the repository: trials tables, chosen values, README.
 
-    python pipeline/tune.py --space tune_configs/emojishift/<method>.yaml --name emojishift-<method>   # each
+    python pipeline/tune.py --space tune_configs/emojishift/<method>.yaml --name emojishift-far-<method>   # each
     python benchmarks/emojishift/sweeps.py --sweeps outputs/sweeps --update-readme
 
-For every finished sweep ``emojishift-<method>`` under ``--sweeps``: its trials table, objective plot and best
+For every finished sweep ``emojishift-far-<method>`` under ``--sweeps``: its trials table, objective plot and best
 config are copied to ``benchmarks/emojishift/sweeps/<method>/``, the best trial's values of the searched keys
 (and the keys tied to them) are written into ``benchmarks/emojishift/tuned.yaml`` — which ``run.py`` applies to
 that method's runs — and the summary table goes into the README between the ``sweeps`` markers. Sweeps collected
 earlier stay in ``tuned.yaml`` and the table, so sweeps run at different times add up.
+
+A sweep is collected only if it selected with ``config.yaml``'s validation objective and far zero-shot sets (the
+``-far-`` in its name keeps the far build's sweeps apart from the v2 build's, ``results/v2/sweeps``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ HERE = Path(__file__).resolve().parent
 from pipeline.sweep.spec import load_spec  # noqa: E402
 
 SPACES = ROOT / "tune_configs" / "emojishift"
+CONFIG = HERE / "config.yaml"
 TUNED = HERE / "tuned.yaml"
+PREFIX = "emojishift-far-"
 # sweep name → run.py method key
 METHOD = {
     "flyp": "flyp",
@@ -73,11 +78,23 @@ def trial_seconds(sweep_dir: Path) -> tuple[float, float]:
     return total, (end - start if end else 0.0)
 
 
+def selection(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep chose by: the validation objective and the far zero-shot validation sets' names."""
+    val = cfg.get("val") or {}
+    return {"val.objective": val.get("objective"), "val.zs_far": sorted(val.get("zs_far") or {})}
+
+
 def collect(sweep_dir: Path, name: str) -> dict[str, Any]:
     """One finished sweep: copy its tables, return its summary (chosen values included)."""
     spec = load_spec(SPACES / f"{name}.yaml")
     rows = json.loads((sweep_dir / "trials" / "trials.json").read_text())
     best_cfg = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
+    expected = selection(yaml.safe_load(CONFIG.read_text()))
+    if selection(best_cfg) != expected:
+        raise SystemExit(
+            f"{sweep_dir / 'best_config.yaml'}: selected by {selection(best_cfg)}, expected {expected} "
+            f"({CONFIG.name}); rerun the sweep with the benchmark's config"
+        )
     keys = [*spec.space, *spec.tie]
     chosen = {k: _get(best_cfg, k) for k in keys}
     dest = HERE / "sweeps" / name
@@ -95,7 +112,7 @@ def collect(sweep_dir: Path, name: str) -> dict[str, Any]:
         "trials": len(rows),
         "completed": len(done),
         "pruned": sum(bool(r["pruned"]) for r in rows),
-        "best": {k: best.get(k) for k in (metric, "val/id_acc", "val/zs_acc")},
+        "best": {k: best.get(k) for k in (metric, "val/id_acc", "val/zs_acc", "val/zs_far_acc")},
         "chosen": chosen,
         "trial_s": round(seconds),
         "wall_s": round(wall),
@@ -108,7 +125,7 @@ def _fmt(v: Any) -> str:
 
 def table(summaries: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| sweep | trials (pruned) | best val/objective (id / zs) | chosen | trial time | wall |",
+        "| sweep | trials (pruned) | best val/objective (id / zs / zs far) | chosen | trial time | wall |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
@@ -116,7 +133,8 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
         chosen = ", ".join(f"`{k}={_fmt(v)}`" for k, v in s["chosen"].items())
         lines.append(
             f"| [{name}](sweeps/{name}/trials.md) | {s['trials']} ({s['pruned']}) | "
-            f"{b['val/objective']:.3f} ({b['val/id_acc']:.3f} / {b['val/zs_acc']:.3f}) | {chosen} | "
+            f"{b['val/objective']:.3f} ({b['val/id_acc']:.3f} / {b['val/zs_acc']:.3f} / "
+            f"{b['val/zs_far_acc']:.3f}) | {chosen} | "
             f"{s['trial_s'] / 60:.0f} min | {s['wall_s'] / 60:.0f} min |"
         )
     return "\n".join(lines) + "\n"
@@ -130,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuned = yaml.safe_load(TUNED.read_text()) if TUNED.is_file() else {}
     summaries = tuned.pop("_sweeps", {})
     for name in METHOD:
-        sweep_dir = args.sweeps / f"emojishift-{name}"
+        sweep_dir = args.sweeps / f"{PREFIX}{name}"
         state = sweep_dir / "sweep.json"
         if not (state.is_file() and json.loads(state.read_text()).get("finished")):
             continue
@@ -138,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuned[METHOD[name]] = summaries[name]["chosen"]
         print(f"{name}: chosen {summaries[name]['chosen']}")
     if not summaries:
-        print(f"error: no finished emojishift-* sweep under {args.sweeps}", file=sys.stderr)
+        print(f"error: no finished {PREFIX}* sweep under {args.sweeps}", file=sys.stderr)
         return 2
     header = "# Written by benchmarks/emojishift/sweeps.py: each method's values chosen by its sweep (run.py applies them)\n"
     TUNED.write_text(header + yaml.dump({**tuned, "_sweeps": summaries}, Dumper=_Plain, sort_keys=False))

@@ -486,13 +486,18 @@ EMOJISHIFT_SPACES = sorted((REPO / "tune_configs" / "emojishift").glob("*.yaml")
 def test_emojishift_methods_are_tuned_the_same_way(space):
     """One space file per benchmark method: same trial budget, scheduler, objective, schedule and validation."""
     text = space.read_text()
-    assert text.startswith("#") and f"--space tune_configs/emojishift/{space.name}" in text
+    launch = f"--space tune_configs/emojishift/{space.name} --name emojishift-far-{space.stem}"
+    assert text.startswith("#") and launch in text  # the name benchmarks/emojishift/sweeps.py collects
     spec = load_spec(space)
     base = apply_overrides(
         load_config(REPO / spec.config), [override(k, v) for k, v in spec.overrides.items()]
     )
     dists = check_spec(spec, base, str(space))
-    assert base.val.objective == "id_zs" and base.val.zs.endswith("zs_val")
+    assert base.val.objective == "id_zs_far" and base.val.zs.endswith("zs_val")
+    # far zero-shot: validated on the same sets the table scores, on their validation splits
+    assert sorted(base.val.zs_far) == sorted(base.eval.zs_far) == ["digits", "flags", "letters", "people"]
+    assert all(path.endswith(f"zs_far_val_{name}") for name, path in base.val.zs_far.items())
+    assert base.val.id_weight == pytest.approx(1 / 3, abs=1e-3)
     assert (spec.search.num_samples, spec.search.algorithm, spec.scheduler.name) == (8, "optuna", "asha")
     assert spec.objective.metric == "val/objective"
     assert (base.optim.global_batch, base.optim.epochs) == (32, 4)

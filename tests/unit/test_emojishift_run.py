@@ -100,7 +100,7 @@ def test_missing_data_and_teacher_are_built_by_their_commands(tmp_path: Path, mo
     monkeypatch.setattr(er.subprocess, "run", lambda cmd, check: calls.append(cmd))
     er.ensure_data(tmp_path, quick=True)
     assert [Path(c[1]).name for c in calls] == ["prepare.py", "align.py"]
-    assert calls[0][2:] == ["--cache", str(tmp_path), "--quick"]
+    assert calls[0][2:] == ["--cache", str(tmp_path), "--quick", "--far-zs"]  # the benchmark's build
     assert calls[1][2:] == ["--data", str(tmp_path), "--out", str(tmp_path / "teacher")]
     calls.clear()
     (tmp_path / "splits.json").write_text("{}")
@@ -199,15 +199,17 @@ def test_goals_are_checked_on_the_table() -> None:
     table = _table({"id_acc": 0.986, "ood_avg": 0.53, "zs_avg": 0.27, "rsa_mean": 0.96})
     assert [e["key"] for e in table][:3] == ["teacher", "flyp", "dive"]  # WiSE rows sort after their methods
     got = {r["id"]: r for r in er.goals(table)}
-    assert list(got) == ["id", "ood", "zs", "rsa", "ood_curve", "zs_curve"]
+    # no far sets scored (the v2 build): no far rows
+    assert list(got) == ["id", "ood", "ood3", "zs", "rsa", "ood_curve", "zs_curve"]
     assert got["id"]["target"] == pytest.approx(0.985) and got["id"]["met"]
-    assert got["ood"]["target"] == pytest.approx(0.52) and got["ood"]["met"]
+    assert got["ood"]["target"] == pytest.approx(0.49) and got["ood"]["met"]
+    assert got["ood3"]["target"] == pytest.approx(0.52) and got["ood3"]["met"]
     # FLYP forgets 7 pt (< 8): the target is all of the teacher's ZS
     assert got["zs"]["target"] == pytest.approx(0.27) and got["zs"]["met"]
     assert got["rsa"]["met"] and got["ood_curve"]["met"] and got["zs_curve"]["met"]
     assert got["zs_curve"]["measured"] == pytest.approx(0.27 - (0.23 + (0.986 - 0.97) / 0.02 * (0.20 - 0.23)))
     # FLYP forgets 17 pt: FLYP + 8 pt is the target; a DiVE below it, with too little ID, fails both
-    worse = er.goals(_table({"id_acc": 0.90, "ood_avg": 0.5, "zs_avg": 0.15, "rsa_mean": 0.9}, flyp_zs=0.1))
+    worse = er.goals(_table({"id_acc": 0.90, "ood_avg": 0.45, "zs_avg": 0.15, "rsa_mean": 0.9}, flyp_zs=0.1))
     got = {r["id"]: r for r in worse}
     assert got["zs"]["target"] == pytest.approx(0.18)
     assert [k for k, r in got.items() if r["met"]] == []
@@ -216,11 +218,53 @@ def test_goals_are_checked_on_the_table() -> None:
     assert text.splitlines()[0] == "| goal | target | DiVE | met |" and "| no |" in text
 
 
+def _far_table(dive_id: float, dive_far: float, teacher_digits: float = 0.6) -> list[dict]:
+    """Teacher, FLYP, DiVE and FLYP's WiSE-FT with two far sets: digits (10 classes) and flags (20)."""
+
+    def far(digits: float, flags: float) -> dict[str, float]:
+        return {"zs_far/digits": digits, "zs_far/flags": flags, "zs_far_avg": (digits + flags) / 2}
+
+    base = {"ood_avg": 0.4, "zs_avg": 0.27, "rsa_mean": 0.9}
+    rows = [
+        _row("teacher", 0, id_acc=0.35, **base, **far(teacher_digits, 0.2)),
+        _row(
+            "flyp", 0, id_acc=0.99, **base, **far(0.3, 0.1)
+        ),  # forgets (0.4 − 0.2) = 20 pt with the teacher's 0.6
+        _row("dive", 0, id_acc=dive_id, **base, **far(dive_far, dive_far)),
+    ]
+    for a, (i, f) in zip(er.WISE_ALPHAS, [(0.7, 0.35), (0.9, 0.3), (0.97, 0.25)], strict=True):
+        rows.append(_row(er.wise_key(a, "flyp"), 0, id_acc=i, **base, **far(f, f)))
+    return er.aggregate(rows)
+
+
+def test_far_zero_shot_goals_teacher_knows_flyp_forgets_dive_keeps_at_matched_id() -> None:
+    classes = {"digits": 10, "flags": 20}
+    got = {r["id"]: r for r in er.goals(_far_table(dive_id=0.986, dive_far=0.37), "dive", classes)}
+    assert ["far_teacher", "far_forgets", "far_kept"] == [k for k in got if k.startswith("far_")]
+    assert (
+        got["far_teacher"]["measured"] == pytest.approx(4.0) and got["far_teacher"]["met"]
+    )  # flags 0.2 × 20
+    assert got["far_forgets"]["measured"] == pytest.approx(0.2) and got["far_forgets"]["met"]
+    assert got["far_kept"]["measured"] == pytest.approx(0.85) and got["far_kept"]["met"]  # (0.37 − 0.2) / 0.2
+    assert got["zs_far_curve"]["met"]  # 0.37 against WiSE-FT's ≈ 0.21 at ID 0.986
+    # Kept, but with ID 1.4 pt under FLYP's: not "at matched ID"
+    unmatched = {r["id"]: r for r in er.goals(_far_table(dive_id=0.976, dive_far=0.37), "dive", classes)}
+    assert unmatched["far_kept"]["measured"] == pytest.approx(0.85) and not unmatched["far_kept"]["met"]
+    # A teacher at 2.5× chance on digits, who then has 5 pt less for FLYP to forget
+    weak = {r["id"]: r for r in er.goals(_far_table(0.986, 0.37, teacher_digits=0.25), "dive", classes)}
+    assert weak["far_teacher"]["measured"] == pytest.approx(2.5) and not weak["far_teacher"]["met"]
+    assert weak["far_forgets"]["measured"] == pytest.approx(0.025) and not weak["far_forgets"]["met"]
+    # Without class counts the far rows are not checked; the table still has the far columns.
+    assert not [r for r in er.goals(_far_table(0.986, 0.37), "dive") if r["id"].startswith("far_")]
+    header = er.markdown_table(_far_table(0.986, 0.37)).splitlines()[0]
+    assert "| near ZS avg | digits | flags | far ZS avg | RSA |" in header
+
+
 def test_each_dive_variant_is_checked_and_validation_alone_names_the_chosen_one(tmp_path: Path) -> None:
-    table = _table({"id_acc": 0.90, "ood_avg": 0.5, "zs_avg": 0.15, "rsa_mean": 0.9})
+    table = _table({"id_acc": 0.90, "ood_avg": 0.45, "zs_avg": 0.15, "rsa_mean": 0.9})
     shared = er.aggregate([_row("dive_shared", 0, id_acc=0.986, ood_avg=0.53, zs_avg=0.27, rsa_mean=0.96)])
     both = {k: er.goals([*table, *shared], k) for k in er.DIVE_VARIANTS}
-    assert [r["met"] for r in both["dive"]] == [False] * 6 and all(r["met"] for r in both["dive_shared"])
+    assert [r["met"] for r in both["dive"]] == [False] * 7 and all(r["met"] for r in both["dive_shared"])
     lines = er.markdown_goals(both).splitlines()
     assert lines[0] == "| goal | target | DiVE | met | DiVE, one shared λ | met |"
     assert lines[2].endswith("| 0.900 | no | 0.986 | yes |")
