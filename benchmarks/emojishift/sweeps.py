@@ -84,17 +84,22 @@ def selection(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"val.objective": val.get("objective"), "val.zs_far": sorted(val.get("zs_far") or {})}
 
 
+def check_selection(sweep_dir: Path, expected: dict[str, Any]) -> None:
+    """Refuse a sweep that selected otherwise than ``config.yaml`` (``expected``: its :func:`selection`)."""
+    best = sweep_dir / "best_config.yaml"
+    got = selection(yaml.safe_load(best.read_text()))
+    if got != expected:
+        raise SystemExit(
+            f"{best}: selected by {got}, expected {expected} ({CONFIG.name}); rerun the sweep with the "
+            "benchmark's config"
+        )
+
+
 def collect(sweep_dir: Path, name: str) -> dict[str, Any]:
     """One finished sweep: copy its tables, return its summary (chosen values included)."""
     spec = load_spec(SPACES / f"{name}.yaml")
     rows = json.loads((sweep_dir / "trials" / "trials.json").read_text())
     best_cfg = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
-    expected = selection(yaml.safe_load(CONFIG.read_text()))
-    if selection(best_cfg) != expected:
-        raise SystemExit(
-            f"{sweep_dir / 'best_config.yaml'}: selected by {selection(best_cfg)}, expected {expected} "
-            f"({CONFIG.name}); rerun the sweep with the benchmark's config"
-        )
     keys = [*spec.space, *spec.tie]
     chosen = {k: _get(best_cfg, k) for k in keys}
     dest = HERE / "sweeps" / name
@@ -147,11 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     tuned = yaml.safe_load(TUNED.read_text()) if TUNED.is_file() else {}
     summaries = tuned.pop("_sweeps", {})
+    finished = {}
     for name in METHOD:
         sweep_dir = args.sweeps / f"{PREFIX}{name}"
         state = sweep_dir / "sweep.json"
-        if not (state.is_file() and json.loads(state.read_text()).get("finished")):
-            continue
+        if state.is_file() and json.loads(state.read_text()).get("finished"):
+            finished[name] = sweep_dir
+    expected = selection(yaml.safe_load(CONFIG.read_text()))
+    for sweep_dir in finished.values():  # every sweep checked before anything is copied
+        check_selection(sweep_dir, expected)
+    for name, sweep_dir in finished.items():
         summaries[name] = collect(sweep_dir, name)
         tuned[METHOD[name]] = summaries[name]["chosen"]
         print(f"{name}: chosen {summaries[name]['chosen']}")

@@ -99,7 +99,10 @@ def test_a_sweep_selected_otherwise_than_the_config_is_refused(tmp_path, monkeyp
     here.mkdir()
     monkeypatch.setattr(sw, "HERE", here)
     monkeypatch.setattr(sw, "TUNED", here / "tuned.yaml")
-    _sweep(tmp_path / "sweeps", "flyp", [_row(0.6, 1e-4)], {"optim": {"lr": 1e-4}, "val": val})
-    with pytest.raises(SystemExit, match=r"emojishift-far-flyp/best_config.yaml: selected by .*expected"):
+    _sweep(tmp_path / "sweeps", "ft", [_row(0.6, 1e-4)], {"optim": {"lr": 1e-4}, "val": val})
+    _sweep(
+        tmp_path / "sweeps", "flyp", [_row(0.6, 1e-4)], {"optim": {"lr": 1e-4}}
+    )  # a good one, collected first
+    with pytest.raises(SystemExit, match=r"emojishift-far-ft/best_config.yaml: selected by .*expected"):
         sw.main(["--sweeps", str(tmp_path / "sweeps")])
-    assert not (here / "tuned.yaml").exists()  # nothing written
+    assert not (here / "tuned.yaml").exists() and not (here / "sweeps").exists()  # nothing written or copied
