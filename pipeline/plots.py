@@ -68,7 +68,8 @@ def objective_vs_params(
     log_keys: Collection[str] = (),
 ) -> None:
     """One panel per searched key: each trial's objective against the sampled value (log x for λs and lr)."""
-    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.2), squeeze=False)
+    # At least 5 inches wide: a one-key sweep's panel must still hold the title and its tick labels.
+    fig, axes = plt.subplots(1, len(params), figsize=(max(5.0, 3.2 * len(params)), 3.2), squeeze=False)
     for ax, key in zip(axes[0], params, strict=True):
         points = [(r[key], r[metric]) for r in rows if isinstance(r.get(key), int | float)]
         points = [(x, y) for x, y in points if y == y]  # NaN: trial stopped before reporting
