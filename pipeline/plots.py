@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import itertools
+import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 
 def write_table_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -60,6 +63,39 @@ def loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: Path) 
     plt.close(fig)
 
 
+class _SparseLogLabels(ticker.LogFormatterSciNotation):
+    """Minor-tick labels of a log axis, as many as the axis has room for.
+
+    Matplotlib labels the minor ticks (2×, 3×, 4×, 6× 10^k) of an axis spanning up to about two decades. A sweep's
+    lr or λ axis in a 3-inch panel then gets labels on top of each other. This formatter labels the densest set of
+    mantissas, from ``_MANTISSAS``, whose labels lie at least ``_LABEL_INCHES`` apart, and never fewer than two.
+    """
+
+    _MANTISSAS = ({1}, {1, 3}, {1, 2, 5}, {1, 2, 3, 5}, set(range(1, 10)))
+    _LABEL_INCHES = 0.7  # "3×10⁻⁴" at 10 pt is 0.6 in wide
+
+    def set_locs(self, locs: Any = None) -> None:
+        vmin, vmax = sorted(self.axis.get_view_interval())
+        if vmin <= 0:
+            super().set_locs(locs)
+            return
+        axes = self.axis.axes
+        inches_per_decade = axes.bbox.width / axes.figure.dpi / math.log10(vmax / vmin)
+        low, high = math.floor(math.log10(vmin)), math.ceil(math.log10(vmax))
+
+        def labelled(mantissas: set[int]) -> list[float]:
+            marks = (math.log10(m) + e for e in range(low, high + 1) for m in sorted(mantissas))
+            return [x for x in marks if vmin <= 10.0**x <= vmax]
+
+        def fits(mantissas: set[int]) -> bool:
+            gaps = [b - a for a, b in itertools.pairwise(labelled(mantissas))]
+            return min(gaps, default=math.inf) * inches_per_decade >= self._LABEL_INCHES
+
+        readable = [m for m in self._MANTISSAS if len(labelled(m)) >= 2]
+        roomy = [m for m in readable if fits(m)]
+        self._sublabels = (roomy[-1:] or readable[:1] or [self._MANTISSAS[-1]])[0]
+
+
 def objective_vs_params(
     rows: Sequence[Mapping[str, Any]],
     params: Sequence[str],
@@ -83,6 +119,7 @@ def objective_vs_params(
             ax.scatter(xs, ys, c=["tab:blue" if d else "tab:gray" for d in done])
             if key in log_keys:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(_SparseLogLabels(labelOnlyBase=False))
         else:  # categorical (bools, choices): one column per value
             values = [str(r.get(key)) for r in rows]
             ax.scatter(values, [r[metric] for r in rows])

@@ -1,4 +1,4 @@
-"""Sweep plot: a one-key sweep's panel still holds its title and non-overlapping tick labels."""
+"""Sweep plot: the title and the log-axis tick labels of every panel stay readable, however many keys."""
 
 from __future__ import annotations
 
@@ -23,22 +23,42 @@ def kept_figure(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
         close(fig)
 
 
-def test_one_key_log_sweep_fits_title_and_labels(tmp_path: Path, kept_figure: list[Figure]) -> None:
-    # An lr sweep within one decade, as the benchmark's FT / FLYP / LP-FT sweeps are: matplotlib labels minor ticks.
-    lrs = [4.3e-5, 4.6e-5, 6.5e-5, 6.4e-5, 7.8e-5, 8.9e-5, 1.1e-4, 2.1e-4]
+# Sampled ranges as the benchmark's sweeps drew them: within a decade, across one power, and λs over two or more.
+RANGES = {
+    "lr, 0.7 decades": (4.3e-5, 2.1e-4),
+    "lr, 1.2 decades": (2.6e-5, 3.9e-4),
+    "lr, no power of ten inside": (2.2e-4, 5.5e-4),
+    "lambda, 2.2 decades": (0.15, 24.4),
+    "lambda, 3.2 decades": (0.11, 180.0),
+}
+
+
+@pytest.mark.parametrize("keys", [1, 2, 4])
+@pytest.mark.parametrize("span", list(RANGES))
+def test_objective_plot_labels_fit(tmp_path: Path, kept_figure: list[Figure], keys: int, span: str) -> None:
+    low, high = RANGES[span]
+    names = [f"key{i}" for i in range(keys)]
     rows = [
-        {"optim.lr": lr, "val/objective": 0.52 + 0.01 * i, "completed": i == 2} for i, lr in enumerate(lrs)
+        {
+            **{k: low * (high / low) ** (t / 7) for k in names},
+            "val/objective": 0.52 + 0.01 * t,
+            "completed": t == 2,
+        }
+        for t in range(8)
     ]
-    plots.objective_vs_params(rows, ["optim.lr"], "val/objective", tmp_path / "objective.png", {"optim.lr"})
+    plots.objective_vs_params(rows, names, "val/objective", tmp_path / "objective.png", set(names))
     assert (tmp_path / "objective.png").stat().st_size > 0
     (fig,) = kept_figure
     renderer = fig.canvas.get_renderer()
-    page = fig.bbox
     title = fig._suptitle.get_window_extent(renderer)  # noqa: SLF001 - the only handle on the suptitle
-    assert page.x0 <= title.x0 and title.x1 <= page.x1, "the title is clipped"
-    ax = fig.axes[0]
-    ticks = [t for t in ax.xaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
-    assert len(ticks) >= 2, "the log axis has too few labels to read"
-    boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
-    for left, right in itertools.pairwise(boxes):
-        assert left.x1 <= right.x0, "x tick labels overlap"
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1, "the title is clipped"
+    for ax in fig.axes:
+        labels = [t for t in ax.xaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        # Ticks outside the view limits keep a label but are not drawn: only the ones under the axes count.
+        boxes = sorted(
+            (b for b in boxes if ax.bbox.x0 - 1 <= (b.x0 + b.x1) / 2 <= ax.bbox.x1 + 1), key=lambda b: b.x0
+        )
+        assert len(boxes) >= 2, f"{ax.get_xlabel()}: {len(boxes)} tick labels, too few to read"
+        for left, right in itertools.pairwise(boxes):
+            assert left.x1 <= right.x0, f"{ax.get_xlabel()}: x tick labels overlap"
