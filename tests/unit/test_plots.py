@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +14,7 @@ from pipeline import plots
 
 
 @pytest.fixture
-def kept_figure(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+def kept_figure(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Figure]]:
     """The figure ``objective_vs_params`` closes, kept for inspection (it is closed by the test)."""
     kept: list[Figure] = []
     close = plt.close  # the real one: this teardown runs while the patch is still in place
